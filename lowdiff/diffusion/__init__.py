@@ -1,0 +1,1 @@
+"""Preconditioning, the pyramid, the multi-resolution loss, solvers and the cascade."""

@@ -1,0 +1,54 @@
+"""Image conversion and grids."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] floats -> uint8, EDM's rounding (x * 127.5 + 128, clipped, truncated)."""
+    return (x * 127.5 + 128).clip(0, 255).to(torch.uint8)
+
+
+def _pil(img: np.ndarray) -> Image.Image:
+    """(C, H, W) uint8 -> PIL image (mode L for one channel)."""
+    return Image.fromarray(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0))
+
+
+def make_grid(images: torch.Tensor, ncol: int | None = None, pad: int = 2,
+              row_labels: list[str] | None = None, scale: int = 1) -> Image.Image:
+    """Tile (N, C, H, W) uint8 images; optional text labels left of each row."""
+    images = images.cpu().numpy()
+    n, c, h, w = images.shape
+    ncol = ncol or int(np.ceil(np.sqrt(n)))
+    nrow = int(np.ceil(n / ncol))
+    label_w = 0
+    font = ImageFont.load_default()
+    if row_labels:
+        label_w = max(int(ImageDraw.Draw(Image.new("L", (1, 1))).textlength(t, font=font)) for t in row_labels) + 8
+    mode = "L" if c == 1 else "RGB"
+    cell_h, cell_w = h * scale + pad, w * scale + pad
+    grid = Image.new(mode, (label_w + ncol * cell_w + pad, nrow * cell_h + pad), color=255 if row_labels else 0)
+    for i in range(n):
+        tile = _pil(images[i]).resize((w * scale, h * scale), Image.NEAREST)
+        grid.paste(tile, (label_w + pad + (i % ncol) * cell_w, pad + (i // ncol) * cell_h))
+    if row_labels:
+        draw = ImageDraw.Draw(grid)
+        for r, text in enumerate(row_labels[:nrow]):
+            draw.text((4, pad + r * cell_h + cell_h // 2 - 6), text, fill=0, font=font)
+    return grid
+
+
+def save_images(images: torch.Tensor, out: str | Path, seeds: list[int], **grid_kwargs) -> None:
+    """A .png/.jpg path gets a grid; any other path is a folder of {seed:06d}.png files."""
+    out = Path(out)
+    if out.suffix.lower() in (".png", ".jpg", ".jpeg"):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        make_grid(images, **grid_kwargs).save(out)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for img, seed in zip(images.cpu().numpy(), seeds):
+        _pil(img).save(out / f"{seed:06d}.png")

@@ -1,0 +1,1 @@
+"""Training loop, EMA and checkpoints."""

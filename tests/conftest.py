@@ -1,0 +1,31 @@
+import os
+
+import pytest
+import torch
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+from lowdiff.config import FASHION_NET, NetworkConfig, Preset, StageConfig, TrainConfig  # noqa: E402
+
+
+def tiny_preset(stages=(8, 16, 32), label_dim=0, unified=True, precond="edm", channels=1) -> Preset:
+    """A very small preset for fast tests."""
+    net = dict(FASHION_NET, model_channels=16, channel_mult=(1, 1, 1), num_blocks=1, label_dim=label_dim,
+               in_channels=channels, out_channels=channels)
+    plan = []
+    for i, r in enumerate(stages):
+        final = i == len(stages) - 1
+        plan.append(StageConfig(r, steps=4, nfe=None if final else 3, sigma_min=0.01 if i else 0.002,
+                                sigma_max=50.0 if i else 80.0))
+    res = tuple(stages)
+    return Preset("tiny-test", "test preset", NetworkConfig(resolutions=res if unified else (res[-1],),
+                                                            base_resolution=res[0], **net),
+                  plan, TrainConfig(batch=8, lr=1e-3, lr_rampup_kimg=0, ema_halflife_kimg=0.05, duration_kimg=0.032,
+                                    log_kimg=0.008, checkpoint_kimg=0.016),
+                  precond=precond, unified=unified)
+
+
+@pytest.fixture
+def tiny():
+    return tiny_preset

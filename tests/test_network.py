@@ -1,0 +1,118 @@
+"""The SongUNet re-implementation: EDM's exact parameter counts, the paper's unified
+counts, sub-network isolation and the EDM state-dict key map."""
+import pytest
+import torch
+
+from lowdiff.config import ConfigError, get_preset
+from lowdiff.diffusion.denoiser import Denoiser, count_parameters
+from lowdiff.diffusion.loss import multires_loss
+from lowdiff.info import describe, meta_denoiser
+from lowdiff.nn.unet import UnifiedUNet, convert_edm_state_dict
+
+
+@pytest.mark.parametrize("name,count", [("edm-cifar10-uncond", 55_733_891), ("edm-cifar10-cond", 55_735_299),
+                                        ("edm-ffhq64", 61_805_571)])
+def test_edm_parameter_counts_exact(name, count):
+    assert count_parameters(meta_denoiser(get_preset(name))) == count
+
+
+@pytest.mark.parametrize("name,paper_m", [("cifar10-uncond", 55.77), ("ffhq64", 61.86),
+                                          ("cifar10-uncond-2stage", 55.76), ("ffhq64-2stage", 61.82),
+                                          ("cdm-cifar10-uncond-2stage", 93.89), ("cdm-ffhq64-2stage", 117.57)])
+def test_lowdiff_parameter_counts_within_0_1_percent_of_paper(name, paper_m):
+    n = count_parameters(meta_denoiser(get_preset(name)))
+    assert abs(n / 1e6 - paper_m) / paper_m < 1e-3, n
+
+
+def test_without_condition_noise_embedding_counts_match_paper_to_rounding():
+    p = get_preset("cifar10-uncond")
+    p.network.cond_noise_embedding = False
+    assert round(count_parameters(meta_denoiser(p)) / 1e6, 2) == 55.77
+
+
+def test_inner_core_sizes_match_spec():
+    """Spec 1.6: the 16x16 sub-network of the CIFAR host has a 37,805,568-parameter core."""
+    net = meta_denoiser(get_preset("cifar10-uncond")).nets["unified"]
+    core16 = [n for n in net.subnetwork_parameters(16) if n.startswith(("enc.", "dec."))]
+    params = dict(net.named_parameters())
+    assert sum(params[n].numel() for n in core16) == 37_805_568
+
+
+def test_info_reports_paper_stage_plans():
+    info = describe("cifar10-uncond")
+    assert info["nfe_per_stage"] == {8: 18, 16: 13, 32: 17}
+    assert info["baseline"]["parameters"] == 55_733_891 and info["baseline"]["nfe"] == 35
+    assert info["effective_nfe_flops"] == 22                     # the paper's effective NFE
+    assert describe("ffhq64")["nfe_per_stage"] == {8: 22, 16: 23, 32: 23, 64: 39}
+    assert describe("edm-ffhq64")["nfe_per_stage"] == {64: 79}
+
+
+@pytest.mark.parametrize("r", [8, 16, 32])
+def test_low_resolution_loss_touches_only_its_subnetwork(tiny, r):
+    torch.manual_seed(0)
+    model = Denoiser(tiny())
+    net = model.nets["unified"]
+    x = torch.randn(2, 1, r, r)
+    kw = {} if r == 8 else dict(cond=torch.randn(2, 1, r, r), sigma_cond=torch.tensor([0.5, 2.0]))
+    model(x, torch.tensor([1.0, 3.0]), **kw).square().sum().backward()
+    used = set(net.subnetwork_parameters(r))
+    for name, p in net.named_parameters():
+        touched = p.grad is not None and p.grad.abs().sum() > 0
+        if name not in used:
+            assert not touched, f"{name} got a gradient from the {r}x{r} loss"
+    assert any(f"inputs.{r}x{r}" in n for n in used)
+    if r < 32:
+        assert not any(n.startswith("inputs.32x32") or "32x32_block" in n for n in used)
+
+
+def test_forward_shapes_and_errors(tiny):
+    model = Denoiser(tiny(label_dim=3))
+    labels = torch.eye(3)[[0, 2]]
+    assert model(torch.randn(2, 1, 8, 8), 1.0, labels).shape == (2, 1, 8, 8)
+    out = model(torch.randn(2, 1, 16, 16), 1.0, labels, cond=torch.randn(2, 1, 16, 16), sigma_cond=0.3)
+    assert out.shape == (2, 1, 16, 16)
+    with pytest.raises(ValueError, match="serves square resolutions"):
+        model(torch.randn(2, 1, 4, 4), 1.0, labels)
+    with pytest.raises(ValueError, match="pass cond"):
+        model(torch.randn(2, 1, 16, 16), 1.0, labels)
+    with pytest.raises(ValueError, match="class_labels"):
+        model(torch.randn(2, 1, 8, 8), 1.0)
+
+
+def test_cdm_has_independent_networks(tiny):
+    model = Denoiser(tiny(stages=(16, 32), unified=False))
+    assert set(model.nets) == {"16x16", "32x32"}
+    total, per = multires_loss(model, torch.rand(2, 1, 32, 32) * 2 - 1)
+    total.backward()
+    assert set(per) == {16, 32}
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_bad_configs_are_rejected(tiny):
+    p = tiny()
+    p.stages[0].nfe = 99
+    with pytest.raises(ConfigError, match="past the last step"):
+        p.validate()
+    p = tiny()
+    p.stages[1].resolution = 24
+    with pytest.raises(ConfigError, match="double"):
+        p.validate()
+    with pytest.raises(ConfigError, match="unknown preset"):
+        get_preset("cifar-11")
+
+
+def test_edm_key_map_loads_an_edm_layout_state_dict(tiny):
+    """Round trip through EDM's naming (model.-prefixed, stem `enc.RxR_conv`, head `aux_*`,
+    resample_filter buffers) recovers our weights exactly."""
+    p = tiny(stages=(32,))
+    net = UnifiedUNet(p.network)
+    ours = net.state_dict()
+    edm = {}
+    for k, v in ours.items():
+        k = k.replace("inputs.32x32.", "enc.32x32_conv.").replace("outputs.32x32.norm.", "dec.32x32_aux_norm.")
+        k = k.replace("outputs.32x32.conv.", "dec.32x32_aux_conv.")
+        edm["model." + k] = v
+    edm["model.enc.16x16_down.conv0.resample_filter"] = torch.ones(1, 1, 2, 2)
+    converted = convert_edm_state_dict(edm, 32)
+    assert converted.keys() == ours.keys()
+    UnifiedUNet(p.network).load_state_dict(converted)
