@@ -46,7 +46,8 @@ def cmd_train(args) -> None:
     from .train.loop import train
     preset = get_preset(args.preset)
     t = preset.train
-    for key in ("batch", "lr", "seed", "duration_kimg", "checkpoint_kimg", "log_kimg"):
+    for key in ("batch", "batch_gpu", "lr", "seed", "duration_kimg", "checkpoint_kimg", "log_kimg", "precision",
+                "compile"):
         value = getattr(args, key)
         if value is not None:
             setattr(t, key, value)
@@ -56,9 +57,12 @@ def cmd_train(args) -> None:
     dataset = open_dataset(data, pad_to=preset.network.img_resolution if data.startswith("fashion") else None)
     if preset.network.label_dim and dataset.class_names:
         preset.class_names = list(dataset.class_names)
-    print(f"training {preset.name} on {dataset.name} ({len(dataset)} images) -> {args.out}", file=sys.stderr)
+    main_rank = os.environ.get("RANK", "0") == "0"
+    if main_rank:
+        print(f"training {preset.name} on {dataset.name} ({len(dataset)} images) -> {args.out}", file=sys.stderr)
     out = train(preset, dataset, args.out, device=args.device, progress=not args.no_progress)
-    print(f"model written to {out}", file=sys.stderr)
+    if main_rank and (out / "model.safetensors").is_file():
+        print(f"run directory {out} (model.safetensors holds the EMA weights)", file=sys.stderr)
 
 
 def cmd_sample(args) -> None:
@@ -89,6 +93,34 @@ def cmd_sample(args) -> None:
           f"NFE per stage {out.nfe}" + (f"; {trunc}" if trunc else ""), file=sys.stderr)
 
 
+def cmd_bench(args) -> None:
+    from tqdm import tqdm
+
+    from .eval.bench import BenchOptions, bench
+    opts = BenchOptions(batch=args.batch, repeats=args.repeats, warmup=args.warmup, device=args.device,
+                        precision=args.precision, channels_last=args.channels_last, compile=args.compile)
+    preset = get_preset(args.preset)
+    with tqdm(total=args.repeats * (2 if preset.baseline else 1), unit="run", desc="bench",
+              disable=args.json or args.no_progress) as bar:
+        report = bench(preset, opts, progress=bar)
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+        return
+    print(f"{report['preset']} on {report['device']}: batch {report['batch']}, mean of {report['repeats']} runs, "
+          f"{report['precision']}{', channels_last' if report['channels_last'] else ''}"
+          f"{', compiled' if report['compile'] else ''}")
+    print(f"  {'model':<28}{'latency s':>10}{'img/s':>9}{'NFE per stage':>24}{'eff. NFE':>9}{'overhead':>9}")
+    for key in ("baseline", "lowdiff"):
+        if key in report:
+            r = report[key]
+            nfe = "/".join(str(v) for v in r["nfe"].values())
+            print(f"  {r['preset']:<28}{r['latency_s']:>10.3f}{r['images_per_s']:>9.2f}{nfe:>24}"
+                  f"{r['effective_nfe']:>9}{r['overhead']:>9.1%}")
+    if "throughput_ratio" in report:
+        shares = ", ".join(f"{k}: {v:.0%}" for k, v in report["lowdiff"]["stage_time_share"].items())
+        print(f"  throughput ratio LowDiff / baseline: {report['throughput_ratio']:.2f}x   (stage time shares {shares})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lowdiff", description="LowDiff: cascaded multi-resolution diffusion with one "
                                 "unified network. Train, sample, inspect presets.")
@@ -102,14 +134,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print machine-readable JSON")
     s.set_defaults(func=cmd_info)
 
-    s = sub.add_parser("train", help="train a preset; re-run the same command to resume")
+    s = sub.add_parser("train", help="train a preset; re-run the same command to resume",
+                       description="Train a preset. Re-running the same command resumes from the newest valid "
+                       "state in --out; SIGTERM/SIGINT save a state and exit. Multi-GPU / multi-node: "
+                       "torchrun --nproc_per_node=N -m lowdiff.cli train ...")
     s.add_argument("--preset", required=True, help="preset name or config.json")
     s.add_argument("--data", help="dataset: fashion-mnist, a cifar-10-python.tar.gz, an image folder/zip, "
                    "synthetic[:N[:RES]] (default: the preset's)")
     s.add_argument("--out", required=True, help="run directory (checkpoints, logs, final model)")
     s.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     s.add_argument("--batch", type=int, help="global batch size")
+    s.add_argument("--batch-gpu", dest="batch_gpu", type=int, help="per-process micro-batch (gradient accumulation)")
     s.add_argument("--lr", type=float, help="learning rate")
+    s.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="mixed precision (default fp32)")
+    s.add_argument("--compile", action="store_true", default=None, help="torch.compile the network")
     s.add_argument("--seed", type=int, help="training seed")
     s.add_argument("--duration-kimg", dest="duration_kimg", type=float, help="training length in thousands of images")
     s.add_argument("--checkpoint-kimg", dest="checkpoint_kimg", type=float, help="training-state interval (kimg)")
@@ -135,6 +173,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu", help="cpu or cuda")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_sample)
+
+    s = sub.add_parser("bench", help="sampling latency/throughput of a preset vs its single-resolution baseline "
+                       "(paper protocol: batch 64, mean of repeated runs), and measured effective NFE")
+    s.add_argument("--preset", required=True, help="preset name (its baseline is timed alongside)")
+    s.add_argument("--batch", type=int, default=64, help="images per batch (default 64, as in the paper)")
+    s.add_argument("--repeats", type=int, default=10, help="timed runs per model (default 10)")
+    s.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs (default 1)")
+    s.add_argument("--device", default="cpu", help="cpu or cuda")
+    s.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast precision")
+    s.add_argument("--channels-last", action="store_true", help="channels_last memory format")
+    s.add_argument("--compile", action="store_true", help="torch.compile each network")
+    s.add_argument("--json", action="store_true", help="print the full report as JSON")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_bench)
     return p
 
 

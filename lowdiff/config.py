@@ -109,6 +109,8 @@ class TrainConfig:
     ema_rampup_ratio: float | None = 0.05
     duration_kimg: float = 200_000
     xflip: bool = False                      # random horizontal flips of training images
+    precision: str = "fp32"                  # fp32 | bf16 (autocast) | fp16 (autocast + loss scaling)
+    compile: bool = False                    # torch.compile the network
     loss_weights: dict[int, float] = field(default_factory=dict)   # per resolution, default 1
     seed: int = 0
     log_kimg: float = 50                     # progress / loss log interval

@@ -6,7 +6,7 @@ import torch
 
 from lowdiff.diffusion import pyramid
 from lowdiff.diffusion.denoiser import Denoiser
-from lowdiff.diffusion.loss import multires_loss
+from lowdiff.diffusion.loss import BatchNoise, multires_loss
 from lowdiff.diffusion.precond import get_preconditioning
 
 
@@ -58,10 +58,11 @@ def test_single_stage_loss_is_edm_loss(tiny):
     torch.manual_seed(0)
     model = Denoiser(tiny(stages=(32,)))
     y = torch.rand(4, 1, 32, 32) * 2 - 1
-    total, per = multires_loss(model, y, generator=torch.Generator().manual_seed(5))
+    total, per = multires_loss(model, y, noise=BatchNoise(torch.Generator().manual_seed(5), 4))
     g = torch.Generator().manual_seed(5)
     sigma = model.precond.sample_sigma(4, g)
     n = torch.randn(y.shape, generator=g) * sigma
+    assert torch.equal(BatchNoise(torch.Generator().manual_seed(5), 4, slice(1, 3)).sigma(model.precond), sigma[1:3])
     expect = (model.precond.loss_weight(sigma) * (model(y + n, sigma) - y) ** 2).sum((1, 2, 3)).mean()
     assert torch.allclose(total, expect) and set(per) == {32}
 
@@ -80,7 +81,7 @@ def test_multires_loss_conditions_on_independently_noised_lower_resolution(tiny)
 
     model.forward = spy
     y = torch.rand(3, 1, 32, 32) * 2 - 1
-    total, per = multires_loss(model, y, weights={8: 0.5}, generator=torch.Generator().manual_seed(1))
+    total, per = multires_loss(model, y, weights={8: 0.5}, noise=BatchNoise(torch.Generator().manual_seed(1), 3))
     assert [c[0] for c in calls] == [8, 16, 32] and calls[0][2] is None
     for (r, sigma, cond, sigma_c), low_r in zip(calls[1:], (8, 16)):
         assert not torch.allclose(sigma, sigma_c)                     # independent noise levels

@@ -31,7 +31,8 @@ CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 _CIFAR_IMAGE_BYTES = 3 * 32 * 32
-_SPEC_FORMS = ("'fashion-mnist' or 'fashion-mnist:test'", "a cifar-10-python.tar.gz file or cifar-10-batches-py directory",
+_SPEC_FORMS = ("'fashion-mnist' or 'fashion-mnist:test'",
+               "a cifar-10-python.tar.gz file or cifar-10-batches-py directory",
                "an IDX image file (*.idx, *-idx3-ubyte.gz)", "'synthetic', 'synthetic:N' or 'synthetic:N:RES'",
                "a directory or .zip of PNG/JPG images (optional dataset.json with labels)")
 
@@ -334,8 +335,10 @@ def _lookup(record: Any, key: str, source: str) -> Any:
     raise DatasetError(f"{source} has no '{key}' entry; it is not a CIFAR-10 batch file")
 
 
-def _image_payload(value: Any) -> bytes | None:
+def _image_payload(value: Any, depth: int = 0) -> bytes | None:
     """The first bytes/latin-1 string inside `value` whose length is a positive multiple of 3072."""
+    if depth > 8:
+        return None
     if isinstance(value, str):
         try:
             value = value.encode("latin-1")
@@ -346,7 +349,7 @@ def _image_payload(value: Any) -> bytes | None:
     children = (value.args, value.state) if isinstance(value, _Call) else value
     if isinstance(children, (tuple, list)):
         for child in children:
-            found = _image_payload(child)
+            found = _image_payload(child, depth + 1)
             if found is not None:
                 return found
     return None

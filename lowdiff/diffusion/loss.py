@@ -15,29 +15,57 @@ from __future__ import annotations
 import torch
 
 from . import pyramid
-from .denoiser import Denoiser
 
 
-def multires_loss(model: Denoiser, images: torch.Tensor, class_labels: torch.Tensor | None = None,
+class BatchNoise:
+    """Randomness of one training batch, drawn for the whole global batch from one
+    generator and sliced to this process's rows. A batch split across ranks or
+    accumulation rounds therefore sees exactly the noise a single process would."""
+
+    def __init__(self, generator: torch.Generator | None, global_batch: int, rows: slice = slice(None),
+                 device: torch.device | str = "cpu"):
+        self.generator, self.global_batch, self.rows, self.device = generator, global_batch, rows, device
+
+    def randn(self, *shape: int) -> torch.Tensor:
+        return torch.randn(self.global_batch, *shape, generator=self.generator, device=self.device)[self.rows]
+
+    def sigma(self, precond) -> torch.Tensor:
+        return precond.sample_sigma(self.global_batch, self.generator, self.device)[self.rows]
+
+
+def multires_loss(model, images: torch.Tensor, class_labels: torch.Tensor | None = None,
                   augment_labels: torch.Tensor | None = None, weights: dict[int, float] | None = None,
-                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-    """Returns (total loss, {resolution: loss}) for a batch of images in [-1, 1]."""
+                  noise: BatchNoise | None = None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """Returns (total loss, {resolution: loss}) for a batch of images in [-1, 1]; each
+    loss is summed over pixels and averaged over the batch rows given."""
     precond, resolutions = model.precond, model.resolutions
-    device, n = images.device, images.shape[0]
+    noise = noise or BatchNoise(None, images.shape[0], device=images.device)
     clean = pyramid.build(images, resolutions)
     per_res: dict[int, torch.Tensor] = {}
     total = images.new_zeros(())
     for i, r in enumerate(resolutions):
         y = clean[r]
-        sigma = precond.sample_sigma(n, generator, device)
-        x = y + torch.randn(y.shape, generator=generator, device=device) * sigma
+        sigma = noise.sigma(precond)
+        x = y + noise.randn(*y.shape[1:]) * sigma
         cond = sigma_c = None
         if i > 0:
             low = clean[resolutions[i - 1]]
-            sigma_c = precond.sample_sigma(n, generator, device)
-            cond = pyramid.upsample(low + torch.randn(low.shape, generator=generator, device=device) * sigma_c, r)
+            sigma_c = noise.sigma(precond)
+            cond = pyramid.upsample(low + noise.randn(*low.shape[1:]) * sigma_c, r)
         denoised = model(x, sigma, class_labels, cond=cond, sigma_cond=sigma_c, augment_labels=augment_labels)
         loss = (precond.loss_weight(sigma) * (denoised - y) ** 2).sum(dim=(1, 2, 3)).mean()
         per_res[r] = loss
         total = total + (weights or {}).get(r, 1.0) * loss
     return total, per_res
+
+
+class LossModule(torch.nn.Module):
+    """The whole multi-resolution loss as one forward pass, so that DistributedDataParallel
+    sees one forward per backward that uses every parameter."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images, class_labels=None, augment_labels=None, weights=None, noise=None):
+        return multires_loss(self.model, images, class_labels, augment_labels, weights, noise)

@@ -1,24 +1,35 @@
 """The training loop: Adam with a linear learning-rate ramp-up, EMA, the multi-resolution
-loss, periodic resumable states (re-running the same command resumes) and a final model
-directory. Single process here; `lowdiff.train.distributed` adds torchrun/DDP.
+loss, mixed precision, torchrun/DDP, and resumable states (re-running the same command
+resumes; SIGTERM/SIGINT write a state and exit cleanly).
+
+Scaling out: launch with `torchrun --nproc_per_node=N -m lowdiff.cli train ...`. The global
+batch is split across ranks and, when `batch_gpu` is smaller, into accumulation rounds.
+Every rank draws the same global data order and the same global noise (from a generator
+seeded by (seed, step)) and keeps its own rows, so a run gives the same result, up to
+float rounding, however it is split. Only rank 0 writes files.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import os
+import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..config import ConfigError, Preset
 from ..data import ImageDataset
 from ..diffusion.denoiser import Denoiser
-from ..diffusion.loss import multires_loss
+from ..diffusion.loss import BatchNoise, LossModule
 from . import checkpoint as ckpt
 from .ema import ema_beta, update_ema
 
@@ -42,8 +53,7 @@ class DataStream:
     def next(self, n: int) -> torch.Tensor:
         out = []
         while n > 0:
-            order = self._order()
-            take = order[self.position:self.position + n]
+            take = self._order()[self.position:self.position + n]
             out.append(take)
             n -= len(take)
             self.position += len(take)
@@ -65,14 +75,16 @@ def check_dataset(preset: Preset, ds: ImageDataset) -> None:
                           f"{ds.name} has {'no labels' if ds.labels is None else f'{ds.num_classes} classes'}")
 
 
-def batch_tensors(ds: ImageDataset, idx: torch.Tensor, label_dim: int, xflip: torch.Tensor | None, device):
-    images = torch.from_numpy(ds.images[idx.numpy()]).to(device=device, dtype=torch.float32) / 127.5 - 1
-    if xflip is not None:
-        images = torch.where(xflip[:, None, None, None].to(device), images.flip(-1), images)
-    labels = None
-    if label_dim:
-        labels = F.one_hot(torch.from_numpy(ds.labels[idx.numpy()]).long(), label_dim).float().to(device)
-    return images, labels
+def split_batch(batch: int, world: int, batch_gpu: int) -> tuple[int, int]:
+    """(rows per rank, accumulation rounds); rejects splits that do not divide evenly."""
+    if batch % world:
+        raise ConfigError(f"batch {batch} is not divisible by the {world} processes; use a multiple of {world}")
+    local = batch // world
+    per_round = batch_gpu or local
+    if local % per_round:
+        raise ConfigError(f"per-process batch {local} is not divisible by batch_gpu {per_round}; "
+                          "choose batch_gpu dividing it")
+    return local, local // per_round
 
 
 def training_signature(preset: Preset) -> str:
@@ -83,21 +95,66 @@ def training_signature(preset: Preset) -> str:
     return json.dumps({k: d[k] for k in ("network", "train", "precond", "unified", "cond_scaling")}, sort_keys=True)
 
 
+def init_distributed(device: str) -> tuple[int, int, torch.device]:
+    """Join the torchrun process group when launched by torchrun; (rank, world, device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    dev = torch.device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    if dist.is_initialized():
+        if dev.type == "cuda":
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(dev)
+        return dist.get_rank(), dist.get_world_size(), dev
+    return 0, 1, dev
+
+
+class _StopRequest:
+    """SIGTERM / SIGINT set a flag; the loop writes a state and exits at the next step."""
+
+    def __init__(self):
+        self.signal: int | None = None
+
+    def __enter__(self):
+        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
 class Trainer:
-    """Owns the model, EMA, optimizer, RNGs and data position of one run."""
+    """Owns the model, EMA, optimizer, RNG state and data position of one run."""
 
     def __init__(self, preset: Preset, dataset: ImageDataset, run_dir: str | Path, device: str = "cpu"):
         preset.validate()
         check_dataset(preset, dataset)
-        self.preset, self.ds, self.run_dir, self.device = preset, dataset, Path(run_dir), torch.device(device)
         t = preset.train
+        if t.precision not in ("fp32", "bf16", "fp16"):
+            raise ConfigError(f"precision {t.precision!r}: choose fp32, bf16 or fp16")
+        self.rank, self.world, self.device = init_distributed(device)
+        self.local_batch, self.rounds = split_batch(t.batch, self.world, t.batch_gpu)
+        self.preset, self.ds, self.run_dir = preset, dataset, Path(run_dir)
         torch.manual_seed(t.seed)
         self.model = Denoiser(preset).to(self.device).train()
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.loss_fn = LossModule(torch.compile(self.model) if t.compile else self.model)
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.loss_fn = torch.nn.parallel.DistributedDataParallel(self.loss_fn, device_ids=ids)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=t.lr, betas=(0.9, 0.999), eps=1e-8)
-        self.noise_gen = torch.Generator(self.device).manual_seed(t.seed + 1)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
         self.stream = DataStream(len(dataset), t.seed)
         self.step, self.nimg = 0, 0
+        torch.manual_seed(t.seed * 7919 + self.rank)      # dropout differs per rank, as in EDM
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
 
     # --- state ---------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
@@ -106,12 +163,14 @@ class Trainer:
         for i, s in self.opt.state_dict()["state"].items():
             out |= {f"optim.{i}.{k}": torch.as_tensor(v) for k, v in s.items()}
         out["rng.torch"] = torch.get_rng_state()
-        out["rng.noise"] = self.noise_gen.get_state()
         return out
 
     def save_state(self) -> None:
+        if not self.is_main:
+            return
         meta = dict(nimg=self.nimg, epoch=self.stream.epoch, position=self.stream.position,
-                    param_groups=self.opt.state_dict()["param_groups"], preset=self.preset.to_dict())
+                    param_groups=self.opt.state_dict()["param_groups"], scaler=self.scaler.state_dict(),
+                    preset=self.preset.to_dict())
         ckpt.save_state(self.run_dir, self.step, self.state_tensors(), meta, keep=self.preset.train.keep_checkpoints)
 
     def try_resume(self) -> bool:
@@ -128,73 +187,137 @@ class Trainer:
         for k, v in tensors.items():
             if k.startswith("optim."):
                 _, i, name = k.split(".", 2)
-                opt_state.setdefault(int(i), {})[name] = v
+                opt_state.setdefault(int(i), {})[name] = v.to(self.device) if name != "step" else v
         self.opt.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
-        torch.set_rng_state(tensors["rng.torch"])
-        self.noise_gen.set_state(tensors["rng.noise"])
+        if meta.get("scaler"):
+            self.scaler.load_state_dict(meta["scaler"])
+        if self.world == 1:
+            torch.set_rng_state(tensors["rng.torch"])
         self.step, self.nimg = meta["step"], meta["nimg"]
         self.stream.epoch, self.stream.position = meta["epoch"], meta["position"]
         return True
 
     # --- one optimisation step ---------------------------------------------------------------
-    def train_step(self) -> dict[int, float]:
-        t, net = self.preset.train, self.preset.network
-        idx = self.stream.next(t.batch)
-        flip = (torch.rand(t.batch, generator=self.noise_gen, device=self.device) < 0.5) if t.xflip else None
-        images, labels = batch_tensors(self.ds, idx, net.label_dim, flip, self.device)
-        loss, per_res = multires_loss(self.model, images, labels, weights=t.loss_weights, generator=self.noise_gen)
-        if not torch.isfinite(loss):
-            bad = [r for r, v in per_res.items() if not torch.isfinite(v)]
-            raise TrainingError(f"non-finite loss at step {self.step} (resolution {bad}); the last good "
-                                f"checkpoint is kept in {self.run_dir / ckpt.STATE_DIR}. Lower the learning rate.")
+    def _rows(self, k: int) -> slice:
+        per_round = self.local_batch // self.rounds
+        start = self.rank * self.local_batch + k * per_round
+        return slice(start, start + per_round)
+
+    def _batch(self, idx: torch.Tensor, flip: torch.Tensor | None):
+        net = self.preset.network
+        images = torch.from_numpy(self.ds.images[idx.numpy()]).to(self.device, torch.float32) / 127.5 - 1
+        if flip is not None:
+            images = torch.where(flip[:, None, None, None].to(self.device), images.flip(-1), images)
+        labels = augment = None
+        if net.label_dim:
+            labels = F.one_hot(torch.from_numpy(self.ds.labels[idx.numpy()]), net.label_dim).float().to(self.device)
+        if net.augment_dim:       # no augmentation pipe yet: zero labels, as at sampling time
+            augment = torch.zeros(len(idx), net.augment_dim, device=self.device)
+        return images, labels, augment
+
+    def train_step(self) -> dict[int, torch.Tensor]:
+        t = self.preset.train
+        idx = self.stream.next(t.batch)                     # the global batch, same on every rank
+        step_gen = torch.Generator(self.device).manual_seed(t.seed * 1_000_003 + self.step + 1)
+        flip = torch.rand(t.batch, generator=step_gen, device=self.device) < 0.5 if t.xflip else None
+        noise_seed = int(torch.randint(1 << 62, (), generator=step_gen, device=self.device))
+        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16 if t.precision == "bf16" else torch.float16)
+                    if t.precision != "fp32" else contextlib.nullcontext())
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        lr = t.lr * min(self.nimg / max(t.lr_rampup_kimg * 1000, 1e-8), 1) if t.lr_rampup_kimg else t.lr
+        per_res_sum: dict[int, torch.Tensor] = {}
+        for k in range(self.rounds):
+            rows = self._rows(k)
+            images, labels, augment = self._batch(idx[rows], None if flip is None else flip[rows])
+            noise = BatchNoise(torch.Generator(self.device).manual_seed(noise_seed), t.batch, rows, self.device)
+            sync = self.world > 1 and k < self.rounds - 1
+            with (self.loss_fn.no_sync() if sync else contextlib.nullcontext()), autocast:
+                loss, per_res = self.loss_fn(images, labels, augment, t.loss_weights, noise)
+            self.scaler.scale(loss / self.rounds).backward()
+            for r, v in per_res.items():
+                per_res_sum[r] = per_res_sum.get(r, 0) + v.detach() / self.rounds
+        self._check_finite(per_res_sum)
+        lr = t.lr * min(self.nimg / (t.lr_rampup_kimg * 1000), 1) if t.lr_rampup_kimg else t.lr
         for g in self.opt.param_groups:
             g["lr"] = lr
+        self.scaler.unscale_(self.opt)
         for p in self.model.parameters():
             if p.grad is not None:
                 torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
-        self.opt.step()
+        self.scaler.step(self.opt)
+        self.scaler.update()
         self.nimg += t.batch
         self.step += 1
         update_ema(self.ema, self.model, ema_beta(t.batch, self.nimg, t.ema_halflife_kimg, t.ema_rampup_ratio))
-        return {r: v.item() for r, v in per_res.items()}
+        return per_res_sum
+
+    def _check_finite(self, per_res: dict[int, torch.Tensor]) -> None:
+        bad = [r for r, v in per_res.items() if not torch.isfinite(v)]
+        if bad:
+            raise TrainingError(f"non-finite loss at step {self.step} (kimg {self.nimg / 1000:.1f}) at resolution(s) "
+                                f"{bad}; the last good state is kept in {self.run_dir / ckpt.STATE_DIR}. Lower the "
+                                "learning rate or use fp32, then re-run the same command to resume from it.")
+
+    def _mean_over_ranks(self, values: dict[int, float]) -> dict[int, float]:
+        if self.world == 1:
+            return values
+        t = torch.tensor(list(values.values()), dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return {r: v / self.world for r, v in zip(values, t.tolist())}
 
     # --- the loop --------------------------------------------------------------------------
     def run(self, duration_kimg: float | None = None, progress: bool = True) -> Path:
         t = self.preset.train
         total = int((duration_kimg or t.duration_kimg) * 1000)
         resumed = self.try_resume()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "training_options.json").write_text(self.preset.to_json())
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "training_options.json").write_text(self.preset.to_json())
         log_every = max(1, round(t.log_kimg * 1000 / t.batch))
         ckpt_every = max(1, round(t.checkpoint_kimg * 1000 / t.batch))
-        bar = tqdm(total=total, initial=min(self.nimg, total), unit="img", disable=not progress,
-                   desc=f"train {self.preset.name}" + (" (resumed)" if resumed else ""))
-        window: list[dict[int, float]] = []
-        start = time.time()
-        with open(self.run_dir / "log.jsonl", "a") as log:
-            while self.nimg < total:
-                window.append(self.train_step())
-                bar.update(t.batch)
-                if self.step % log_every == 0 or self.nimg >= total:
-                    mean = {r: float(np.mean([w[r] for w in window])) for r in window[0]}
-                    record = {"step": self.step, "kimg": self.nimg / 1000, "seconds": round(time.time() - start, 1),
-                              "loss": sum(mean.values()), **{f"loss_{r}": v for r, v in mean.items()}}
-                    log.write(json.dumps(record) + "\n")
-                    log.flush()
-                    bar.set_postfix(loss=f"{record['loss']:.1f}")
-                    window.clear()
-                if self.step % ckpt_every == 0:
-                    self.save_state()
-        bar.close()
-        self.save_state()
-        ckpt.save_model(self.run_dir, self.preset, self.ema.state_dict())
+        bar = tqdm(total=total, initial=min(self.nimg, total), unit="img", disable=not (progress and self.is_main),
+                   desc=f"train {self.preset.name}" + (" (resumed)" if resumed else ""), smoothing=0.05)
+        window: list[dict[int, torch.Tensor]] = []
+        start, start_nimg = time.time(), self.nimg
+        log = open(self.run_dir / "log.jsonl", "a") if self.is_main else None
+        try:
+            with _StopRequest() as stop:
+                while self.nimg < total and stop.signal is None:
+                    window.append(self.train_step())
+                    bar.update(t.batch)
+                    if self.step % log_every == 0 or self.nimg >= total:
+                        self._log(window, log, bar, start, start_nimg)
+                        window.clear()
+                    if self.step % ckpt_every == 0:
+                        self.save_state()
+                self.save_state()
+                if stop.signal is not None:
+                    if self.is_main:
+                        tqdm.write(f"received signal {stop.signal}: state saved at step {self.step}; "
+                                   "re-run the same command to resume", file=sys.stderr)
+                    return self.run_dir
+        finally:
+            bar.close()
+            if log:
+                log.close()
+        if self.is_main:
+            ckpt.save_model(self.run_dir, self.preset, self.ema.state_dict())
         return self.run_dir
+
+    def _log(self, window, log, bar, start, start_nimg) -> None:
+        mean = {r: float(np.mean([w[r].item() for w in window])) for r in window[0]}
+        mean = self._mean_over_ranks(mean)
+        if log is None:
+            return
+        elapsed = time.time() - start
+        record = {"step": self.step, "kimg": self.nimg / 1000, "seconds": round(elapsed, 1),
+                  "images_per_s": round((self.nimg - start_nimg) / max(elapsed, 1e-9), 2),
+                  "loss": sum(mean.values()), **{f"loss_{r}": v for r, v in mean.items()}}
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+        bar.set_postfix(loss=f"{record['loss']:.1f}")
 
 
 def train(preset: Preset, dataset: ImageDataset, run_dir: str | Path, device: str = "cpu",
           duration_kimg: float | None = None, progress: bool = True) -> Path:
-    """Train (or resume) a run in `run_dir`; returns the model directory."""
+    """Train (or resume) a run in `run_dir`; returns the run (= model) directory."""
     return Trainer(preset, dataset, run_dir, device).run(duration_kimg, progress)

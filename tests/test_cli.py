@@ -1,0 +1,86 @@
+"""The `lowdiff` command: presets, info, train -> sample, bench, and clear errors."""
+import json
+
+import pytest
+
+from lowdiff.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_presets_lists_paper_and_cpu_presets(capsys):
+    code, out, _ = run(capsys, "presets")
+    assert code == 0
+    for name in ("cifar10-uncond", "edm-cifar10-uncond", "ffhq64", "cdm-cifar10-uncond-2stage", "edm-fashion-tiny"):
+        assert name in out
+
+
+@pytest.mark.parametrize("name,params", [("edm-cifar10-uncond", 55_733_891), ("edm-cifar10-cond", 55_735_299),
+                                         ("edm-ffhq64", 61_805_571)])
+def test_info_json_parameter_counts(capsys, name, params):
+    code, out, _ = run(capsys, "info", name, "--json")
+    info = json.loads(out)
+    assert code == 0 and info["parameters"] == params
+
+
+def test_info_text_shows_plan_and_baseline(capsys):
+    code, out, _ = run(capsys, "info", "cifar10-uncond")
+    assert code == 0
+    assert "55,790,345" in out and "edm-cifar10-uncond: 55,733,891" in out and "effective NFE 22" in out
+
+
+def test_unknown_preset_is_a_clear_error(capsys):
+    code, _, err = run(capsys, "info", "cifar-10")
+    assert code == 2 and "unknown preset" in err and "lowdiff presets" in err
+
+
+def test_train_then_sample_then_resume(tmp_path, capsys):
+    spec = tmp_path / "preset.json"
+    from conftest import tiny_preset
+    spec.write_text(tiny_preset(label_dim=10).to_json())
+    out = tmp_path / "run"
+    args = ["train", "--preset", str(spec), "--data", "synthetic:32", "--out", str(out), "--no-progress"]
+    assert run(capsys, *args, "--duration-kimg", "0.016")[0] == 0
+    assert run(capsys, *args, "--duration-kimg", "0.032")[0] == 0           # resumes from step 2
+    steps = [json.loads(l)["step"] for l in (out / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    code, _, err = run(capsys, "sample", "--checkpoint", str(out), "--num", "20", "--out", str(tmp_path / "g.png"),
+                       "--stage", "16:nfe=2", "--no-progress")
+    assert code == 0 and (tmp_path / "g.png").is_file() and "{8: 3, 16: 2, 32: 7}" in err
+    code, _, _ = run(capsys, "sample", "--checkpoint", str(out), "--num", "3", "--out", str(tmp_path / "pngs"),
+                     "--random-class", "--no-progress")
+    assert code == 0 and sorted(p.name for p in (tmp_path / "pngs").iterdir()) == [
+        "000000.png", "000001.png", "000002.png"]
+
+
+def test_sample_errors(tmp_path, capsys):
+    code, _, err = run(capsys, "sample", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "g.png"))
+    assert code == 2 and "config.json is missing" in err
+
+
+def test_train_rejects_missing_data(tmp_path, capsys):
+    code, _, err = run(capsys, "train", "--preset", "edm-fashion-tiny", "--data", str(tmp_path / "nope"),
+                       "--out", str(tmp_path / "r"))
+    assert code == 2 and "nope" in err
+
+
+def test_bench_json_reports_ratio(capsys, tmp_path):
+    from conftest import tiny_preset
+    import lowdiff.config as config
+    p = tiny_preset()
+    base = tiny_preset(stages=(32,))
+    base.name, p.baseline = "tiny-base", "tiny-base"
+    config.PRESETS["tiny-base"] = base
+    spec = tmp_path / "p.json"
+    spec.write_text(p.to_json())
+    try:
+        code, out, _ = run(capsys, "bench", "--preset", str(spec), "--batch", "2", "--repeats", "1", "--json")
+    finally:
+        del config.PRESETS["tiny-base"]
+    report = json.loads(out)
+    assert code == 0 and report["throughput_ratio"] > 0
+    assert report["lowdiff"]["nfe"] == {"8": 3, "16": 3, "32": 7} or report["lowdiff"]["nfe"] == {8: 3, 16: 3, 32: 7}
