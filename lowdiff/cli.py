@@ -121,6 +121,47 @@ def cmd_bench(args) -> None:
         print(f"  throughput ratio LowDiff / baseline: {report['throughput_ratio']:.2f}x   (stage time shares {shares})")
 
 
+def cmd_eval(args) -> None:
+    from .eval import evaluate
+    if args.eval_command == "train-classifier":
+        from .eval.classifier import DEFAULT_CLASSIFIER_DIR, train_classifier
+        out = args.out or DEFAULT_CLASSIFIER_DIR
+        info = train_classifier(out, epochs=args.epochs, seed=args.seed, progress=not args.no_progress)
+        print(json.dumps(info, indent=2))
+        print(f"classifier written to {out}; test accuracy {info['test_accuracy']:.2%}", file=sys.stderr)
+        return
+    weights = args.inception if args.features == "inception" else args.classifier
+    extractor = evaluate.get_extractor(args.features, weights, args.device)
+    if args.eval_command == "ref":
+        result = evaluate.reference_stats(args.data, args.out, extractor, args.features, split=args.split,
+                                          progress=not args.no_progress)
+        print(json.dumps(result, indent=2))
+        return
+    from .pipeline import load, override_stages
+    pipe = load(args.checkpoint, device=args.device)
+    stages = override_stages(pipe.preset.stages, args.stage or [])
+    print(f"generating seeds {args.seed}-{args.seed + args.num - 1} with {pipe.preset.name}", file=sys.stderr)
+    ev = evaluate.evaluate_pipeline(pipe, args.ref, extractor, args.features, num=args.num, seed=args.seed,
+                                    stages=stages, batch=args.batch, progress=not args.no_progress)
+    result = {"fid": ev.fid, "inception_score": ev.inception_score, "num": ev.num, "seeds": ev.seeds,
+              "feature_space": ev.feature_space, "checkpoint": args.checkpoint or "bundled",
+              "nfe_per_stage": {s.resolution: s.planned_nfe(i == len(stages) - 1) for i, s in enumerate(stages)}}
+    print(json.dumps(result, indent=2))
+
+
+def cmd_dataset(args) -> None:
+    import numpy as np
+
+    from .data import open_dataset, save_image_folder
+    ds = open_dataset(args.data, split=args.split, pad_to=args.pad_to)
+    counts = {} if ds.labels is None else dict(zip(*(a.tolist() for a in np.unique(ds.labels, return_counts=True))))
+    print(json.dumps({"name": ds.name, "images": len(ds), "resolution": ds.resolution, "channels": ds.channels,
+                      "num_classes": ds.num_classes, "class_names": ds.class_names, "per_class": counts}, indent=2))
+    if args.dataset_command == "convert":
+        save_image_folder(ds, args.out)
+        print(f"wrote {len(ds)} images to {args.out} (EDM layout with dataset.json)", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lowdiff", description="LowDiff: cascaded multi-resolution diffusion with one "
                                 "unified network. Train, sample, inspect presets.")
@@ -174,6 +215,53 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_sample)
 
+    ev = sub.add_parser("eval", help="FID / IS: reference statistics, model evaluation, the offline classifier",
+                        description="Evaluation with one pinned protocol. Feature spaces: 'classifier' (our "
+                        "Fashion-MNIST classifier, offline; train it once with `lowdiff eval train-classifier`) or "
+                        "'inception' (standard FID Inception-v3; needs the weight file pt_inception-2015-12-05-"
+                        "6726825d.pth from pytorch-fid's releases, or torch-fidelity's weights-inception-2015-12-05-"
+                        "6726825d.pth, given with --inception or LOWDIFF_INCEPTION, or in the torch hub cache).")
+    evs = ev.add_subparsers(dest="eval_command", required=True)
+    e = evs.add_parser("train-classifier", help="train the Fashion-MNIST feature classifier (a few CPU minutes)")
+    e.add_argument("--out", help="output directory (default ~/.cache/lowdiff/fashion-classifier or $LOWDIFF_CLASSIFIER)")
+    e.add_argument("--epochs", type=int, default=3, help="training epochs (default 3)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--no-progress", action="store_true")
+    for name, text in (("ref", "reference statistics (mu, sigma as .npz) of a dataset"),
+                       ("fid", "FID / IS of a model's samples against reference statistics")):
+        e = evs.add_parser(name, help=text)
+        e.add_argument("--features", default="classifier", choices=["classifier", "inception"],
+                       help="feature space (default classifier)")
+        e.add_argument("--classifier", help="classifier directory (default: the trained default)")
+        e.add_argument("--inception", help="Inception weight file (.pth or .safetensors)")
+        e.add_argument("--device", default="cpu")
+        e.add_argument("--no-progress", action="store_true")
+        if name == "ref":
+            e.add_argument("--data", required=True, help="dataset spec, e.g. fashion-mnist")
+            e.add_argument("--split", default="test", help="train or test (default test)")
+            e.add_argument("--out", required=True, help="output .npz")
+        else:
+            e.add_argument("--checkpoint", help="model directory (default: the bundled model)")
+            e.add_argument("--ref", required=True, help="reference statistics .npz")
+            e.add_argument("--num", type=int, default=10_000, help="number of samples (default 10000)")
+            e.add_argument("--seed", type=int, default=0, help="first seed; seeds seed..seed+num-1 are used")
+            e.add_argument("--batch", type=int, default=250, help="images per batch")
+            e.add_argument("--stage", action="append", metavar="RES:key=val", help="stage override, as in sample")
+    ev.set_defaults(func=cmd_eval)
+
+    ds = sub.add_parser("dataset", help="inspect or convert datasets")
+    dss = ds.add_subparsers(dest="dataset_command", required=True)
+    for name, text in (("info", "print size, resolution, channels and class counts"),
+                       ("convert", "write a dataset as an EDM-style image folder or .zip with dataset.json")):
+        d = dss.add_parser(name, help=text)
+        d.add_argument("data", help="fashion-mnist[:test], cifar-10-python.tar.gz, an image folder/zip, an IDX file, "
+                       "synthetic[:N[:RES]]")
+        d.add_argument("--split", default="train", help="train or test (archives with splits)")
+        d.add_argument("--pad-to", dest="pad_to", type=int, help="zero-pad images to this size")
+        if name == "convert":
+            d.add_argument("--out", required=True, help="output folder, or a path ending in .zip")
+    ds.set_defaults(func=cmd_dataset)
+
     s = sub.add_parser("bench", help="sampling latency/throughput of a preset vs its single-resolution baseline "
                        "(paper protocol: batch 64, mean of repeated runs), and measured effective NFE")
     s.add_argument("--preset", required=True, help="preset name (its baseline is timed alongside)")
@@ -197,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     from .train.checkpoint import CheckpointError
     try:
         args.func(args)
-    except (ConfigError, DatasetError, CheckpointError, ValueError) as e:
+    except (ConfigError, DatasetError, CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"lowdiff {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -84,3 +84,11 @@ def test_bench_json_reports_ratio(capsys, tmp_path):
     report = json.loads(out)
     assert code == 0 and report["throughput_ratio"] > 0
     assert report["lowdiff"]["nfe"] == {"8": 3, "16": 3, "32": 7} or report["lowdiff"]["nfe"] == {8: 3, 16: 3, 32: 7}
+
+
+def test_dataset_info_and_convert(tmp_path, capsys):
+    code, out, _ = run(capsys, "dataset", "convert", "synthetic:12:16", "--out", str(tmp_path / "d.zip"))
+    assert code == 0 and json.loads(out)["images"] == 12
+    code, out, _ = run(capsys, "dataset", "info", str(tmp_path / "d.zip"))
+    info = json.loads(out)
+    assert code == 0 and (info["images"], info["resolution"], info["num_classes"]) == (12, 16, 10)

@@ -1,0 +1,242 @@
+"""An offline Fashion-MNIST classifier, the feature space for FID / IS where Inception weights can't be had.
+
+`FashionClassifier` is a small CNN (about 140k parameters) for 1x32x32 uint8 images (Fashion-MNIST zero-padded
+from 28x28, the layout of `open_dataset('fashion-mnist', pad_to=32)`). Its 128-d penultimate activations
+(global average pool after ReLU) are the FID features and its logits feed the Inception Score.
+
+`train_classifier` trains it deterministically on CPU (seeded init, shuffling, augmentation and dropout; deterministic
+algorithms) and writes `classifier.safetensors` + `classifier.json` (architecture, test accuracy, ...). Scores are only
+comparable between runs that use the same classifier file; `lowdiff eval train-classifier` makes the default one in
+`DEFAULT_CLASSIFIER_DIR` (override with the LOWDIFF_CLASSIFIER environment variable).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm import tqdm
+
+from ..train.checkpoint import CheckpointError
+
+DEFAULT_CLASSIFIER_DIR = Path(os.environ.get("LOWDIFF_CLASSIFIER", "~/.cache/lowdiff/fashion-classifier")).expanduser()
+WEIGHTS_FILE, CONFIG_FILE = "classifier.safetensors", "classifier.json"
+ARCH_NAME = "fashion-cnn-v1"
+_HINT = "train one with `lowdiff eval train-classifier`"
+
+
+class ClassifierError(CheckpointError):
+    """A classifier directory that is missing, incomplete or corrupt."""
+
+
+def _conv(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class FashionClassifier(nn.Module):
+    """conv(1->w) conv(w->w) pool | conv(w->2w) conv(2w->2w) pool | conv(2w->4w) GAP -> 4w features -> dropout -> fc.
+
+    Inputs are uint8 images (N, 1, 32, 32) in [0, 255] (any dtype holding that range is accepted), scaled to [-1, 1]
+    inside; 3-channel images are converted to grayscale (ITU-R 601 luma).
+    """
+
+    def __init__(self, width: int = 32, num_classes: int = 10, resolution: int = 32, dropout: float = 0.2):
+        super().__init__()
+        self.width, self.num_classes, self.resolution, self.dropout_p = width, num_classes, resolution, dropout
+        self.feature_dim = 4 * width
+        self.body = nn.Sequential(
+            _conv(1, width), _conv(width, width), nn.MaxPool2d(2),
+            _conv(width, 2 * width), _conv(2 * width, 2 * width), nn.MaxPool2d(2),
+            _conv(2 * width, 4 * width), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(self.feature_dim, num_classes)
+
+    def arch(self) -> dict[str, Any]:
+        return {"name": ARCH_NAME, "width": self.width, "num_classes": self.num_classes,
+                "resolution": self.resolution, "dropout": self.dropout_p, "in_channels": 1}
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [0, 255] (N, C, H, W) -> float32 [-1, 1] (N, 1, H, W) on the model's device."""
+        images = torch.as_tensor(images)
+        if images.ndim != 4 or images.shape[1] not in (1, 3):
+            raise ValueError(f"FashionClassifier needs images (N, 1, H, W) or (N, 3, H, W), got {tuple(images.shape)}")
+        if images.shape[-2:] != (self.resolution, self.resolution):
+            raise ValueError(f"FashionClassifier was trained on {self.resolution}x{self.resolution} images, got "
+                             f"{images.shape[-1]}x{images.shape[-2]} (pad 28x28 Fashion-MNIST to 32, "
+                             f"e.g. open_dataset(..., pad_to=32))")
+        x = images.to(self.fc.weight.device, torch.float32) / 127.5 - 1
+        if x.shape[1] == 3:
+            x = (x * x.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        return x
+
+    def features_and_logits(self, images_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(penultimate features (N, feature_dim) float32, logits (N, num_classes))."""
+        features = self.body(self.preprocess(images_uint8))
+        return features, self.fc(self.dropout(features))
+
+    def forward(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        return self.features_and_logits(images_uint8)[1]
+
+
+def _build(arch: dict[str, Any]) -> FashionClassifier:
+    if arch.get("name") != ARCH_NAME:
+        raise ValueError(f"unknown classifier architecture {arch.get('name')!r} (this version reads {ARCH_NAME!r})")
+    return FashionClassifier(width=int(arch["width"]), num_classes=int(arch["num_classes"]),
+                             resolution=int(arch["resolution"]), dropout=float(arch["dropout"]))
+
+
+def num_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------------- training
+
+@contextlib.contextmanager
+def _deterministic(seed: int):
+    """Seeded global RNG and deterministic algorithms, both restored afterwards."""
+    previous, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        torch.use_deterministic_algorithms(True)
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(previous, warn_only=warn_only)
+
+
+def _augment(images: torch.Tensor, gen: torch.Generator, shift: int = 2) -> torch.Tensor:
+    """Random horizontal flip and random translation by up to `shift` px (zero padding), per image, uint8 in/out."""
+    n, _, h, w = images.shape
+    flip = torch.rand(n, generator=gen) < 0.5
+    images = torch.where(flip.view(n, 1, 1, 1), images.flip(-1), images)
+    padded = F.pad(images, (shift, shift, shift, shift))
+    dy, dx = (torch.randint(0, 2 * shift + 1, (2, n), generator=gen))
+    rows = (dy[:, None] + torch.arange(h))[:, None, :, None]          # (N, 1, H, 1)
+    cols = (dx[:, None] + torch.arange(w))[:, None, None, :]          # (N, 1, 1, W)
+    return padded[torch.arange(n).view(n, 1, 1, 1), torch.arange(images.shape[1]).view(1, -1, 1, 1), rows, cols]
+
+
+def _lr_lambda(total: int, warmup: float = 0.05):
+    warm = max(1, int(total * warmup))
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+    return f
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: FashionClassifier, images: np.ndarray | torch.Tensor, labels, batch: int = 1000) -> float:
+    """Top-1 accuracy of `model` (switched to eval mode) on uint8 images."""
+    model.eval()
+    images, labels = torch.as_tensor(images), torch.as_tensor(labels)
+    correct = 0
+    for start in range(0, len(images), batch):
+        pred = model(images[start:start + batch]).argmax(1).cpu()
+        correct += int((pred == labels[start:start + batch]).sum())
+    return correct / max(1, len(images))
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def train_classifier(out_dir: str | Path, *, epochs: int = 3, batch: int = 128, lr: float = 2e-3, seed: int = 0,
+                     train=None, test=None, width: int = 32, progress: bool = True) -> dict[str, Any]:
+    """Train a FashionClassifier on CPU, deterministically; write classifier.{safetensors,json} to `out_dir`.
+
+    `train` / `test` are ImageDatasets (uint8 (N, 1, 32, 32) images with labels); by default the Fashion-MNIST
+    train and test splits, zero-padded to 32x32. Returns the metadata written to classifier.json.
+    """
+    from ..data import open_dataset
+    if epochs < 1 or batch < 2:
+        raise ValueError(f"train_classifier needs epochs >= 1 and batch >= 2, got epochs={epochs}, batch={batch}")
+    train = open_dataset("fashion-mnist", split="train", pad_to=32) if train is None else train
+    test = open_dataset("fashion-mnist:test", pad_to=32) if test is None else test
+    for name, ds in (("train", train), ("test", test)):
+        if ds.labels is None:
+            raise ValueError(f"train_classifier: the {name} dataset {ds.name} has no labels")
+        if ds.images.shape[1:] != (1, 32, 32):
+            raise ValueError(f"train_classifier: the {name} dataset {ds.name} has images of shape "
+                             f"{ds.images.shape[1:]}; need (1, 32, 32) (use pad_to=32 for Fashion-MNIST)")
+    num_classes = len(train.class_names) if train.class_names else int(max(train.labels.max(), test.labels.max())) + 1
+    images, labels = torch.from_numpy(train.images), torch.from_numpy(train.labels)
+    steps_per_epoch = len(images) // batch + (len(images) % batch >= 2)   # a last batch of 1 is dropped (BatchNorm)
+    total = epochs * steps_per_epoch
+    start_time = time.perf_counter()
+    with _deterministic(seed):
+        model = FashionClassifier(width=width, num_classes=num_classes)
+        gen = torch.Generator().manual_seed(seed)
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total))
+        bar = tqdm(total=total, disable=not progress, desc="classifier", unit="step")
+        for epoch in range(epochs):
+            model.train()
+            order = torch.randperm(len(images), generator=gen)
+            for i in range(steps_per_epoch):
+                idx = order[i * batch:(i + 1) * batch]
+                x = _augment(images[idx], gen)
+                loss = F.cross_entropy(model(x), labels[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                bar.update(1)
+                if i % 20 == 0:
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+        bar.close()
+        accuracy = evaluate_accuracy(model, test.images, test.labels)
+    train_seconds = time.perf_counter() - start_time
+    meta = {"arch": model.arch(), "test_accuracy": accuracy, "epochs": epochs, "seed": seed,
+            "feature_dim": model.feature_dim, "train_seconds": round(train_seconds, 2), "batch": batch, "lr": lr,
+            "num_parameters": num_parameters(model), "train_data": train.name, "train_size": len(train),
+            "test_data": test.name, "test_size": len(test), "class_names": train.class_names,
+            "torch_version": torch.__version__}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    _atomic_write(out / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata={"format": "pt", "arch": ARCH_NAME}))
+    _atomic_write(out / CONFIG_FILE, lambda p: p.write_text(json.dumps(meta, indent=2)))
+    return meta
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+
+def load_classifier(directory: str | Path = DEFAULT_CLASSIFIER_DIR) -> FashionClassifier:
+    """The trained classifier in `directory` (classifier.safetensors + classifier.json), in eval mode, on CPU."""
+    d = Path(directory).expanduser()
+    weights, config = d / WEIGHTS_FILE, d / CONFIG_FILE
+    missing = [p.name for p in (weights, config) if not p.is_file()]
+    if missing:
+        where = "does not exist" if not d.is_dir() else f"has no {' or '.join(missing)}"
+        raise ClassifierError(f"no trained Fashion-MNIST classifier at {d} ({where}): {_HINT} "
+                              f"(or point LOWDIFF_CLASSIFIER / --classifier at its directory)")
+    try:
+        meta = json.loads(config.read_text())
+        model = _build(meta["arch"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ClassifierError(f"{config} is corrupt or from an incompatible version ({e}); {_HINT}") from e
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ClassifierError(f"{weights} is not a readable safetensors file (truncated or corrupt?): {e}; "
+                              f"{_HINT}") from e
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ClassifierError(f"{weights} does not match the architecture in {config.name} ({e}); {_HINT}") from e
+    model.test_accuracy = meta.get("test_accuracy")
+    return model.eval()
