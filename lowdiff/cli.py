@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     evs = ev.add_subparsers(dest="eval_command", required=True)
     e = evs.add_parser("train-classifier", help="train the Fashion-MNIST feature classifier (a few CPU minutes)")
     e.add_argument("--out", help="output directory (default ~/.cache/lowdiff/fashion-classifier or $LOWDIFF_CLASSIFIER)")
-    e.add_argument("--epochs", type=int, default=3, help="training epochs (default 3)")
+    e.add_argument("--epochs", type=int, default=5, help="training epochs (default 5: ~91.7%% test accuracy, ~5 min on 2 CPU cores)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--no-progress", action="store_true")
     for name, text in (("ref", "reference statistics (mu, sigma as .npz) of a dataset"),

@@ -104,7 +104,8 @@ def num_parameters(model: nn.Module) -> int:
 @contextlib.contextmanager
 def _deterministic(seed: int):
     """Seeded global RNG and deterministic algorithms, both restored afterwards."""
-    previous, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    previous = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         torch.use_deterministic_algorithms(True)
@@ -120,7 +121,7 @@ def _augment(images: torch.Tensor, gen: torch.Generator, shift: int = 2) -> torc
     flip = torch.rand(n, generator=gen) < 0.5
     images = torch.where(flip.view(n, 1, 1, 1), images.flip(-1), images)
     padded = F.pad(images, (shift, shift, shift, shift))
-    dy, dx = (torch.randint(0, 2 * shift + 1, (2, n), generator=gen))
+    dy, dx = torch.randint(0, 2 * shift + 1, (2, n), generator=gen)
     rows = (dy[:, None] + torch.arange(h))[:, None, :, None]          # (N, 1, H, 1)
     cols = (dx[:, None] + torch.arange(w))[:, None, None, :]          # (N, 1, 1, W)
     return padded[torch.arange(n).view(n, 1, 1, 1), torch.arange(images.shape[1]).view(1, -1, 1, 1), rows, cols]
@@ -148,13 +149,37 @@ def evaluate_accuracy(model: FashionClassifier, images: np.ndarray | torch.Tenso
     return correct / max(1, len(images))
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, batch: int = 256, limit: int = 4096) -> None:
+    """Replace BatchNorm running statistics by exact averages over (up to `limit`) un-augmented training images.
+
+    The exponential running averages lag behind the weights (badly so in short runs); exact statistics of the final
+    weights make eval-mode features match what the network was trained on.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None                     # cumulative average over the batches below
+    model.train()
+    images = images[:limit]
+    for start in range(0, len(images), batch):
+        if len(images) - start >= 2:
+            model(images[start:start + batch])
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+    model.eval()
+
+
 def _atomic_write(path: Path, write) -> None:
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
     os.replace(tmp, path)
 
 
-def train_classifier(out_dir: str | Path, *, epochs: int = 3, batch: int = 128, lr: float = 2e-3, seed: int = 0,
+def train_classifier(out_dir: str | Path, *, epochs: int = 5, batch: int = 128, lr: float = 2e-3, seed: int = 0,
                      train=None, test=None, width: int = 32, progress: bool = True) -> dict[str, Any]:
     """Train a FashionClassifier on CPU, deterministically; write classifier.{safetensors,json} to `out_dir`.
 
@@ -198,6 +223,7 @@ def train_classifier(out_dir: str | Path, *, epochs: int = 3, batch: int = 128, 
                 if i % 20 == 0:
                     bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
         bar.close()
+        recalibrate_batchnorm(model, images[torch.randperm(len(images), generator=gen)[:4096]])
         accuracy = evaluate_accuracy(model, test.images, test.labels)
     train_seconds = time.perf_counter() - start_time
     meta = {"arch": model.arch(), "test_accuracy": accuracy, "epochs": epochs, "seed": seed,
@@ -223,7 +249,7 @@ def load_classifier(directory: str | Path = DEFAULT_CLASSIFIER_DIR) -> FashionCl
     if missing:
         where = "does not exist" if not d.is_dir() else f"has no {' or '.join(missing)}"
         raise ClassifierError(f"no trained Fashion-MNIST classifier at {d} ({where}): {_HINT} "
-                              f"(or point LOWDIFF_CLASSIFIER / --classifier at its directory)")
+                              f"(or set LOWDIFF_CLASSIFIER to the directory of one)")
     try:
         meta = json.loads(config.read_text())
         model = _build(meta["arch"])
