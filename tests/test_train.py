@@ -10,7 +10,7 @@ from lowdiff.data import make_synthetic
 from lowdiff.pipeline import load
 from lowdiff.train import checkpoint as ckpt
 from lowdiff.train.ema import ema_beta
-from lowdiff.train.loop import Trainer, train
+from lowdiff.train.loop import Trainer, TrainingError, train
 
 
 def test_ema_beta_follows_halflife_and_ramp():
@@ -80,3 +80,16 @@ def test_resuming_with_a_different_config_is_refused(tiny, tmp_path):
 def _rgb():
     from lowdiff.data import make_synthetic as mk
     return mk(8, channels=3)
+
+
+def test_a_non_finite_loss_stops_with_a_diagnostic_and_keeps_the_last_good_state(tiny, tmp_path):
+    preset = tiny()
+    preset.train.lr = 1e30                                  # weights blow up after the first update
+    preset.train.checkpoint_kimg = 0.008                    # a state after every step
+    trainer = Trainer(preset, make_synthetic(40), tmp_path / "run")
+    with pytest.raises(TrainingError, match=r"non-finite loss at step \d+ .* resolution\(s\) \[") as err:
+        trainer.run(duration_kimg=0.08, progress=False)
+    assert "re-run the same command" in str(err.value)
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+    state = ckpt.load_latest_state(tmp_path / "run")
+    assert state is not None and all(torch.isfinite(v).all() for v in state[0].values() if v.is_floating_point())

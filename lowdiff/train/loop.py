@@ -11,6 +11,7 @@ float rounding, however it is split. Only rank 0 writes files.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import copy
 import json
 import os
@@ -279,6 +280,7 @@ class Trainer:
         window: list[dict[int, torch.Tensor]] = []
         start, start_nimg = time.time(), self.nimg
         log = open(self.run_dir / "log.jsonl", "a") if self.is_main else None
+        self.tensorboard = _tensorboard_writer(self.run_dir) if self.is_main else None
         try:
             with _StopRequest() as stop:
                 while self.nimg < total and stop.signal is None:
@@ -299,6 +301,8 @@ class Trainer:
             bar.close()
             if log:
                 log.close()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
         if self.is_main:
             ckpt.save_model(self.run_dir, self.preset, self.ema.state_dict())
         return self.run_dir
@@ -314,7 +318,18 @@ class Trainer:
                   "loss": sum(mean.values()), **{f"loss_{r}": v for r, v in mean.items()}}
         log.write(json.dumps(record) + "\n")
         log.flush()
+        if self.tensorboard is not None:
+            for key in ("loss", "images_per_s", *(f"loss_{r}" for r in mean)):
+                self.tensorboard.add_scalar(f"train/{key}", record[key], self.nimg)
         bar.set_postfix(loss=f"{record['loss']:.1f}")
+
+
+def _tensorboard_writer(run_dir: Path):
+    """A TensorBoard writer in run_dir/tensorboard when the tensorboard package is installed."""
+    if importlib.util.find_spec("tensorboard") is None:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(str(run_dir / "tensorboard"))
 
 
 def train(preset: Preset, dataset: ImageDataset, run_dir: str | Path, device: str = "cpu",
