@@ -14,6 +14,7 @@ from datetime import date
 from pathlib import Path
 
 from lowdiff.eval.bench import BenchOptions, bench
+from lowdiff.inference import InferenceOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_TABLE5 = [  # LowDiff paper Table 5: RTX 4090 (CIFAR, FFHQ), A100 (ImageNet), batch 64, mean of 10 runs
@@ -34,8 +35,9 @@ def run(presets: list[str], opts: BenchOptions) -> list[dict]:
 def markdown(reports: list[dict], opts: BenchOptions, command: str) -> str:
     lines = ["## Sampling speed: LowDiff vs single-resolution baseline", "",
              f"Measured {date.today().isoformat()} on **{reports[0]['device']}**, batch {opts.batch}, mean of "
-             f"{opts.repeats} runs after {opts.warmup} warm-up, {opts.precision}"
-             f"{', channels_last' if opts.channels_last else ''}{', torch.compile' if opts.compile else ''}; "
+             f"{opts.repeats} runs after {opts.warmup} warm-up, {opts.inference.precision}"
+             f"{', channels_last' if opts.inference.channels_last else ''}"
+             f"{', torch.compile' if opts.inference.compile else ''}; "
              "random weights (speed does not depend on them); both models timed alternately in one process.",
              f"Command: `{command}`", "",
              "| preset | baseline latency (s) | baseline img/s | LowDiff latency (s) | LowDiff img/s | ratio | "
@@ -70,8 +72,9 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     p.add_argument("--json", help="also write the raw reports here")
     args = p.parse_args()
-    opts = BenchOptions(batch=args.batch, repeats=args.repeats, device=args.device, precision=args.precision,
-                        compile=args.compile, channels_last=args.channels_last)
+    opts = BenchOptions(batch=args.batch, repeats=args.repeats, device=args.device,
+                        inference=InferenceOptions(compile=args.compile, channels_last=args.channels_last,
+                                                   precision=args.precision))
     reports = run(args.presets, opts)
     text = markdown(reports, opts, "python " + " ".join(sys.argv))
     print(text)

@@ -2,20 +2,25 @@
 protocol (Sec. 4.2: one batch of 64, mean over repeated runs after warm-up, synchronised
 on CUDA), and the measured effective NFE (Appendix B).
 
-Weights are randomly initialised: speed does not depend on their values. LowDiff and its
-baseline are timed alternately in the same process so that machine noise hits both.
+Weights are randomly initialised unless a trained model is given: speed does not depend on
+their values. The configurations compared (`Variant`: model, stage plan, inference options)
+are timed alternately in the same process so that machine noise hits all of them.
+`bench` compares a preset with its baseline under the same options; `compare` any list of
+variants, e.g. `option_variants`: the plain fp32 eager Heun baseline against LowDiff with
+each speed switch alone and all together.
 """
 from __future__ import annotations
 
-import contextlib
+import copy
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ..config import Preset, get_preset
+from ..config import Preset, StageConfig, get_preset
 from ..diffusion.cascade import PerImageGenerator, effective_nfe, sample_cascade
 from ..diffusion.denoiser import Denoiser
+from ..inference import FastDenoiser, InferenceOptions
 
 
 @dataclass
@@ -24,9 +29,21 @@ class BenchOptions:
     repeats: int = 10
     warmup: int = 1
     device: str = "cpu"
-    precision: str = "fp32"          # fp32 | bf16 | fp16 (autocast)
-    channels_last: bool = False
-    compile: bool = False
+    inference: InferenceOptions = field(default_factory=InferenceOptions)
+
+
+@dataclass
+class Variant:
+    """One configuration to time: a model, its stage plan and the inference options."""
+    label: str
+    preset: Preset
+    options: InferenceOptions = field(default_factory=InferenceOptions)
+    stages: list[StageConfig] | None = None      # None: the preset's plan
+    model: Denoiser | None = None                # trained weights; None: random (same speed)
+
+    @property
+    def plan(self) -> list[StageConfig]:
+        return self.stages or self.preset.stages
 
 
 def _sync(device: torch.device) -> None:
@@ -34,23 +51,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _autocast(opts: BenchOptions, device: torch.device):
-    if opts.precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[opts.precision]
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def prepare(preset: Preset, opts: BenchOptions) -> Denoiser:
-    device = torch.device(opts.device)
+def prepare(variant: Variant, device: str) -> FastDenoiser:
+    """The variant's own copy of its network (switches such as channels_last change it)."""
     torch.manual_seed(0)
-    model = Denoiser(preset).to(device).eval().requires_grad_(False)
-    if opts.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if opts.compile:
-        for name, net in model.nets.items():
-            model.nets[name] = torch.compile(net, dynamic=False)
-    return model
+    model = copy.deepcopy(variant.model) if variant.model is not None else Denoiser(variant.preset)
+    return FastDenoiser(model.to(device), variant.options, device)
+
+
+def _labels(preset: Preset, batch: int, device: torch.device) -> torch.Tensor | None:
+    net = preset.network
+    return torch.eye(net.label_dim, device=device)[torch.arange(batch) % net.label_dim] if net.label_dim else None
 
 
 def _inputs(preset: Preset, index: int, batch: int, device: torch.device):
@@ -58,76 +68,110 @@ def _inputs(preset: Preset, index: int, batch: int, device: torch.device):
     r = preset.stages[index].resolution
     x = torch.randn(batch, net.in_channels, r, r, device=device)
     kw = dict(cond=torch.randn_like(x), sigma_cond=torch.ones(batch, device=device)) if index > 0 else {}
-    labels = torch.eye(net.label_dim, device=device)[torch.arange(batch) % net.label_dim] if net.label_dim else None
-    return x, labels, kw
+    return x, _labels(preset, batch, device), kw
 
 
-@torch.inference_mode()
-def time_evaluations(model: Denoiser, opts: BenchOptions, repeats: int = 5) -> dict[int, float]:
+def time_evaluations(model: FastDenoiser, opts: BenchOptions, repeats: int = 5) -> dict[int, float]:
     """Seconds per network evaluation of the whole batch, at each stage resolution."""
     device, preset = torch.device(opts.device), model.preset
     out = {}
     for i, stage in enumerate(preset.stages):
         x, labels, kw = _inputs(preset, i, opts.batch, device)
-        with _autocast(opts, device):
-            for _ in range(max(opts.warmup, 1)):
-                model(x, 1.0, labels, **kw)
-            _sync(device)
-            start = time.perf_counter()
-            for _ in range(repeats):
-                model(x, 1.0, labels, **kw)
-            _sync(device)
+        for _ in range(max(opts.warmup, 1)):
+            model(x, 1.0, labels, **kw)
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            model(x, 1.0, labels, **kw)
+        _sync(device)
         out[stage.resolution] = (time.perf_counter() - start) / repeats
     return out
 
 
-@torch.inference_mode()
-def time_sampling(model: Denoiser, opts: BenchOptions, seed: int = 0) -> tuple[float, dict[int, int]]:
+def time_sampling(model: FastDenoiser, opts: BenchOptions, seed: int = 0,
+                  stages: list[StageConfig] | None = None) -> tuple[float, dict[int, int]]:
     device, preset = torch.device(opts.device), model.preset
     rng = PerImageGenerator(range(seed, seed + opts.batch), device)
-    net = preset.network
-    labels = torch.eye(net.label_dim, device=device)[torch.arange(opts.batch) % net.label_dim] if net.label_dim else None
+    labels = _labels(preset, opts.batch, device)
     _sync(device)
     start = time.perf_counter()
-    with _autocast(opts, device):
-        result = sample_cascade(model, preset.stages, rng, net.in_channels, labels)
+    result = sample_cascade(model, stages or preset.stages, rng, preset.network.in_channels, labels)
     _sync(device)
     return time.perf_counter() - start, result.nfe
 
 
-def bench(preset: Preset | str, opts: BenchOptions, progress=None) -> dict:
-    """Latency and throughput of `preset` and of its baseline, timed alternately."""
-    preset = get_preset(preset) if isinstance(preset, str) else preset
-    runs = {"lowdiff": preset}
-    if preset.baseline:
-        runs = {"lowdiff": preset, "baseline": get_preset(preset.baseline)}
-    models = {k: prepare(p, opts) for k, p in runs.items()}
+def measure(variants: list[Variant], opts: BenchOptions, progress=None) -> list[dict]:
+    """Latency, throughput, NFE and measured effective NFE of each variant, timed alternately."""
+    models = [prepare(v, opts.device) for v in variants]
     for _ in range(opts.warmup):
-        for m in models.values():
-            time_sampling(m, opts)
-    times: dict[str, list[float]] = {k: [] for k in models}
-    nfe: dict[str, dict[int, int]] = {}
+        for v, m in zip(variants, models):
+            time_sampling(m, opts, stages=v.plan)
+    times: list[list[float]] = [[] for _ in variants]
+    nfe: list[dict[int, int]] = [{} for _ in variants]
     for rep in range(opts.repeats):
-        for k, m in models.items():
-            t, nfe[k] = time_sampling(m, opts, seed=rep * opts.batch)
-            times[k].append(t)
+        for i, (v, m) in enumerate(zip(variants, models)):
+            t, nfe[i] = time_sampling(m, opts, seed=rep * opts.batch, stages=v.plan)
+            times[i].append(t)
             if progress is not None:
                 progress.update(1)
-    report: dict = {"preset": preset.name, "device": _device_name(opts.device), "batch": opts.batch,
-                    "repeats": opts.repeats, "precision": opts.precision, "channels_last": opts.channels_last,
-                    "compile": opts.compile}
-    for k, m in models.items():
+    rows = []
+    for v, m, t, n in zip(variants, models, times, nfe):
         per_eval = time_evaluations(m, opts)
-        latency = sum(times[k]) / len(times[k])
-        eval_time = sum(nfe[k][r] * per_eval[r] for r in nfe[k])
-        report[k] = {"preset": runs[k].name, "latency_s": latency, "images_per_s": opts.batch / latency,
-                     "latency_runs_s": times[k], "nfe": nfe[k], "eval_latency_s": per_eval,
-                     "effective_nfe": effective_nfe(nfe[k], per_eval),
-                     "stage_time_share": {r: nfe[k][r] * per_eval[r] / eval_time for r in nfe[k]},
-                     "overhead": 1 - eval_time / latency}
+        latency = sum(t) / len(t)
+        eval_time = sum(n[r] * per_eval[r] for r in n)
+        rows.append({"label": v.label, "preset": v.preset.name, "options": asdict(v.options),
+                     "solver": "/".join(s.solver for s in v.plan), "latency_s": latency,
+                     "images_per_s": opts.batch / latency, "latency_runs_s": t, "nfe": n,
+                     "eval_latency_s": per_eval, "effective_nfe": effective_nfe(n, per_eval),
+                     "stage_time_share": {r: n[r] * per_eval[r] / eval_time for r in n},
+                     "overhead": 1 - eval_time / latency})
+    return rows
+
+
+def _header(opts: BenchOptions) -> dict:
+    return {"device": _device_name(opts.device), "batch": opts.batch, "repeats": opts.repeats}
+
+
+def bench(preset: Preset | str, opts: BenchOptions, progress=None, stages: list[StageConfig] | None = None,
+          baseline_stages: list[StageConfig] | None = None) -> dict:
+    """Latency and throughput of `preset` and of its baseline, same options, timed alternately."""
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    variants = [Variant("lowdiff", preset, opts.inference, stages)]
+    if preset.baseline:
+        variants.append(Variant("baseline", get_preset(preset.baseline), opts.inference, baseline_stages))
+    rows = measure(variants, opts, progress)
+    report: dict = {"preset": preset.name, **_header(opts), **asdict(opts.inference)}
+    for row in rows:
+        report[row["label"]] = row
     if "baseline" in report:
         report["throughput_ratio"] = report["lowdiff"]["images_per_s"] / report["baseline"]["images_per_s"]
     return report
+
+
+def option_variants(preset: Preset, device: str, stages: list[StageConfig] | None = None,
+                    precision: str = "bf16") -> list[Variant]:
+    """The reference (the baseline, or the preset itself without one: fp32, eager, its own
+    solver), then `preset` eager, compiled, at `precision`, channels_last, and all together
+    (with CUDA graphs on CUDA)."""
+    ref = Variant("baseline fp32 eager", get_preset(preset.baseline)) if preset.baseline else None
+    cuda = torch.device(device).type == "cuda"
+    switches = [("eager fp32", InferenceOptions()), ("compiled", InferenceOptions(compile=True)),
+                (precision, InferenceOptions(precision=precision)),
+                ("channels_last", InferenceOptions(channels_last=True))]
+    if cuda:
+        switches.append(("cuda graphs", InferenceOptions(cuda_graphs=True)))
+    switches.append(("all", InferenceOptions(compile=True, channels_last=True, precision=precision,
+                                             cuda_graphs=cuda)))
+    variants = [Variant(f"{preset.name} {label}", preset, o, stages) for label, o in switches]
+    return ([ref] if ref else []) + variants
+
+
+def compare(variants: list[Variant], opts: BenchOptions, progress=None) -> dict:
+    """Side-by-side report; `speedup` is throughput over the first variant's."""
+    rows = measure(variants, opts, progress)
+    for row in rows:
+        row["speedup"] = row["images_per_s"] / rows[0]["images_per_s"]
+    return {**_header(opts), "rows": rows}
 
 
 def _device_name(device: str) -> str:

@@ -8,6 +8,7 @@ see `lowdiff.eval.inception`) or 'classifier' (our Fashion-MNIST classifier, tra
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,7 @@ class Evaluation:
     num: int
     seeds: tuple[int, int]
     feature_space: str
+    generation_s: float = 0.0            # time spent generating the samples (not extracting features)
 
 
 def evaluate_pipeline(pipe, ref: str | Path, extractor, feature_space: str, num: int = 10_000, seed: int = 0,
@@ -66,10 +68,12 @@ def evaluate_pipeline(pipe, ref: str | Path, extractor, feature_space: str, num:
     if ref_space and ref_space != feature_space:
         raise ValueError(f"{ref} holds {ref_space} statistics but features are {feature_space}")
     mu_ref, sigma_ref = load_stats(ref)
-    stats, logits = None, []
+    stats, logits, generation_s = None, [], 0.0
     for start in tqdm(range(seed, seed + num, batch), disable=not progress, desc="fid", unit="batch"):
         seeds = list(range(start, min(start + batch, seed + num)))
+        start_time = time.perf_counter()
         images = pipe(seeds=seeds, stages=stages, batch=batch).images
+        generation_s += time.perf_counter() - start_time
         with torch.inference_mode():
             f, lg = extractor(images)
         stats = stats or FeatureStats(f.shape[1])
@@ -78,4 +82,4 @@ def evaluate_pipeline(pipe, ref: str | Path, extractor, feature_space: str, num:
             logits.append(lg.double().cpu().numpy())
     fid = frechet_distance(stats.mu, stats.sigma, mu_ref, sigma_ref)
     score = inception_score(np.concatenate(logits)) if logits else None
-    return Evaluation(fid, score, num, (seed, seed + num - 1), feature_space)
+    return Evaluation(fid, score, num, (seed, seed + num - 1), feature_space, generation_s)

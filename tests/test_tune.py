@@ -1,0 +1,85 @@
+"""`lowdiff tune` on a tiny random model: the search, the plan file, `sample --plan`."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from lowdiff.cli import main
+from lowdiff.config import ConfigError
+from lowdiff.diffusion.denoiser import Denoiser
+from lowdiff.eval.classifier import FashionClassifier
+from lowdiff.eval.tune import CostModel, Trial, TuneOptions, coordinates, fit_budget, mark_pareto
+from lowdiff.pipeline import load_plan, save_plan
+from lowdiff.train.checkpoint import save_model
+
+
+@pytest.fixture
+def fixtures(tiny, tmp_path):
+    """A tiny model directory, an untrained classifier and reference statistics in its feature space."""
+    torch.manual_seed(0)
+    preset = tiny(stages=(16, 32))
+    save_model(tmp_path / "model", preset, Denoiser(preset).state_dict())
+    clf = FashionClassifier(width=4)
+    (tmp_path / "clf").mkdir()
+    save_file({k: v.contiguous() for k, v in clf.state_dict().items()}, str(tmp_path / "clf" / "classifier.safetensors"))
+    (tmp_path / "clf" / "classifier.json").write_text(json.dumps({"arch": clf.arch()}))
+    feats = np.random.default_rng(0).normal(size=(64, clf.feature_dim))
+    np.savez(tmp_path / "ref.npz", mu=feats.mean(0), sigma=np.cov(feats, rowvar=False),
+             feature_space=np.array("classifier"))
+    return tmp_path
+
+
+def test_tune_writes_a_plan_that_sample_uses(fixtures, capsys):
+    d = fixtures
+    code = main(["tune", "--checkpoint", str(d / "model"), "--ref", str(d / "ref.npz"), "--classifier", str(d / "clf"),
+                 "--budget-nfe", "12", "--cost", "flops", "--num", "10", "--batch", "10", "--trials", "3",
+                 "--out", str(d / "plan.json"), "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "Pareto front" in out and out.count("\n") >= 4 and (d / "plan.png").stat().st_size > 1000
+    plan = json.loads((d / "plan.json").read_text())
+    assert plan["tuned"]["effective_nfe"] <= 12 and plan["pareto_front"] and len(plan["stages"]) == 2
+    stages = load_plan(d / "plan.json")
+    assert [s.resolution for s in stages] == [16, 32]
+    code = main(["sample", "--checkpoint", str(d / "model"), "--plan", str(d / "plan.json"), "--num", "2",
+                 "--out", str(d / "g.png"), "--no-progress"])
+    err = capsys.readouterr().err
+    nfe = {s.resolution: s.planned_nfe(i == 1) for i, s in enumerate(stages)}
+    assert code == 0 and (d / "g.png").is_file() and str(nfe) in err
+
+
+def test_tune_needs_a_budget(fixtures, capsys):
+    d = fixtures
+    code = main(["tune", "--checkpoint", str(d / "model"), "--ref", str(d / "ref.npz"), "--classifier", str(d / "clf"),
+                 "--out", str(d / "plan.json")])
+    assert code == 2 and "give a budget" in capsys.readouterr().err
+
+
+def test_plan_files_round_trip_and_reject_junk(tiny, tmp_path):
+    stages = tiny().stages
+    save_plan(tmp_path / "p.json", stages, note="x")
+    assert load_plan(tmp_path / "p.json") == stages
+    (tmp_path / "bad.json").write_text(json.dumps([{"resolution": 8, "bogus": 1}]))
+    with pytest.raises(ConfigError, match="only the keys"):
+        load_plan(tmp_path / "bad.json")
+
+
+def test_fit_budget_and_search_space(tiny):
+    stages = tiny().stages                                           # NFE 3 / 3 / 7
+    costs = CostModel({8: 1.0, 16: 1.0, 32: 1.0}, batch=1)
+    fitted = fit_budget(stages, costs, TuneOptions(budget_nfe=9))
+    assert costs.effective_nfe(fitted) <= 9 and fitted[-1].steps < stages[-1].steps
+    with pytest.raises(ConfigError, match="budget"):
+        fit_budget(stages, costs, TuneOptions(budget_nfe=2))
+    names = [name for name, _ in coordinates(stages, ("heun", "dpmpp2m"))]
+    assert names[:4] == ["8:solver", "16:solver", "32:solver", "32:steps"] and "16:sigma_max" in names
+    moves = dict(coordinates(stages, ("heun", "dpmpp2m")))["16:nfe"](stages)
+    assert [m[1][1].nfe for m in moves] == [1, 2, 4, 5]
+
+
+def test_pareto_front():
+    t = [Trial([], "", fid, 1, 1.0, ips) for fid, ips in ((1.0, 1.0), (2.0, 3.0), (2.5, 2.0), (0.5, 0.5))]
+    front = mark_pareto(t)
+    assert [x.fid for x in front] == [2.0, 1.0, 0.5] and not t[2].pareto
