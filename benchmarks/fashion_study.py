@@ -45,7 +45,16 @@ def final_nfe(stages) -> int:
     return stages[-1].planned_nfe(True)
 
 
-def fid(pipe, stages, args, extractor, num: int) -> dict:
+CACHE = ROOT / "docs" / "results" / "fashion-study-cache.json"
+
+
+def fid(run: str, pipe, stages, args, extractor, num: int) -> dict:
+    """FID / IS of `pipe` with plan `stages` for seeds [0, num); cached by model and plan so
+    that an interrupted study resumes and parts can run separately (--only)."""
+    key = json.dumps([str(Path(run).resolve()), [s.__dict__ for s in stages], num], sort_keys=True)
+    cache = json.loads(CACHE.read_text()) if CACHE.exists() else {}
+    if key in cache:
+        return cache[key]
     t = time.perf_counter()
     ev = evaluate_pipeline(pipe, args.ref, extractor, "classifier", num=num, seed=0, stages=stages,
                            batch=args.batch, progress=False)
@@ -53,6 +62,10 @@ def fid(pipe, stages, args, extractor, num: int) -> dict:
            "nfe": [s.planned_nfe(i == len(stages) - 1) for i, s in enumerate(stages)],
            "seconds": time.perf_counter() - t}
     print(json.dumps(row), file=sys.stderr, flush=True)
+    cache = json.loads(CACHE.read_text()) if CACHE.exists() else {}
+    cache[key] = row
+    CACHE.parent.mkdir(parents=True, exist_ok=True)
+    CACHE.write_text(json.dumps(cache, indent=1))
     return row
 
 
@@ -61,26 +74,31 @@ def run(args) -> dict:
     extractor = get_extractor("classifier", args.classifier)
     if not Path(args.ref).exists():
         reference_stats("fashion-mnist", args.ref, extractor, "classifier", split="test", progress=False)
-    low, base = lowdiff.load(args.lowdiff), lowdiff.load(args.baseline)
+    parts = [args.only] if args.only else ["baseline", "lowdiff"]
+    runs = {k: (getattr(args, k), lowdiff.load(getattr(args, k))) for k in parts}
     out: dict = {"date": date.today().isoformat(), "threads": args.threads, "num": args.num,
-                 "sweep_num": args.sweep_num, "lowdiff": low.preset.name, "baseline": base.preset.name}
-    out["main"] = {"lowdiff": fid(low, low.preset.stages, args, extractor, args.num),
-                   "baseline": fid(base, base.preset.stages, args, extractor, args.num)}
+                 "sweep_num": args.sweep_num, **{k: runs[k][1].preset.name for k in parts}}
+    out["main"] = {k: fid(*runs[k], runs[k][1].preset.stages, args, extractor, args.num) for k in parts}
+    out["nfe_sweep"] = {"lowdiff": [], "baseline": []}
+    for name in parts:
+        run_dir, pipe = runs[name]
+        top = pipe.preset.stages[-1].resolution
+        for steps in (args.lowdiff_steps if name == "lowdiff" else args.baseline_steps):
+            stages = plan_with(pipe.preset.stages, top, steps=steps)
+            out["nfe_sweep"][name].append(dict(fid(run_dir, pipe, stages, args, extractor, args.sweep_num),
+                                               steps=steps))
+    if args.only == "baseline":
+        return out
+    low = runs["lowdiff"][1]
     opts = BenchOptions(batch=args.bench_batch, repeats=args.bench_repeats, device="cpu")
     out["bench"] = bench(low.preset, opts)
-    # FID vs high-resolution NFE: Heun steps of the final stage of each model.
-    out["nfe_sweep"] = {"lowdiff": [], "baseline": []}
-    for name, pipe, steps_list in (("lowdiff", low, args.lowdiff_steps), ("baseline", base, args.baseline_steps)):
-        top = pipe.preset.stages[-1].resolution
-        for steps in steps_list:
-            stages = plan_with(pipe.preset.stages, top, steps=steps)
-            out["nfe_sweep"][name].append(dict(fid(pipe, stages, args, extractor, args.sweep_num), steps=steps))
     # Truncation points (paper Table 11): NFE spent in the 8x8 and 16x16 stages.
     out["truncation"] = []
     for nfe8 in args.trunc8:
         for nfe16 in args.trunc16:
             stages = plan_with(plan_with(low.preset.stages, 8, nfe=nfe8), 16, nfe=nfe16)
-            out["truncation"].append(dict(fid(low, stages, args, extractor, args.sweep_num), nfe8=nfe8, nfe16=nfe16))
+            out["truncation"].append(dict(fid(args.lowdiff, low, stages, args, extractor, args.sweep_num),
+                                          nfe8=nfe8, nfe16=nfe16))
     return out
 
 
@@ -163,10 +181,14 @@ def main() -> None:
     p.add_argument("--baseline-steps", type=int, nargs="+", default=[5, 7, 9, 13, 18])
     p.add_argument("--trunc8", type=int, nargs="+", default=[14, 18, 22])
     p.add_argument("--trunc16", type=int, nargs="+", default=[9, 13, 17])
+    p.add_argument("--only", choices=["baseline", "lowdiff"], help="measure one model's FIDs only (cached)")
     p.add_argument("--from-json", help="only re-render docs from a saved fashion-study.json")
     args = p.parse_args()
     command = "python benchmarks/fashion_study.py " + " ".join(sys.argv[1:])
     out = json.loads(Path(args.from_json).read_text()) if args.from_json else run(args)
+    if args.only:
+        print(json.dumps(out, indent=1, default=str))
+        return
     write(out, command)
 
 

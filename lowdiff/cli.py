@@ -30,11 +30,12 @@ def cmd_info(args) -> None:
     if "baseline" in info:
         b = info["baseline"]
         print(f"  baseline        {b['name']}: {b['parameters']:,} parameters, {b['nfe']} NFE")
-    print("  stage plan      res  steps  NFE  sigma range       rho  solver  stops at sigma  GFLOPs/eval")
+    print("  stage plan      res  steps  NFE  sigma range  rho/shift  solver  stops at sigma  GFLOPs/eval")
     for s in info["stages"]:
         print(f"                  {s['resolution']:>3}  {s['steps']:>5}  {s['nfe']:>3}  "
               f"[{s['sigma_min']:g}, {s['sigma_max']:g}]".ljust(46)
-              + f"{s['rho']:>4g}  {s['solver']:<6}  {s['truncation_sigma']:<14.4g}  {s['gflops_per_eval']:.3f}")
+              + f"{s.get('shift', s['rho']):>4g}  {s['solver']:<6}  {s['truncation_sigma']:<14.4g}  "
+              f"{s['gflops_per_eval']:.3f}" + (f"  cfg {s['cfg_scale']:g}" if s.get("cfg_scale", 1) != 1 else ""))
     print(f"  NFE             {info['nfe_total']} in total; effective NFE {info['effective_nfe_flops']} "
           f"({info['effective_nfe_note']})")
     if "paper" in info:
@@ -54,7 +55,8 @@ def cmd_train(args) -> None:
     data = args.data or preset.data
     if not data:
         raise ConfigError(f"preset {preset.name} has no default dataset: pass --data")
-    dataset = open_dataset(data, pad_to=preset.network.img_resolution if data.startswith("fashion") else None)
+    pad = data.startswith("fashion") and preset.latent is None
+    dataset = open_dataset(data, pad_to=preset.network.img_resolution if pad else None)
     if preset.network.label_dim and dataset.class_names:
         preset.class_names = list(dataset.class_names)
     main_rank = os.environ.get("RANK", "0") == "0"
@@ -65,11 +67,27 @@ def cmd_train(args) -> None:
         print(f"run directory {out} (model.safetensors holds the EMA weights)", file=sys.stderr)
 
 
+def inference_options(args):
+    from .inference import InferenceOptions
+    return InferenceOptions(compile=args.compile, channels_last=args.channels_last, precision=args.precision,
+                            cuda_graphs=args.cuda_graphs)
+
+
+def sampling_plan(stages, args):
+    """A command's stage plan: the model's or --plan FILE, then --solver, then --stage overrides."""
+    from .pipeline import load_plan, override_stages, with_solver
+    if getattr(args, "plan", None):
+        stages = load_plan(args.plan)
+    if getattr(args, "solver", None):
+        stages = with_solver(stages, args.solver)
+    return override_stages(stages, getattr(args, "stage", None) or [])
+
+
 def cmd_sample(args) -> None:
     from .images import save_images
-    from .pipeline import load, override_stages
-    pipe = load(args.checkpoint, device=args.device)
-    stages = override_stages(pipe.preset.stages, args.stage or [])
+    from .pipeline import load
+    pipe = load(args.checkpoint, device=args.device, options=inference_options(args), vae=args.vae)
+    stages = sampling_plan(pipe.preset.stages, args)
     labels = None
     preset = pipe.preset
     if args.class_label is not None:
@@ -97,12 +115,21 @@ def cmd_bench(args) -> None:
     from tqdm import tqdm
 
     from .eval.bench import BenchOptions, bench
+    from .pipeline import check_plan
     opts = BenchOptions(batch=args.batch, repeats=args.repeats, warmup=args.warmup, device=args.device,
-                        precision=args.precision, channels_last=args.channels_last, compile=args.compile)
+                        inference=inference_options(args))
+    opts.inference.check(args.device)
     preset = get_preset(args.preset)
+    stages = sampling_plan(preset.stages, args)
+    check_plan(preset, stages)
+    if args.compare_options:
+        return _bench_compare(preset, stages, opts, args)
+    baseline_stages = None
+    if preset.baseline and args.solver:
+        baseline_stages = sampling_plan(get_preset(preset.baseline).stages, argparse.Namespace(solver=args.solver))
     with tqdm(total=args.repeats * (2 if preset.baseline else 1), unit="run", desc="bench",
               disable=args.json or args.no_progress) as bar:
-        report = bench(preset, opts, progress=bar)
+        report = bench(preset, opts, progress=bar, stages=stages, baseline_stages=baseline_stages)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
         return
@@ -121,6 +148,68 @@ def cmd_bench(args) -> None:
         print(f"  throughput ratio LowDiff / baseline: {report['throughput_ratio']:.2f}x   (stage time shares {shares})")
 
 
+def _bench_compare(preset, stages, opts, args) -> None:
+    """`lowdiff bench --compare-options`: the plain baseline and each speed switch side by side."""
+    from tqdm import tqdm
+
+    from .eval.bench import compare, option_variants
+    precision = args.precision if args.precision != "fp32" else "bf16"
+    variants = option_variants(preset, args.device, stages, precision)
+    with tqdm(total=args.repeats * len(variants), unit="run", desc="bench", disable=args.json or args.no_progress) as bar:
+        report = compare(variants, opts, progress=bar)
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+        return
+    print(f"{preset.name} on {report['device']}: batch {report['batch']}, mean of {report['repeats']} runs; "
+          f"speedup = throughput over the first row")
+    print(f"  {'configuration':<44}{'solver':<22}{'latency s':>10}{'img/s':>9}{'speedup':>9}{'NFE per stage':>16}"
+          f"{'eff. NFE':>9}")
+    for r in report["rows"]:
+        nfe = "/".join(str(v) for v in r["nfe"].values())
+        print(f"  {r['label']:<44}{r['solver']:<22}{r['latency_s']:>10.3f}{r['images_per_s']:>9.2f}"
+              f"{r['speedup']:>8.2f}x{nfe:>16}{r['effective_nfe']:>9}")
+
+
+def cmd_tune(args) -> None:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from .eval import evaluate
+    from .eval.tune import Tuner, TuneOptions, format_table, mark_pareto, plot_front
+    from .pipeline import load, save_plan
+    if args.budget_nfe is None and args.budget_latency is None:
+        raise ConfigError("give a budget: --budget-nfe N (effective NFE) and/or --budget-latency SECONDS (per image)")
+    extractor = evaluate.get_extractor(args.features, args.inception if args.features == "inception" else
+                                       args.classifier, args.device)
+    pipe = load(args.checkpoint, device=args.device, options=inference_options(args))
+    opts = TuneOptions(budget_nfe=args.budget_nfe, budget_latency=args.budget_latency, trials=args.trials,
+                       num=args.num, seed=args.seed, batch=args.batch, solvers=tuple(args.solvers.split(",")),
+                       cost=args.cost)
+    bar = tqdm(total=opts.trials, unit="plan", desc="tune", disable=args.no_progress)
+
+    def progress(trial, n):
+        bar.update(1)
+        bar.set_postfix_str(f"FID {trial.fid:.3f} at {trial.effective_nfe} eff. NFE ({trial.move})")
+
+    tuner = Tuner(pipe, args.ref, extractor, args.features, opts, progress)
+    chosen = tuner.run()
+    bar.close()
+    trials = list(tuner.trials.values())
+    front = mark_pareto(trials)
+    print(format_table(trials, chosen))
+    save_plan(args.out, chosen.stages, preset=pipe.preset.name, checkpoint=args.checkpoint or "bundled",
+              tuned={"fid": chosen.fid, "effective_nfe": chosen.effective_nfe, "images_per_s": chosen.images_per_s,
+                     "latency_per_image_s": chosen.latency_per_image_s, "budget_nfe": args.budget_nfe,
+                     "budget_latency": args.budget_latency, "cost": args.cost, "num": args.num,
+                     "seeds": [args.seed, args.seed + args.num - 1], "feature_space": args.features,
+                     "ref": str(args.ref), "inference": dict(vars(pipe.options))},
+              pareto_front=[t.to_dict() for t in front])
+    plot = args.plot or str(Path(args.out).with_suffix(".png"))
+    plot_front(trials, chosen, plot, title=f"{pipe.preset.name}: {len(trials)} plans, FID of {args.num} samples")
+    print(f"wrote the plan to {args.out} (lowdiff sample --plan {args.out}) and the front to {plot}", file=sys.stderr)
+
+
 def cmd_eval(args) -> None:
     from .eval import evaluate
     if args.eval_command == "train-classifier":
@@ -137,9 +226,9 @@ def cmd_eval(args) -> None:
                                           progress=not args.no_progress)
         print(json.dumps(result, indent=2))
         return
-    from .pipeline import load, override_stages
-    pipe = load(args.checkpoint, device=args.device)
-    stages = override_stages(pipe.preset.stages, args.stage or [])
+    from .pipeline import load
+    pipe = load(args.checkpoint, device=args.device, options=inference_options(args))
+    stages = sampling_plan(pipe.preset.stages, args)
     print(f"generating seeds {args.seed}-{args.seed + args.num - 1} with {pipe.preset.name}", file=sys.stderr)
     ev = evaluate.evaluate_pipeline(pipe, args.ref, extractor, args.features, num=args.num, seed=args.seed,
                                     stages=stages, batch=args.batch, progress=not args.no_progress)
@@ -160,6 +249,29 @@ def cmd_dataset(args) -> None:
     if args.dataset_command == "convert":
         save_image_folder(ds, args.out)
         print(f"wrote {len(ds)} images to {args.out} (EDM layout with dataset.json)", file=sys.stderr)
+    if args.dataset_command == "encode":
+        from .data.latents import encode_dataset
+        m = encode_dataset(ds, args.vae, args.out, image_resolution=args.image_resolution, lowest=args.lowest,
+                           batch=args.batch, shard_size=args.shard_size, seed=args.seed, device=args.device,
+                           progress=not args.no_progress)
+        print(f"wrote {m['count']} latents (+ mirror twins) of {m['latent_channels']} channels at resolutions "
+              f"{m['resolutions']} in {len(m['shards'])} shard(s) to {args.out}", file=sys.stderr)
+
+
+def add_speed_args(s: argparse.ArgumentParser, plan: bool = True) -> None:
+    """The stage-plan and inference speed switches shared by sample, eval fid, bench and tune."""
+    g = s.add_argument_group("sampling plan and speed")
+    if plan:
+        g.add_argument("--plan", metavar="FILE", help="stage plan JSON (e.g. written by `lowdiff tune`) replacing the "
+                       "model's stages; --solver and --stage apply on top")
+        g.add_argument("--solver", metavar="NAME", help="this solver in every stage at the same NFE per stage: heun, "
+                       "euler or dpmpp2m (DPM-Solver++(2M), one evaluation per step)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the network, one graph per resolution")
+    g.add_argument("--channels-last", dest="channels_last", action="store_true", help="channels_last memory format")
+    g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="autocast precision of the network (default fp32)")
+    g.add_argument("--cuda-graphs", dest="cuda_graphs", action="store_true",
+                   help="replay each resolution's forward from a captured CUDA graph (CUDA only)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,11 +320,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="conditional models: draw each image's class from its seed instead")
     s.add_argument("--stage", action="append", metavar="RES:key=val[,key=val]",
                    help="override a stage's sampling parameter, e.g. --stage 16:nfe=13,sigma_max=50 "
-                   "(keys: steps, nfe, sigma_min, sigma_max, rho, solver, S_churn, S_min, S_max, S_noise)")
+                   "(keys: steps, nfe, sigma_min, sigma_max, rho, solver, S_churn, S_min, S_max, S_noise, "
+                   "schedule, shift, cfg_scale, cfg_sigma_max)")
     s.add_argument("--batch", type=int, default=64, help="images per batch (default 64)")
     s.add_argument("--scale", type=int, default=2, help="pixel scale of grid tiles (default 2)")
+    s.add_argument("--vae", help="latent models: the VAE to decode with (default: the one recorded at training)")
     s.add_argument("--device", default="cpu", help="cpu or cuda")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_speed_args(s)
     s.set_defaults(func=cmd_sample)
 
     ev = sub.add_parser("eval", help="FID / IS: reference statistics, model evaluation, the offline classifier",
@@ -247,12 +362,15 @@ def build_parser() -> argparse.ArgumentParser:
             e.add_argument("--seed", type=int, default=0, help="first seed; seeds seed..seed+num-1 are used")
             e.add_argument("--batch", type=int, default=250, help="images per batch")
             e.add_argument("--stage", action="append", metavar="RES:key=val", help="stage override, as in sample")
+            add_speed_args(e)
     ev.set_defaults(func=cmd_eval)
 
     ds = sub.add_parser("dataset", help="inspect or convert datasets")
     dss = ds.add_subparsers(dest="dataset_command", required=True)
     for name, text in (("info", "print size, resolution, channels and class counts"),
-                       ("convert", "write a dataset as an EDM-style image folder or .zip with dataset.json")):
+                       ("convert", "write a dataset as an EDM-style image folder or .zip with dataset.json"),
+                       ("encode", "encode a dataset (and its mirror images) into VAE latents for latent presets: "
+                        "safetensors shards, the pyramid's lower resolutions, per-channel statistics")):
         d = dss.add_parser(name, help=text)
         d.add_argument("data", help="fashion-mnist[:test], cifar-10-python.tar.gz, an image folder/zip, an IDX file, "
                        "synthetic[:N[:RES]]")
@@ -260,6 +378,18 @@ def build_parser() -> argparse.ArgumentParser:
         d.add_argument("--pad-to", dest="pad_to", type=int, help="zero-pad images to this size")
         if name == "convert":
             d.add_argument("--out", required=True, help="output folder, or a path ending in .zip")
+        if name == "encode":
+            d.add_argument("--vae", required=True, help="diffusers AutoencoderKL directory (e.g. SD-VAE) or an "
+                           "LDM / VA-VAE weight file (.pt, .ckpt, .safetensors)")
+            d.add_argument("--out", required=True, help="output directory (latents.json + shards)")
+            d.add_argument("--image-resolution", dest="image_resolution", type=int,
+                           help="resize images to this size first (ADM box + bicubic; default: as stored)")
+            d.add_argument("--lowest", type=int, help="lowest latent resolution to store (default: top / 2)")
+            d.add_argument("--batch", type=int, default=64, help="images per VAE batch (default 64)")
+            d.add_argument("--shard-size", dest="shard_size", type=int, default=10_000, help="images per shard")
+            d.add_argument("--seed", type=int, default=0, help="seed of the posterior samples")
+            d.add_argument("--device", default="cpu", help="cpu or cuda")
+            d.add_argument("--no-progress", action="store_true", help="no progress bar")
     ds.set_defaults(func=cmd_dataset)
 
     s = sub.add_parser("bench", help="sampling latency/throughput of a preset vs its single-resolution baseline "
@@ -269,12 +399,43 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repeats", type=int, default=10, help="timed runs per model (default 10)")
     s.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs (default 1)")
     s.add_argument("--device", default="cpu", help="cpu or cuda")
-    s.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast precision")
-    s.add_argument("--channels-last", action="store_true", help="channels_last memory format")
-    s.add_argument("--compile", action="store_true", help="torch.compile each network")
+    s.add_argument("--compare-options", dest="compare_options", action="store_true",
+                   help="time side by side: the baseline in plain fp32 eager, then the preset eager, compiled, in "
+                   "reduced precision (--precision, default bf16), channels_last, and with all switches")
     s.add_argument("--json", action="store_true", help="print the full report as JSON")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_speed_args(s)
     s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("tune", help="search per-stage steps, truncation, sigma ranges and solvers for the lowest FID "
+                       "within a budget; print the Pareto front, write the plan and a plot",
+                       description="Coordinate-descent search over a trained model's stage plan (per stage: solver, "
+                       "steps, truncation NFE, sigma_max of conditioned stages). Every plan's FID uses the same seeds. "
+                       "Prints the FID / throughput Pareto front, writes the lowest-FID plan within the budget "
+                       "(use it with `lowdiff sample --plan FILE`) and plots the front.")
+    s.add_argument("--checkpoint", help="model directory (default: the bundled model)")
+    s.add_argument("--ref", required=True, help="reference statistics .npz (`lowdiff eval ref`)")
+    s.add_argument("--features", default="classifier", choices=["classifier", "inception"],
+                   help="feature space of the reference statistics (default classifier)")
+    s.add_argument("--classifier", help="classifier directory (default: the trained default)")
+    s.add_argument("--inception", help="Inception weight file")
+    s.add_argument("--budget-nfe", dest="budget_nfe", type=float,
+                   help="effective NFE at most (paper App. B: low-resolution evaluations weighted by their cost)")
+    s.add_argument("--budget-latency", dest="budget_latency", type=float,
+                   help="predicted seconds per image at most (measured per-evaluation latency x NFE)")
+    s.add_argument("--cost", default="latency", choices=["latency", "flops"],
+                   help="per-evaluation cost behind effective NFE (default latency, measured here)")
+    s.add_argument("--num", type=int, default=500, help="samples per FID (default 500)")
+    s.add_argument("--seed", type=int, default=0, help="first seed; every plan uses seeds seed..seed+num-1")
+    s.add_argument("--batch", type=int, default=250, help="images per batch (default 250)")
+    s.add_argument("--trials", type=int, default=24, help="plans evaluated at most (default 24)")
+    s.add_argument("--solvers", default="heun,dpmpp2m", help="solvers to try, comma-separated (default heun,dpmpp2m)")
+    s.add_argument("--out", required=True, help="the chosen plan, JSON")
+    s.add_argument("--plot", help="PNG of the Pareto front (default: --out with .png)")
+    s.add_argument("--device", default="cpu", help="cpu or cuda")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_speed_args(s, plan=False)
+    s.set_defaults(func=cmd_tune)
     return p
 
 

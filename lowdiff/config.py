@@ -25,7 +25,11 @@ def _is_pow2(n: int) -> bool:
 
 @dataclass
 class NetworkConfig:
-    """SongUNet (DDPM++) hyper-parameters, EDM's names, plus LowDiff's resolution set."""
+    """SongUNet (DDPM++) hyper-parameters, EDM's names, plus LowDiff's resolution set.
+    With `arch='dit'` the network is the LightningDiT-style transformer (lowdiff/nn/dit.py):
+    img_resolution is then the latent size, in_channels the latent channels, label_dropout
+    the class dropout for classifier-free guidance, and the fields from hidden_size to rope
+    set its shape; the U-Net fields (model_channels ... eps) are unused."""
     img_resolution: int = 32                 # host (target) resolution R
     in_channels: int = 3                     # image channels (the condition adds as many)
     out_channels: int = 3
@@ -43,6 +47,14 @@ class NetworkConfig:
     resolutions: tuple[int, ...] = (32,)     # resolutions this network generates at
     base_resolution: int = 0                 # lowest cascade resolution (unconditional); 0 = min(resolutions)
     cond_noise_embedding: bool = True        # embed the condition's noise level (DESIGN 1.1)
+    arch: str = "unet"                       # 'unet' (SongUNet) | 'dit' (LightningDiT-style transformer)
+    hidden_size: int = 768                   # DiT: token width D
+    depth: int = 12                          # DiT: number of blocks
+    num_heads: int = 12                      # DiT: attention heads
+    patch_size: int = 1                      # DiT: patch side p (tokens = (r / p)^2)
+    mlp_ratio: float = 4.0                   # DiT: SwiGLU hidden = int(2/3 * mlp_ratio * D)
+    qk_norm: bool = False                    # DiT: RMSNorm on queries and keys
+    rope: bool = True                        # DiT: 2-D rotary position embedding in attention
 
     def __post_init__(self):
         self.channel_mult = tuple(self.channel_mult)
@@ -52,6 +64,10 @@ class NetworkConfig:
             self.base_resolution = min(self.resolutions)
 
     def validate(self) -> None:
+        if self.arch not in ("unet", "dit"):
+            raise ConfigError(f"arch {self.arch!r}: choose unet or dit")
+        if self.arch == "dit":
+            return self._validate_dit()
         R = self.img_resolution
         lowest = R >> (len(self.channel_mult) - 1)
         for r in self.resolutions:
@@ -65,6 +81,18 @@ class NetworkConfig:
         if self.base_resolution > min(self.resolutions):
             raise ConfigError("base_resolution must be <= the lowest served resolution")
 
+    def _validate_dit(self) -> None:
+        D, heads = self.hidden_size, self.num_heads
+        if D % heads or D % 4 or (self.rope and (D // heads) % 4):
+            raise ConfigError(f"hidden_size {D} must be divisible by 4 and by num_heads {heads}, and the head "
+                              "dimension by 4 (2-D RoPE rotates pairs along two axes)")
+        for r in self.resolutions:
+            if r % self.patch_size or r > self.img_resolution:
+                raise ConfigError(f"resolution {r} must be a multiple of patch_size {self.patch_size} and at most "
+                                  f"img_resolution {self.img_resolution}")
+        if self.base_resolution > min(self.resolutions):
+            raise ConfigError("base_resolution must be <= the lowest served resolution")
+
 
 @dataclass
 class StageConfig:
@@ -73,6 +101,14 @@ class StageConfig:
     The stage follows EDM's rho-schedule of `steps` noise levels in [sigma_min, sigma_max].
     A non-final stage stops after `nfe` network evaluations ("truncation point"); the
     noisy state there conditions the next stage. The final stage runs to sigma = 0.
+
+    `schedule='flow'` (rectified-flow models, lowdiff/diffusion/flow.py): the noise level is
+    sigma = 1 - t of the linear path x = (1 - sigma) y + sigma n (t = 1 data, LightningDiT's
+    convention), and the grid is LightningDiT's: `steps` + 1 times uniform in t from
+    1 - sigma_max to 1 - sigma_min, mapped by the timestep shift t' = s t / (1 + (s - 1) t)
+    (`shift` = s; LightningDiT samples with 0.3). A final flow stage ends at sigma_min = 0.
+    `cfg_scale` w guides with D_u + w (D_c - D_u) at noise levels <= `cfg_sigma_max` (the
+    guidance interval; LightningDiT's cfg_interval_start t0 is cfg_sigma_max = 1 - t0).
     """
     resolution: int
     steps: int = 18
@@ -80,16 +116,23 @@ class StageConfig:
     sigma_min: float = 0.002
     sigma_max: float = 80.0
     rho: float = 7.0
-    solver: str = "heun"            # 'heun' | 'euler'
+    solver: str = "heun"            # 'heun' | 'euler' | 'dpmpp2m' (DPM-Solver++(2M), 1 NFE per step)
     S_churn: float = 0.0
     S_min: float = 0.0
     S_max: float = float("inf")
     S_noise: float = 1.0
+    schedule: str = "edm"           # 'edm' (rho-schedule) | 'flow' (uniform in t, shifted)
+    shift: float = 1.0              # flow schedule: timestep shift s (1 = none)
+    cfg_scale: float = 1.0          # classifier-free guidance scale w (1 = unguided)
+    cfg_sigma_max: float = float("inf")   # guide only at noise levels <= this
 
     def schedule_nfe(self, final: bool) -> int:
         """NFE of the whole schedule. A final stage appends sigma=0 and reaches it with an
-        Euler step (EDM: 2N-1 for Heun); a truncated stage's schedule ends at sigma_min."""
+        Euler step (EDM: 2N-1 for Heun); a truncated stage's schedule ends at sigma_min.
+        A flow schedule has `steps` intervals whatever the stage; none evaluates sigma = 0."""
         per_step = 2 if self.solver == "heun" else 1
+        if self.schedule == "flow":
+            return per_step * self.steps - (1 if self.solver == "heun" and self.sigma_min == 0 else 0)
         if final:
             return per_step * self.steps - (1 if self.solver == "heun" else 0)
         return per_step * (self.steps - 1)
@@ -116,6 +159,30 @@ class TrainConfig:
     log_kimg: float = 50                     # progress / loss log interval
     checkpoint_kimg: float = 2_500           # training-state checkpoint interval
     keep_checkpoints: int = 2
+    adam_betas: tuple[float, float] = (0.9, 0.999)   # LightningDiT: (0.9, 0.95)
+    cosine_loss: bool = False                # flow objective: add 1 - cos(v, u) over channels (LightningDiT)
+
+    def __post_init__(self):
+        self.adam_betas = tuple(self.adam_betas)
+
+
+@dataclass
+class LatentConfig:
+    """How a latent-space preset's data relate to images (spec lightningdit 2.3, 4).
+
+    A VAE maps images of `image_resolution` to latents of the preset's img_resolution.
+    Training data are normalised per resolution: z_n = (z - mean_r) / std_r * multiplier
+    (`norm='channel'`, LightningDiT's per-channel statistics) or z_n = z * multiplier
+    (`norm='scale'`, DiT's SD-VAE convention with multiplier 0.18215). `vae` and `stats`
+    ({"16": {"mean": [...], "std": [...]}, ...}) are filled in from the latent dataset at
+    training time, so a model directory decodes its samples on its own.
+    """
+    vae: str = ""                            # VAE directory (diffusers) or weight file
+    image_resolution: int = 256
+    image_channels: int = 3
+    norm: str = "channel"                    # 'channel' | 'scale'
+    multiplier: float = 1.0
+    stats: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -125,21 +192,28 @@ class Preset:
     network: NetworkConfig
     stages: list[StageConfig]
     train: TrainConfig = field(default_factory=TrainConfig)
-    precond: str = "vp"                      # 'vp' | 've' | 'edm'
+    precond: str = "vp"                      # 'vp' | 've' | 'edm' | 'flow' (rectified flow, lowdiff/diffusion/flow.py)
     unified: bool = True                     # False = CDM, one independent network per stage
     cond_scaling: bool = True                # scale the condition by c_in(sigma_cond) (DESIGN 1.2)
     data: str = ""                           # default dataset for `lowdiff train`
     baseline: str = ""                       # the single-resolution preset it is compared with
     paper: dict[str, Any] = field(default_factory=dict)   # the paper's figures, for reports
     class_names: list[str] = field(default_factory=list)  # set from the training data, labels grids
+    latent: LatentConfig | None = None       # latent-space presets: the VAE and normalisation
 
     @property
     def resolutions(self) -> list[int]:
         return [s.resolution for s in self.stages]
 
+    @property
+    def objective(self) -> str:
+        """'flow' (velocity on the linear path) or 'edm' (denoiser with EDM's loss)."""
+        return "flow" if self.precond == "flow" else "edm"
+
     def validate(self) -> None:
-        if self.precond not in ("vp", "ve", "edm"):
-            raise ConfigError(f"precond {self.precond!r}: choose vp, ve or edm")
+        from .diffusion.solvers import SOLVERS
+        if self.precond not in ("vp", "ve", "edm", "flow"):
+            raise ConfigError(f"precond {self.precond!r}: choose vp, ve, edm or flow")
         if not self.stages:
             raise ConfigError("a preset needs at least one stage")
         res = self.resolutions
@@ -153,10 +227,14 @@ class Preset:
             raise ConfigError(f"network resolutions {self.network.resolutions} do not match stages {res}")
         for i, s in enumerate(self.stages):
             final = i == len(self.stages) - 1
-            if s.solver not in ("heun", "euler"):
-                raise ConfigError(f"stage {s.resolution}: solver {s.solver!r}, choose heun or euler")
-            if s.steps < 1 or not (0 < s.sigma_min < s.sigma_max):
+            if s.solver not in SOLVERS:
+                raise ConfigError(f"stage {s.resolution}: solver {s.solver!r}, choose {', '.join(SOLVERS)}")
+            if self.objective == "flow" or s.schedule != "edm":
+                self._validate_flow_stage(s, final)
+            elif s.steps < 1 or not (0 < s.sigma_min < s.sigma_max):
                 raise ConfigError(f"stage {s.resolution}: need steps >= 1 and 0 < sigma_min < sigma_max")
+            if s.cfg_scale != 1 and not self.network.label_dim:
+                raise ConfigError(f"stage {s.resolution}: cfg_scale needs a class-conditional model")
             if not final and s.steps < 2:
                 raise ConfigError(f"stage {s.resolution}: a truncated stage needs steps >= 2")
             if s.nfe is not None:
@@ -170,7 +248,25 @@ class Preset:
         for r in self.train.loss_weights:
             if r not in res:
                 raise ConfigError(f"loss weight for resolution {r}, which is not a stage")
+        if self.train.cosine_loss and self.objective != "flow":
+            raise ConfigError("cosine_loss belongs to the flow objective (precond 'flow')")
+        if self.latent is not None and self.latent.norm not in ("channel", "scale"):
+            raise ConfigError(f"latent norm {self.latent.norm!r}: choose channel or scale")
         self.network.validate()
+
+    def _validate_flow_stage(self, s: StageConfig, final: bool) -> None:
+        """Flow noise levels live in [0, 1] (sigma = 1 - t); the ODE solvers only, no churn."""
+        where = f"stage {s.resolution}"
+        if s.schedule not in ("edm", "flow"):
+            raise ConfigError(f"{where}: schedule {s.schedule!r}, choose edm or flow")
+        if self.objective != "flow":
+            raise ConfigError(f"{where}: the flow schedule needs a flow model (precond 'flow')")
+        if s.solver not in ("euler", "heun") or s.S_churn:
+            raise ConfigError(f"{where}: a flow model samples with solver euler or heun and no churn")
+        if s.steps < 1 or not 0 <= s.sigma_min < s.sigma_max <= 1 or (s.schedule == "edm" and s.sigma_min == 0):
+            raise ConfigError(f"{where}: flow noise levels need steps >= 1 and 0 <= sigma_min < sigma_max <= 1")
+        if s.schedule == "flow" and (s.shift <= 0 or (final and s.sigma_min != 0)):
+            raise ConfigError(f"{where}: a flow schedule needs shift > 0, and the final stage sigma_min = 0")
 
     # --- (de)serialisation -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -186,9 +282,10 @@ class Preset:
         d = copy.deepcopy(d)
         train = d.pop("train", {})
         train["loss_weights"] = {int(k): float(v) for k, v in train.get("loss_weights", {}).items()}
+        latent = d.pop("latent", None)
         return cls(network=NetworkConfig(**d.pop("network")),
                    stages=[StageConfig(**_floats(s)) for s in d.pop("stages")],
-                   train=TrainConfig(**train), **d)
+                   train=TrainConfig(**train), latent=LatentConfig(**latent) if latent else None, **d)
 
     def replace(self, **changes) -> "Preset":
         return dataclasses.replace(copy.deepcopy(self), **changes)
@@ -224,6 +321,26 @@ FASHION_NET = dict(img_resolution=32, in_channels=1, out_channels=1, model_chann
                    num_blocks=2, attn_resolutions=(8,), dropout=0.0, channel_mult_emb=4)
 FASHION_TRAIN = dict(batch=64, lr=1e-3, lr_rampup_kimg=10, ema_halflife_kimg=20, ema_rampup_ratio=0.1,
                      duration_kimg=80, log_kimg=1, checkpoint_kimg=10, xflip=False)
+
+# Latent space (paper Sec. 4.1, Tab. 4; specs/lightningdit-spec.md 1-3): LightningDiT-B/1 on
+# VA-VAE f16d32 latents of ImageNet 256 (16x16x32), rectified flow, Euler with timestep shift
+# 0.3. Recipe: AdamW lr 2e-4, betas (0.9, 0.95), no decay or warm-up, batch 1024, EMA 0.9999
+# per step (half-life 1024 ln(0.5)/ln(0.9999) images), class dropout 0.1, cosine loss on;
+# baseline 80k steps (64 epochs), LowDiff 42 epochs (paper App. A).
+FLOW = dict(schedule="flow", solver="euler", sigma_min=0.0, sigma_max=1.0, shift=0.3)
+IMAGENET_EPOCH_KIMG = 1281.167
+IMAGENET_NET = dict(arch="dit", img_resolution=16, in_channels=32, out_channels=32, label_dim=1000, label_dropout=0.1,
+                    hidden_size=768, depth=12, num_heads=12, patch_size=1, dropout=0.0)
+IMAGENET_TRAIN = dict(batch=1024, lr=2e-4, adam_betas=(0.9, 0.95), lr_rampup_kimg=0,
+                      ema_halflife_kimg=1.024 * math.log(0.5) / math.log(0.9999), ema_rampup_ratio=None,
+                      xflip=True, cosine_loss=True, precision="bf16", log_kimg=100, checkpoint_kimg=20_480)
+
+# The Fashion-MNIST latent CPU presets: a tiny DiT on 16x16x4 latents of a tiny f2 VAE
+# (`lowdiff dataset encode fashion-mnist --vae DIR --out DIR`, then --data DIR).
+FASHION_LATENT_NET = dict(arch="dit", img_resolution=16, in_channels=4, out_channels=4, label_dim=10,
+                          label_dropout=0.1, hidden_size=128, depth=4, num_heads=4, patch_size=1, dropout=0.0)
+FASHION_LATENT_TRAIN = dict(FASHION_TRAIN, lr=5e-4, lr_rampup_kimg=0, adam_betas=(0.9, 0.95), xflip=True,
+                            cosine_loss=True)
 
 
 def _edm(name, desc, net, steps, train, data="", **kw) -> Preset:
@@ -289,6 +406,38 @@ def _build_presets() -> dict[str, Preset]:
                           f"CPU LowDiff: tiny unified U-Net, Fashion-MNIST 8-16-32 {what}, NFE 18/13/17",
                           net, fashion3, FASHION_TRAIN,   # same image budget as the baseline (results.md)
                           f"edm-fashion-tiny{sfx}", data="fashion-mnist", precond="edm"))
+
+    # Latent space. The paper gives 45 NFE at 8x8 and 50 at 16x16; we choose the 8x8 schedule
+    # as the baseline's (100 steps), truncated after 45: it hands over at noise level 0.80, the
+    # same signal-to-noise ratio as the CIFAR 8x8 stage's hand-over (sigma 1.93 at sigma_data 0.5).
+    # Guidance is off (cfg_scale 1) but its interval is LightningDiT's (start t = 0.11), so
+    # `--stage 16:cfg_scale=W` turns it on with the released recipe (guiding all channels).
+    in256 = LatentConfig(image_resolution=256, image_channels=3)
+    flow_in = dict(FLOW, cfg_sigma_max=0.89)
+    P.append(Preset("imagenet256-lightningdit-b1",
+                    "LightningDiT-B/1 baseline, ImageNet 256 on VA-VAE latents (16x16x32), flow, Euler 100 NFE "
+                    "(paper Tab. 4; 130,556,192 parameters incl. the frozen sin-cos table, as the paper counts)",
+                    NetworkConfig(resolutions=(16,), **IMAGENET_NET), [StageConfig(16, steps=100, **flow_in)],
+                    TrainConfig(duration_kimg=80_000 * 1.024, **IMAGENET_TRAIN), precond="flow", latent=in256,
+                    paper=dict(params_m=130.56, fid=4.38, inception_score=162.65, nfe=100, latency_s=21.87)))
+    P.append(_lowdiff("imagenet256", "LowDiff ImageNet 256, unified LightningDiT-B/1 on VA-VAE latents 8-16, "
+                      "NFE 45/50 (paper Tab. 4; 131,929,664 parameters = the paper's 131.86M layout + 65,536 for "
+                      "the condition-noise embedding)", IMAGENET_NET,
+                      [StageConfig(8, steps=100, nfe=45, **flow_in), StageConfig(16, steps=50, **flow_in)],
+                      dict(IMAGENET_TRAIN, duration_kimg=42 * IMAGENET_EPOCH_KIMG), "imagenet256-lightningdit-b1",
+                      precond="flow", latent=in256,
+                      paper=dict(params_m=131.86, fid=4.00, inception_score=195.06, latency_s=13.23)))
+    fm = LatentConfig(image_resolution=32, image_channels=1)
+    P.append(Preset("flow-fashion-latent-tiny",
+                    "CPU baseline: tiny DiT, Fashion-MNIST latents 16x16x4 of a tiny VAE, class-conditional, "
+                    "flow, Euler 20 NFE", NetworkConfig(resolutions=(16,), **FASHION_LATENT_NET),
+                    [StageConfig(16, steps=20, **FLOW)], TrainConfig(**FASHION_LATENT_TRAIN), precond="flow",
+                    latent=fm))
+    P.append(_lowdiff("lowdiff-fashion-latent-tiny",
+                      "CPU LowDiff: tiny unified DiT, Fashion-MNIST latents 8-16 of a tiny VAE, class-conditional, "
+                      "flow, NFE 9/10", FASHION_LATENT_NET,
+                      [StageConfig(8, steps=20, nfe=9, **FLOW), StageConfig(16, steps=10, **FLOW)],
+                      FASHION_LATENT_TRAIN, "flow-fashion-latent-tiny", precond="flow", latent=fm))
     return {p.name: p for p in P}
 
 

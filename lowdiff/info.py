@@ -55,6 +55,7 @@ def describe(preset: Preset | str) -> dict:
     model = meta_denoiser(preset)
     params = count_parameters(model)
     info = {"name": preset.name, "description": preset.description, "precond": preset.precond,
+            "arch": preset.network.arch,
             "unified": preset.unified, "resolutions": preset.resolutions, "parameters": params,
             "parameters_m": round(params / 1e6, 2)}
     if not preset.unified:
@@ -70,6 +71,9 @@ def describe(preset: Preset | str) -> dict:
         stages.append({"resolution": s.resolution, "steps": s.steps, "nfe": s.planned_nfe(final),
                        "sigma_min": s.sigma_min, "sigma_max": s.sigma_max, "rho": s.rho, "solver": s.solver,
                        "truncation_sigma": truncation_sigma(preset, i), "gflops_per_eval": round(flops[s.resolution] / 1e9, 3)})
+        if s.schedule != "edm" or s.cfg_scale != 1:
+            stages[-1] |= {"schedule": s.schedule, "shift": s.shift, "cfg_scale": s.cfg_scale,
+                           "cfg_sigma_max": s.cfg_sigma_max}
     info["stages"] = stages
     nfe = {s["resolution"]: s["nfe"] for s in stages}
     info["nfe_per_stage"] = nfe

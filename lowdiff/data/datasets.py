@@ -34,7 +34,8 @@ _CIFAR_IMAGE_BYTES = 3 * 32 * 32
 _SPEC_FORMS = ("'fashion-mnist' or 'fashion-mnist:test'",
                "a cifar-10-python.tar.gz file or cifar-10-batches-py directory",
                "an IDX image file (*.idx, *-idx3-ubyte.gz)", "'synthetic', 'synthetic:N' or 'synthetic:N:RES'",
-               "a directory or .zip of PNG/JPG images (optional dataset.json with labels)")
+               "a directory or .zip of PNG/JPG images (optional dataset.json with labels)",
+               "a latent directory written by `lowdiff dataset encode` (latents.json)")
 
 
 class DatasetError(ValueError):
@@ -676,6 +677,9 @@ def open_dataset(spec: str, *, split: str = "train", pad_to: int | None = None,
         return load_fashion_mnist(split=tail or split, pad_to=32 if pad_to is None else pad_to)
     if head == "synthetic":
         ds = _parse_synthetic(spec)
+    elif (Path(spec) / "latents.json").is_file():
+        from .latents import LatentDataset
+        return LatentDataset(spec)
     elif Path(spec).exists():
         ds = _open_path(Path(spec), split, use_labels)
     else:

@@ -5,6 +5,9 @@ Stages run bottom-up. Each starts from pure noise at its own sigma_max; every st
 the lowest is conditioned on the previous stage's output, upsampled by the pyramid, at
 the noise level where that stage was truncated. Only the last stage runs to sigma = 0.
 All randomness comes from one generator per image, so an image depends only on its seed.
+Flow models (latent presets) run the same plan over noise levels sigma = 1 - t with the
+flow schedule, each stage guided by classifier-free guidance when its cfg_scale != 1
+(lowdiff/diffusion/flow.py).
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import torch
 
 from ..config import StageConfig
 from . import pyramid
+from .flow import flow_sigmas, guided
 from .solvers import SOLVERS, edm_sigmas
 
 
@@ -54,14 +58,17 @@ class CascadeResult:
 
 
 def stage_sigmas(stage: StageConfig, final: bool) -> torch.Tensor:
+    if stage.schedule == "flow":
+        return flow_sigmas(stage.steps, stage.sigma_min, stage.sigma_max, stage.shift)
     return edm_sigmas(stage.steps, stage.sigma_min, stage.sigma_max, stage.rho, append_zero=final)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def sample_cascade(denoiser, stages: list[StageConfig], rng: PerImageGenerator, channels: int,
                    class_labels: torch.Tensor | None = None, progress=None,
                    dtype: torch.dtype = torch.float64) -> CascadeResult:
-    """Run the stage plan. `denoiser(x, sigma, class_labels, cond=, sigma_cond=)` is D."""
+    """Run the stage plan. `denoiser(x, sigma, class_labels, cond=, sigma_cond=)` is D (a
+    `Denoiser`, or a `FastDenoiser` carrying the inference options)."""
     result = CascadeResult(images=torch.empty(0))
     cond, sigma_cond = None, None
     for i, stage in enumerate(stages):
@@ -69,8 +76,10 @@ def sample_cascade(denoiser, stages: list[StageConfig], rng: PerImageGenerator, 
         sigmas = stage_sigmas(stage, final)
         x = rng.randn((channels, stage.resolution, stage.resolution)).to(dtype) * sigmas[0].item()
 
+        model = guided(denoiser, stage)
+
         def denoise(x, sigma, cond=cond, sigma_cond=sigma_cond):
-            out = denoiser(x.to(torch.float32), sigma, class_labels, cond=cond, sigma_cond=sigma_cond)
+            out = model(x.to(torch.float32), sigma, class_labels, cond=cond, sigma_cond=sigma_cond)
             if progress is not None:
                 progress.update(1)
             return out.to(dtype)
@@ -82,7 +91,7 @@ def sample_cascade(denoiser, stages: list[StageConfig], rng: PerImageGenerator, 
         result.stages.append(StageReport(stage.resolution, nfe, float(sigmas[0]), reached))
         if not final:
             cond = pyramid.upsample(x, stages[i + 1].resolution).to(torch.float32)
-            sigma_cond = torch.full((x.shape[0],), reached)
+            sigma_cond = torch.full((x.shape[0],), reached, device=x.device)
     result.images = x.to(torch.float32)
     return result
 

@@ -2,7 +2,8 @@
 
 One object serves every resolution of a preset. With `unified=True` (LowDiff) all
 resolutions share one UnifiedUNet; with `unified=False` (the CDM ablation) each stage has
-its own independent network, built from the same host architecture.
+its own independent network, built from the same host architecture. `network.arch='dit'`
+builds the LightningDiT-style UnifiedDiT instead (latent presets, flow preconditioning).
 """
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ import torch
 from torch import nn
 
 from ..config import NetworkConfig, Preset
+from ..nn.dit import UnifiedDiT
 from ..nn.unet import UnifiedUNet, res_key
 from .precond import get_preconditioning
+
+ARCHS = {"unet": UnifiedUNet, "dit": UnifiedDiT}
 
 
 class Denoiser(nn.Module):
@@ -21,12 +25,13 @@ class Denoiser(nn.Module):
         self.preset = preset
         self.precond = get_preconditioning(preset.precond)
         self.cond_scaling = preset.cond_scaling
+        arch = ARCHS[preset.network.arch]
         if preset.unified:
-            self.nets = nn.ModuleDict({"unified": UnifiedUNet(preset.network)})
+            self.nets = nn.ModuleDict({"unified": arch(preset.network)})
         else:
             cfg = preset.network
             self.nets = nn.ModuleDict({
-                res_key(r): UnifiedUNet(NetworkConfig(**{**cfg.__dict__, "resolutions": (r,),
+                res_key(r): arch(NetworkConfig(**{**cfg.__dict__, "resolutions": (r,),
                                                          "base_resolution": cfg.base_resolution}))
                 for r in preset.resolutions})
 
@@ -34,7 +39,7 @@ class Denoiser(nn.Module):
     def resolutions(self) -> list[int]:
         return self.preset.resolutions
 
-    def net_for(self, resolution: int) -> UnifiedUNet:
+    def net_for(self, resolution: int) -> UnifiedUNet | UnifiedDiT:
         if "unified" in self.nets:
             return self.nets["unified"]
         if res_key(resolution) not in self.nets:
@@ -46,8 +51,19 @@ class Denoiser(nn.Module):
                 augment_labels: torch.Tensor | None = None) -> torch.Tensor:
         """D(x; sigma): x (N, C, r, r); sigma scalar or (N,). For r above the lowest
         stage, `cond` is the upsampled noisy lower-resolution image at noise sigma_cond."""
+        c_skip, c_out, F_x = self._evaluate(x, sigma, class_labels, cond, sigma_cond, augment_labels)
+        return (c_skip * x.to(torch.float32) + c_out * F_x).to(x.dtype)
+
+    def network_output(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None = None,
+                       cond: torch.Tensor | None = None, sigma_cond: torch.Tensor | None = None,
+                       augment_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """F(c_in x; c_noise) in float32, the raw network output: the velocity under the
+        flow preconditioning (what the flow loss compares with u = y - n)."""
+        return self._evaluate(x, sigma, class_labels, cond, sigma_cond, augment_labels)[2]
+
+    def _evaluate(self, x, sigma, class_labels, cond, sigma_cond, augment_labels):
+        """(c_skip, c_out, F) for D = c_skip x + c_out F."""
         net = self.net_for(x.shape[-1])
-        dtype = x.dtype
         x = x.to(torch.float32)
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1, 1, 1, 1)
         sigma = sigma.expand(x.shape[0], 1, 1, 1)
@@ -61,7 +77,7 @@ class Denoiser(nn.Module):
             cond_noise = c_noise_c.flatten()
         F_x = net(c_in * x, c_noise.flatten(), class_labels=class_labels, augment_labels=augment_labels,
                   cond=cond_in, cond_noise_labels=cond_noise)
-        return (c_skip * x + c_out * F_x.to(torch.float32)).to(dtype)
+        return c_skip, c_out, F_x.to(torch.float32)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -68,4 +68,9 @@ class LossModule(torch.nn.Module):
         self.model = model
 
     def forward(self, images, class_labels=None, augment_labels=None, weights=None, noise=None):
+        preset = self.model.preset
+        if preset.objective == "flow":
+            from .flow import flow_multires_loss
+            return flow_multires_loss(self.model, images, class_labels, augment_labels, weights, noise,
+                                      cosine=preset.train.cosine_loss)
         return multires_loss(self.model, images, class_labels, augment_labels, weights, noise)

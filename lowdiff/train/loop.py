@@ -65,6 +65,13 @@ class DataStream:
 
 def check_dataset(preset: Preset, ds: ImageDataset) -> None:
     net = preset.network
+    latent = _is_latent(ds)
+    if (preset.latent is not None) != latent:
+        raise ConfigError(f"preset {preset.name} works on {'VAE latents' if preset.latent else 'images'} but dataset "
+                          f"{ds.name} holds {'latents' if latent else 'images'}"
+                          + ("; encode the images first with `lowdiff dataset encode`" if preset.latent else ""))
+    if latent:
+        ds.check(preset)
     if ds.resolution != net.img_resolution:
         raise ConfigError(f"dataset {ds.name} is {ds.resolution}x{ds.resolution} but preset {preset.name} "
                           f"generates {net.img_resolution}x{net.img_resolution}; resize the data or pick a preset")
@@ -74,6 +81,10 @@ def check_dataset(preset: Preset, ds: ImageDataset) -> None:
     if net.label_dim and (ds.labels is None or ds.num_classes > net.label_dim):
         raise ConfigError(f"preset {preset.name} is class-conditional with {net.label_dim} classes but dataset "
                           f"{ds.name} has {'no labels' if ds.labels is None else f'{ds.num_classes} classes'}")
+
+
+def _is_latent(ds) -> bool:
+    return hasattr(ds, "latent_config")
 
 
 def split_batch(batch: int, world: int, batch_gpu: int) -> tuple[int, int]:
@@ -134,6 +145,8 @@ class Trainer:
     def __init__(self, preset: Preset, dataset: ImageDataset, run_dir: str | Path, device: str = "cpu"):
         preset.validate()
         check_dataset(preset, dataset)
+        if _is_latent(dataset):           # the model directory then decodes on its own
+            preset.latent = dataset.latent_config(preset.latent)
         t = preset.train
         if t.precision not in ("fp32", "bf16", "fp16"):
             raise ConfigError(f"precision {t.precision!r}: choose fp32, bf16 or fp16")
@@ -147,7 +160,7 @@ class Trainer:
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.loss_fn = torch.nn.parallel.DistributedDataParallel(self.loss_fn, device_ids=ids)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=t.lr, betas=(0.9, 0.999), eps=1e-8)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=t.lr, betas=tuple(t.adam_betas), eps=1e-8)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
         self.stream = DataStream(len(dataset), t.seed)
         self.step, self.nimg = 0, 0
@@ -206,9 +219,12 @@ class Trainer:
 
     def _batch(self, idx: torch.Tensor, flip: torch.Tensor | None):
         net = self.preset.network
-        images = torch.from_numpy(self.ds.images[idx.numpy()]).to(self.device, torch.float32) / 127.5 - 1
-        if flip is not None:
-            images = torch.where(flip[:, None, None, None].to(self.device), images.flip(-1), images)
+        if _is_latent(self.ds):           # the latent pyramid {r: z_r}; flip picks the mirror twin
+            images = self.ds.pyramid(idx.numpy(), flip, self.preset.resolutions, self.preset.latent, self.device)
+        else:
+            images = torch.from_numpy(self.ds.images[idx.numpy()]).to(self.device, torch.float32) / 127.5 - 1
+            if flip is not None:
+                images = torch.where(flip[:, None, None, None].to(self.device), images.flip(-1), images)
         labels = augment = None
         if net.label_dim:
             labels = F.one_hot(torch.from_numpy(self.ds.labels[idx.numpy()]), net.label_dim).float().to(self.device)

@@ -1,0 +1,312 @@
+"""Unified multi-resolution diffusion transformer in the LightningDiT style (LowDiff paper
+Sec. 3 and 4.1: LightningDiT-B/1 with resolution-specific input/output layers and a
+resolution embedding).
+
+Clean-room re-implementation from the formulas in specs/lightningdit-spec.md (Sec. 1 and
+5); no DiT / LightningDiT code is used. With one resolution and no condition the network
+has LightningDiT's layout, parameter for parameter (B/1: 130,556,192, the paper's 130.56M).
+
+Layout, for each served latent side r with patch p (grid g = r/p, T = g^2 tokens,
+row-major), width D:
+
+  x_embed.{r}x{r}    Conv2d(C_r, D, p, stride p); C_r = C, or 2C above the lowest stage
+                     (noisy latent and upsampled condition, concatenated)
+  pos_embed.{r}x{r}  frozen 2-D sin-cos table (T, D) for grid g, added to the tokens
+                     (a parameter without gradient, as LightningDiT keeps it, so that it
+                     counts in the parameter total the paper reports)
+  blocks.i           shared adaLN-Zero blocks: RMSNorm, attention with 2-D RoPE (+ optional
+                     qk-norm), SwiGLU
+  final.{r}x{r}      adaLN (shift, scale) -> RMSNorm -> Linear(D, p^2 C_out)
+
+The conditioning vector is c = t_emb + y_emb + r_emb (spec 1.2 step 5, plus LowDiff's
+resolution embedding, one-hot -> Linear). The condition's noise level enters as its own
+frequency embedding, projected (Linear, no bias) and added to the time frequencies before
+the time MLP, the way UnifiedUNet adds it before its mapping network (DESIGN 1.1).
+
+Positions are functions of the grid size alone: token (h, w) of any grid gets the same
+sin-cos vector and RoPE angles (index positions, spec 5.2 option 1); the resolution
+embedding tells the blocks the scale.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import NetworkConfig
+from .unet import res_key
+
+FREQ_DIM = 256          # time-frequency embedding width (spec 1.2 step 3)
+
+
+# ---------------------------------------------------------------------------------------
+# Position and time encodings (spec 1.2 steps 2-3, 1.3 RoPE). Pure functions of the grid.
+
+def timestep_frequencies(t: torch.Tensor, dim: int = FREQ_DIM, max_period: float = 10_000.0) -> torch.Tensor:
+    """[cos(t w_k), sin(t w_k)], w_k = exp(-ln(max_period) k / (dim/2)); t is the continuous
+    flow time in [0, 1], not rescaled."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    angles = t.to(torch.float32)[:, None] * freqs[None]
+    return torch.cat([angles.cos(), angles.sin()], dim=1)
+
+
+def grid_positions(grid: int, device=None, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, column) index of each token of a grid x grid patch grid, row-major."""
+    idx = torch.arange(grid, dtype=dtype, device=device)
+    return idx.repeat_interleave(grid), idx.repeat(grid)
+
+
+def sincos_table(grid: int, dim: int, device=None) -> torch.Tensor:
+    """2-D sin-cos absolute positions (T, dim): the first dim/2 channels encode the column,
+    the second dim/2 the row, each as [sin(pos w_k), cos(pos w_k)], w_k = 10000^(-k/(dim/4))."""
+    rows, cols = grid_positions(grid, device)
+    omega = 10_000.0 ** (-torch.arange(dim // 4, dtype=torch.float64, device=device) / (dim // 4))
+
+    def axis(pos):
+        angles = pos[:, None] * omega[None]
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    return torch.cat([axis(cols), axis(rows)], dim=1).to(torch.float32)
+
+
+def rope_angles(grid: int, head_dim: int, base: float = 10_000.0, device=None) -> torch.Tensor:
+    """Rotation angle of each channel pair (T, head_dim/2): the first head_dim/4 pairs turn
+    with the row index, the rest with the column, at theta_j = base^(-j/(head_dim/4))."""
+    rows, cols = grid_positions(grid, device, torch.float32)
+    n = head_dim // 4
+    theta = base ** (-torch.arange(n, dtype=torch.float32, device=device) / n)
+    return torch.cat([rows[:, None] * theta, cols[:, None] * theta], dim=1)
+
+
+def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent channel pairs (2j, 2j+1) of x (..., T, head_dim) by angles (T, head_dim/2):
+    (a, b) -> (a cos - b sin, a sin + b cos)."""
+    a, b = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = angles.cos(), angles.sin()
+    return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2).to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# Layers (spec 1.3).
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight, computed in float32."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (h * self.weight.float()).to(x.dtype)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN modulation x (1 + scale) + shift, per sample over all tokens."""
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention: fused qkv, optional qk RMSNorm over head_dim (weights shared
+    across heads), RoPE on q and k, scaled dot-product attention, output projection."""
+
+    def __init__(self, dim: int, heads: int, qk_norm: bool):
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.q_norm = RMSNorm(self.head_dim) if qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim) if qk_norm else None
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, rope: torch.Tensor | None) -> torch.Tensor:
+        n, t, d = x.shape
+        q, k, v = self.qkv(x).reshape(n, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(n, t, d))
+
+
+class SwiGLU(nn.Module):
+    """One fused Linear(D, 2H) split into (a, b); SiLU(a) * b; Linear(H, D)."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, 2 * hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.fc1(x).chunk(2, dim=-1)
+        return self.fc2(F.silu(a) * b)
+
+
+class DiTBlock(nn.Module):
+    """adaLN-Zero block: (shift, scale, gate) for attention and for the MLP from SiLU(c);
+    x += gate_a Attn(modulate(norm1 x)); x += gate_m MLP(modulate(norm2 x))."""
+
+    def __init__(self, dim: int, heads: int, mlp_hidden: int, qk_norm: bool):
+        super().__init__()
+        self.norm1 = RMSNorm(dim)
+        self.attn = Attention(dim, heads, qk_norm)
+        self.norm2 = RMSNorm(dim)
+        self.mlp = SwiGLU(dim, mlp_hidden)
+        self.ada = nn.Linear(dim, 6 * dim)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, rope: torch.Tensor | None) -> torch.Tensor:
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.ada(F.silu(c)).chunk(6, dim=1)
+        x = x + gate_a[:, None] * self.attn(modulate(self.norm1(x), shift_a, scale_a), rope)
+        return x + gate_m[:, None] * self.mlp(modulate(self.norm2(x), shift_m, scale_m))
+
+
+class FinalLayer(nn.Module):
+    """Resolution-specific output: (shift, scale) from SiLU(c), RMSNorm, modulate, Linear."""
+
+    def __init__(self, dim: int, out: int):
+        super().__init__()
+        self.norm = RMSNorm(dim)
+        self.ada = nn.Linear(dim, 2 * dim)
+        self.linear = nn.Linear(dim, out)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.ada(F.silu(c)).chunk(2, dim=1)
+        return self.linear(modulate(self.norm(x), shift, scale))
+
+
+class LabelEmbedder(nn.Module):
+    """Class table with one extra "null" row (index num_classes) for classifier-free
+    guidance. Labels are one-hot (N, K) as elsewhere in lowdiff; an all-zero row is the null
+    class, so dropping a label (training, prob. `dropout`) zeroes its row."""
+
+    def __init__(self, num_classes: int, dim: int, dropout: float):
+        super().__init__()
+        self.dropout = dropout
+        self.table = nn.Parameter(torch.empty(num_classes + 1, dim))
+
+    def forward(self, onehot: torch.Tensor) -> torch.Tensor:
+        onehot = onehot.to(self.table.dtype)
+        if self.training and self.dropout:
+            keep = torch.rand(onehot.shape[0], 1, device=onehot.device) >= self.dropout
+            onehot = onehot * keep.to(onehot.dtype)
+        null = 1 - onehot.sum(dim=1, keepdim=True)
+        return onehot @ self.table[:-1] + null * self.table[-1]
+
+
+def unpatchify(tokens: torch.Tensor, grid: int, patch: int, channels: int) -> torch.Tensor:
+    """(N, T, p*p*C) -> (N, C, g*p, g*p); each token holds its patch as (p, p, C)."""
+    n = tokens.shape[0]
+    x = tokens.reshape(n, grid, grid, patch, patch, channels)
+    return x.permute(0, 5, 1, 3, 2, 4).reshape(n, channels, grid * patch, grid * patch)
+
+
+# ---------------------------------------------------------------------------------------
+
+class UnifiedDiT(nn.Module):
+    """LightningDiT-style transformer serving every latent side in `cfg.resolutions`.
+
+    forward(x, noise_labels, class_labels=None, augment_labels=None, cond=None,
+            cond_noise_labels=None), the UnifiedUNet signature: x (N, C, r, r), noise_labels
+    the flow time t (N,), class_labels one-hot (N, K) with all-zero rows for the null class.
+    Resolutions above `cfg.base_resolution` need `cond` (N, C, r, r).
+    """
+
+    def __init__(self, cfg: NetworkConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        D, p = cfg.hidden_size, cfg.patch_size
+        self.head_dim = D // cfg.num_heads
+        res = sorted(cfg.resolutions)
+        conditioned = any(r > cfg.base_resolution for r in res)
+
+        self.t_embed = nn.Sequential(nn.Linear(FREQ_DIM, D), nn.SiLU(), nn.Linear(D, D))
+        self.label_embed = LabelEmbedder(cfg.label_dim, D, cfg.label_dropout) if cfg.label_dim else None
+        self.res_embed = nn.Linear(len(res), D) if len(res) > 1 else None
+        self.cond_noise_embed = (nn.Linear(FREQ_DIM, FREQ_DIM, bias=False)
+                                 if conditioned and cfg.cond_noise_embedding else None)
+        self.x_embed = nn.ModuleDict({
+            res_key(r): nn.Conv2d(cfg.in_channels * (2 if r > cfg.base_resolution else 1), D, p, stride=p)
+            for r in res})
+        self.pos_embed = nn.ParameterDict({
+            res_key(r): nn.Parameter(sincos_table(r // p, D), requires_grad=False) for r in res})
+        hidden = int(2 / 3 * cfg.mlp_ratio * D)
+        self.blocks = nn.ModuleList([DiTBlock(D, cfg.num_heads, hidden, cfg.qk_norm) for _ in range(cfg.depth)])
+        self.final = nn.ModuleDict({res_key(r): FinalLayer(D, p * p * cfg.out_channels) for r in res})
+        self.initialize_weights()
+
+    @torch.no_grad()
+    def initialize_weights(self) -> None:
+        """Spec 1.3: Xavier-uniform Linear weights and zero biases; patch embeddings Xavier
+        on the flattened kernel; label table and time MLP normal(0, 0.02) (also the new
+        resolution and condition-noise embeddings); adaLN and output layers zero, so the
+        network outputs exactly 0 at initialisation."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        for conv in self.x_embed.values():
+            nn.init.xavier_uniform_(conv.weight.view(conv.weight.shape[0], -1))
+            nn.init.zeros_(conv.bias)
+        normal = [self.t_embed[0].weight, self.t_embed[2].weight]
+        normal += [m.weight for m in (self.res_embed, self.cond_noise_embed) if m is not None]
+        normal += [self.label_embed.table] if self.label_embed is not None else []
+        for w in normal:
+            nn.init.normal_(w, std=0.02)
+        zero = [b.ada for b in self.blocks] + [f.ada for f in self.final.values()]
+        zero += [f.linear for f in self.final.values()]
+        for layer in zero:
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    # -----------------------------------------------------------------------------------
+
+    def embed(self, noise_labels: torch.Tensor, resolution: int, class_labels=None,
+              cond_noise_labels=None) -> torch.Tensor:
+        """The conditioning vector c = t_emb(freq(t) [+ proj(freq(t_cond))]) + y_emb + r_emb."""
+        freq = timestep_frequencies(noise_labels)
+        if self.cond_noise_embed is not None and cond_noise_labels is not None:
+            freq = freq + self.cond_noise_embed(timestep_frequencies(cond_noise_labels))
+        c = self.t_embed(freq)
+        if self.label_embed is not None:
+            if class_labels is None:
+                raise ValueError("this network is class-conditional: pass class_labels (one-hot, "
+                                 f"shape [N, {self.cfg.label_dim}]; all zeros = the null class)")
+            c = c + self.label_embed(class_labels)
+        if self.res_embed is not None:
+            index = sorted(self.cfg.resolutions).index(resolution)
+            onehot = F.one_hot(torch.full((c.shape[0],), index, device=c.device), len(self.cfg.resolutions))
+            c = c + self.res_embed(onehot.to(c.dtype))
+        return c
+
+    def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels=None, augment_labels=None,
+                cond: torch.Tensor | None = None, cond_noise_labels: torch.Tensor | None = None) -> torch.Tensor:
+        r, cfg = x.shape[-1], self.cfg
+        if res_key(r) not in self.x_embed or x.shape[-2] != r:
+            raise ValueError(f"input of shape {tuple(x.shape)}: this network serves square latents of sides "
+                             f"{sorted(cfg.resolutions)}")
+        if r > cfg.base_resolution:
+            if cond is None:
+                raise ValueError(f"resolution {r} is conditioned on the upsampled lower-resolution latent: pass cond")
+            x = torch.cat([x, cond.to(x.dtype)], dim=1)
+        grid = r // cfg.patch_size
+        tokens = self.x_embed[res_key(r)](x).flatten(2).transpose(1, 2) + self.pos_embed[res_key(r)]
+        c = self.embed(noise_labels, r, class_labels, cond_noise_labels)
+        rope = rope_angles(grid, self.head_dim, device=x.device) if cfg.rope else None
+        for block in self.blocks:
+            tokens = block(tokens, c, rope)
+        return unpatchify(self.final[res_key(r)](tokens, c), grid, cfg.patch_size, cfg.out_channels)
+
+    def subnetwork_parameters(self, resolution: int) -> list[str]:
+        """Names of the parameters a forward pass at `resolution` can touch."""
+        own = {f"{part}.{res_key(resolution)}" for part in ("x_embed", "pos_embed", "final")}
+        shared = ("blocks.", "t_embed.", "label_embed.", "res_embed.")
+        shared += ("cond_noise_embed.",) if resolution > self.cfg.base_resolution else ()
+        return [n for n, _ in self.named_parameters()
+                if n.startswith(shared) or any(n == o or n.startswith(o + ".") for o in own)]

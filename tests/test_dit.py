@@ -1,0 +1,207 @@
+"""The LightningDiT-style unified transformer and the flow objective: exact parameter
+counts, positions as functions of the grid, RoPE, classifier-free guidance, the flow
+sampler's equivalence with Euler in t, and sub-network isolation."""
+import math
+
+import pytest
+import torch
+from conftest import tiny_dit_preset
+
+from lowdiff.config import ConfigError, get_preset
+from lowdiff.diffusion.cascade import PerImageGenerator, sample_cascade
+from lowdiff.diffusion.denoiser import Denoiser, count_parameters
+from lowdiff.diffusion.flow import Guided, flow_multires_loss, flow_sigmas, guided, shift_time
+from lowdiff.diffusion.solvers import sample_euler
+from lowdiff.info import describe, meta_denoiser
+from lowdiff.nn.dit import apply_rope, rope_angles, sincos_table
+
+
+def perturbed(preset, seed=0):
+    """A denoiser whose zero-initialised layers are perturbed (a fresh DiT outputs exactly 0)."""
+    torch.manual_seed(seed)
+    model = Denoiser(preset)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    return model.eval()
+
+
+def test_lightningdit_b1_count_is_the_papers():
+    """Spec 1.4: 130,556,192 including the frozen 16x16 sin-cos table; 130,359,584 trainable."""
+    model = meta_denoiser(get_preset("imagenet256-lightningdit-b1"))
+    assert count_parameters(model) == 130_556_192
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 130_359_584
+
+
+def test_unified_imagenet_count():
+    """Paper Tab. 4: 131.86M. Ours adds per-resolution patch embeds and full final layers, the
+    one-hot resolution embedding and the frozen 8x8 table: 131,864,128 (131.86M); the
+    condition-noise embedding (DESIGN 1.1, 256x256 projection) adds 65,536."""
+    assert count_parameters(meta_denoiser(get_preset("imagenet256"))) == 131_929_664
+    p = get_preset("imagenet256")
+    p.network.cond_noise_embedding = False
+    n = count_parameters(meta_denoiser(p))
+    assert n == 131_864_128 and round(n / 1e6, 2) == p.paper["params_m"]
+
+
+def test_parameter_groups_match_spec():
+    net = meta_denoiser(get_preset("imagenet256-lightningdit-b1")).nets["unified"]
+    assert count_parameters(net.blocks[0]) == 10_630_912
+    assert count_parameters(net.final["16x16"]) == 1_206_560
+    assert count_parameters(net.t_embed) == 787_968 and net.label_embed.table.numel() == 768_768
+    p = get_preset("imagenet256-lightningdit-b1")
+    p.network.qk_norm = True
+    assert count_parameters(meta_denoiser(p)) == 130_556_192 + 1_536
+
+
+def test_positions_at_8x8_differ_from_16x16_only_by_grid_size():
+    """Sin-cos table and RoPE angles are functions of the token's (row, column): the 8x8 grid
+    is the top-left corner of the 16x16 one, and the model's tables are exactly these."""
+    D, hd = 64, 16
+    big, small = sincos_table(16, D).reshape(16, 16, D), sincos_table(8, D).reshape(8, 8, D)
+    assert torch.equal(big[:8, :8], small)
+    rb, rs = rope_angles(16, hd).reshape(16, 16, -1), rope_angles(8, hd).reshape(8, 8, -1)
+    assert torch.equal(rb[:8, :8], rs)
+    net = Denoiser(tiny_dit_preset()).nets["unified"]
+    for r in (4, 8):
+        assert torch.equal(net.pos_embed[f"{r}x{r}"], sincos_table(r, 32))
+    # MAE layout: first half of the channels encodes the column, the second half the row.
+    t = sincos_table(4, 8).reshape(4, 4, 8)
+    assert torch.equal(t[0, :, :4], t[3, :, :4]) and torch.equal(t[:, 0, 4:], t[:, 3, 4:])
+
+
+def test_rope_depends_only_on_relative_position():
+    torch.manual_seed(0)
+    hd, grid = 16, 8
+    angles = rope_angles(grid, hd)
+    q, k = torch.randn(hd), torch.randn(hd)
+
+    def score(pq, pk):
+        tq = apply_rope(q.expand(grid * grid, hd), angles)[pq[0] * grid + pq[1]]
+        tk = apply_rope(k.expand(grid * grid, hd), angles)[pk[0] * grid + pk[1]]
+        return float(tq @ tk)
+
+    assert score((1, 2), (3, 1)) == pytest.approx(score((4, 5), (6, 4)), abs=1e-4)
+    assert score((1, 2), (3, 1)) != pytest.approx(score((1, 2), (1, 3)), abs=1e-3)
+    assert torch.allclose(apply_rope(q.expand(grid * grid, hd), angles).norm(dim=-1), q.norm(), atol=1e-5)
+
+
+def test_dit_outputs_zero_at_init_and_serves_both_grids():
+    p = tiny_dit_preset()
+    model = Denoiser(p)
+    y = torch.eye(10)[:2]
+    x8 = torch.randn(2, 4, 8, 8)
+    v = model.network_output(x8, 0.5, y, cond=torch.randn_like(x8), sigma_cond=0.2)
+    assert torch.equal(v, torch.zeros_like(v))
+    v4 = perturbed(p).network_output(torch.randn(2, 4, 4, 4), 0.5, y)
+    assert v4.shape == (2, 4, 4, 4) and v4.abs().sum() > 0
+    with pytest.raises(ValueError, match="pass cond"):
+        model(x8, 0.5, y)
+    with pytest.raises(ValueError, match="class_labels"):
+        model(torch.randn(2, 4, 4, 4), 0.5)
+
+
+def test_cfg_scale_one_equals_the_unguided_model():
+    p = tiny_dit_preset()
+    model = perturbed(p)
+    torch.manual_seed(1)
+    x, cond = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    y, sc = torch.eye(10)[[1, 5, 7]], torch.full((3,), 0.4)
+    plain = model(x, 0.3, y, cond=cond, sigma_cond=sc)
+    assert torch.allclose(Guided(model, 1.0)(x, 0.3, y, cond=cond, sigma_cond=sc), plain, atol=1e-5)
+    assert guided(model, p.stages[-1]) is model                    # cfg_scale 1: no wrapper at all
+    # w != 1 guides every channel: D_u + w (D_c - D_u) with the null class (zero one-hot).
+    uncond = model(x, 0.3, torch.zeros_like(y), cond=cond, sigma_cond=sc)
+    out = Guided(model, 4.0)(x, 0.3, y, cond=cond, sigma_cond=sc)
+    assert torch.allclose(out, uncond + 4.0 * (plain - uncond), atol=1e-4)
+    # Outside the guidance interval only the conditional model runs.
+    assert torch.equal(Guided(model, 4.0, sigma_max=0.2)(x, 0.3, y, cond=cond, sigma_cond=sc), plain)
+
+
+def test_flow_sigmas_are_lightningdits_shifted_grid():
+    t = torch.linspace(0, 1, 101, dtype=torch.float64)
+    assert torch.allclose(flow_sigmas(100, 0.0, 1.0, 0.3), 1 - 0.3 * t / (1 - 0.7 * t))
+    assert float(shift_time(torch.tensor(0.5), 0.3)) == pytest.approx(0.3 * 0.5 / 0.65)
+    s = flow_sigmas(50, 0.0, 1.0, 0.3)
+    assert s[0] == 1 and s[-1] == 0 and bool((s[1:] < s[:-1]).all())
+
+
+def test_imagenet_plans():
+    info = describe("imagenet256")
+    assert info["nfe_per_stage"] == {8: 45, 16: 50} and info["baseline"]["nfe"] == 100
+    assert info["stages"][0]["truncation_sigma"] == pytest.approx(1 - shift_time(torch.tensor(0.45), 0.3).item())
+    assert info["effective_nfe_flops"] == 61                 # spec 3.4: 50 + 45 x 0.24
+    assert describe("imagenet256-lightningdit-b1")["nfe_per_stage"] == {16: 100}
+
+
+def test_flow_euler_in_sigma_is_euler_in_t():
+    """The cascade's Euler solver over sigma = 1 - t steps x += (t' - t) v."""
+    p = tiny_dit_preset(stages=(8,))
+    model = perturbed(p)
+    y = torch.eye(10)[:2]
+    x0 = torch.randn(2, 4, 8, 8, dtype=torch.float64)
+    sigmas = flow_sigmas(5, 0.0, 1.0, 0.3)
+    out, nfe, reached = sample_euler(lambda x, s: model(x.float(), s, y).double(), x0, sigmas)
+    x = x0.clone()
+    for s, s_next in zip(sigmas[:-1].tolist(), sigmas[1:].tolist()):
+        x = x + (s - s_next) * model.network_output(x.float(), s, y).double()
+    assert nfe == 5 and reached == 0 and torch.allclose(out, x, atol=1e-5)
+
+
+def test_cascade_with_guidance_doubles_the_batch_inside_the_interval():
+    p = tiny_dit_preset()
+    model = perturbed(p)
+    calls = []
+
+    def counting(x, sigma, labels, cond=None, sigma_cond=None):
+        calls.append(x.shape[0])
+        return model(x, sigma, labels, cond=cond, sigma_cond=sigma_cond)
+
+    counting.preset = p
+    stages = [s.__class__(**{**s.__dict__, "cfg_scale": 3.0, "cfg_sigma_max": 0.9}) for s in p.stages]
+    result = sample_cascade(counting, stages, PerImageGenerator([0, 1]), 4, torch.eye(10)[:2])
+    assert result.nfe == {4: 3, 8: 6}
+    evaluated = flow_sigmas(6, 0.0, 1.0, 0.3)[:3].tolist() + flow_sigmas(6, 0.0, 1.0, 0.3)[:6].tolist()
+    assert calls == [2 if s > 0.9 else 4 for s in evaluated] and 2 in calls and 4 in calls
+
+
+def test_flow_loss_touches_only_its_subnetwork():
+    p = tiny_dit_preset()
+    model = perturbed(p).train()
+    net = model.nets["unified"]
+    y8 = torch.randn(4, 4, 8, 8)
+    pyr = {8: y8, 4: torch.nn.functional.avg_pool2d(y8, 2)}
+    _, per = flow_multires_loss(model, pyr, torch.eye(10)[:4], cosine=True)
+    per[4].backward()
+    touched = {n for n, q in net.named_parameters() if q.grad is not None and q.grad.abs().sum() > 0}
+    allowed = set(net.subnetwork_parameters(4))
+    assert touched and touched <= allowed
+    assert not any(n.startswith(("x_embed.8x8", "final.8x8", "cond_noise_embed")) for n in touched)
+
+
+def test_flow_preset_validation():
+    p = tiny_dit_preset()
+    p.stages[-1].sigma_min = 0.1
+    with pytest.raises(ConfigError, match="sigma_min = 0"):
+        p.validate()
+    p = tiny_dit_preset()
+    p.stages[0].solver = "dpmpp2m"
+    with pytest.raises(ConfigError, match="euler or heun"):
+        p.validate()
+    p = tiny_dit_preset(label_dim=0)
+    p.stages[0].cfg_scale = 2.0
+    with pytest.raises(ConfigError, match="class-conditional"):
+        p.validate()
+    p = tiny_dit_preset()
+    p.network.num_heads = 3
+    with pytest.raises(ConfigError, match="divisible"):
+        p.validate()
+    assert math.isinf(get_preset("cifar10-uncond").stages[0].cfg_sigma_max)
+
+
+def test_latent_preset_round_trips_through_json():
+    from lowdiff.config import Preset
+    p = get_preset("imagenet256")
+    q = Preset.from_dict(__import__("json").loads(p.to_json()))
+    assert q.to_dict() == p.to_dict() and q.latent.image_resolution == 256 and q.objective == "flow"
