@@ -104,9 +104,9 @@ class StageConfig:
 
     `schedule='flow'` (rectified-flow models, lowdiff/diffusion/flow.py): the noise level is
     sigma = 1 - t of the linear path x = (1 - sigma) y + sigma n (t = 1 data, LightningDiT's
-    convention), and the grid is LightningDiT's: `steps` + 1 times uniform in t from
-    1 - sigma_max to 1 - sigma_min, mapped by the timestep shift t' = s t / (1 + (s - 1) t)
-    (`shift` = s; LightningDiT samples with 0.3). A final flow stage ends at sigma_min = 0.
+    convention), and the grid is LightningDiT's: `steps` + 1 uniform times mapped by the
+    timestep shift t' = s t / (1 + (s - 1) t) (`shift` = s; LightningDiT samples with 0.3),
+    the uniform times chosen so that the shifted grid runs from sigma_max to sigma_min. A final flow stage ends at sigma_min = 0.
     `cfg_scale` w guides with D_u + w (D_c - D_u) at noise levels <= `cfg_sigma_max` (the
     guidance interval; LightningDiT's cfg_interval_start t0 is cfg_sigma_max = 1 - t0).
     """
@@ -235,6 +235,9 @@ class Preset:
                 raise ConfigError(f"stage {s.resolution}: need steps >= 1 and 0 < sigma_min < sigma_max")
             if s.cfg_scale != 1 and not self.network.label_dim:
                 raise ConfigError(f"stage {s.resolution}: cfg_scale needs a class-conditional model")
+            if s.schedule == "edm" and s.shift != 1:
+                raise ConfigError(f"stage {s.resolution}: shift belongs to the flow schedule (schedule=flow); "
+                                  "the edm schedule is shaped by rho")
             if not final and s.steps < 2:
                 raise ConfigError(f"stage {s.resolution}: a truncated stage needs steps >= 2")
             if s.nfe is not None:

@@ -127,6 +127,17 @@ def test_flow_sigmas_are_lightningdits_shifted_grid():
     assert s[0] == 1 and s[-1] == 0 and bool((s[1:] < s[:-1]).all())
 
 
+@pytest.mark.parametrize("sigma_min, sigma_max", [(0.0, 0.7), (0.2, 1.0), (0.1, 0.5)])
+def test_flow_sigmas_in_a_narrower_range_stay_on_the_shifted_grid(sigma_min, sigma_max):
+    """A range other than [0, 1] (`--stage 16:sigma_max=0.7`, tune's sigma moves): the grid
+    is decreasing from sigma_max to sigma_min, and its interior points lie on the same
+    shifted curve, i.e. they are uniform in the unshifted time (once the shift is undone)."""
+    s = flow_sigmas(10, sigma_min, sigma_max, 0.3)
+    assert s[0] == sigma_max and s[-1] == sigma_min and bool((s[1:] < s[:-1]).all())
+    t = shift_time(1 - s, 1 / 0.3)                                 # undo the shift
+    assert torch.allclose(t[1:] - t[:-1], (t[-1] - t[0]) / 10 * torch.ones(10, dtype=torch.float64))
+
+
 def test_imagenet_plans():
     info = describe("imagenet256")
     assert info["nfe_per_stage"] == {8: 45, 16: 50} and info["baseline"]["nfe"] == 100
@@ -198,6 +209,10 @@ def test_flow_preset_validation():
     with pytest.raises(ConfigError, match="divisible"):
         p.validate()
     assert math.isinf(get_preset("cifar10-uncond").stages[0].cfg_sigma_max)
+    p = get_preset("cifar10-uncond")                               # an option that would be ignored
+    p.stages[0].shift = 0.3
+    with pytest.raises(ConfigError, match="shift belongs to the flow schedule"):
+        p.validate()
 
 
 def test_latent_preset_round_trips_through_json():

@@ -116,6 +116,8 @@ def test_latent_datasets_and_presets_must_agree(tmp_path, vae_dir):
         Trainer(tiny_preset(channels=4), lat, tmp_path / "r2")
     with pytest.raises(ValueError, match="--lowest 2"):
         Trainer(tiny_dit_preset(stages=(2, 4, 8)), lat, tmp_path / "r3")
+    with pytest.raises(ConfigError, match="is 8x8 but preset .* generates 16x16"):   # not "re-encode with --lowest"
+        Trainer(tiny_dit_preset(stages=(8, 16)), lat, tmp_path / "r4")
 
 
 def run(capsys, *argv):

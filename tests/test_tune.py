@@ -57,6 +57,14 @@ def test_tune_needs_a_budget(fixtures, capsys):
     assert code == 2 and "give a budget" in capsys.readouterr().err
 
 
+def test_tune_rejects_unknown_solvers(fixtures, capsys):
+    """A misspelt --solvers entry is an error, not a silently skipped start plan and moves."""
+    d = fixtures
+    code = main(["tune", "--checkpoint", str(d / "model"), "--ref", str(d / "ref.npz"), "--classifier", str(d / "clf"),
+                 "--budget-nfe", "12", "--solvers", "heun,dpmpp", "--out", str(d / "plan.json"), "--no-progress"])
+    assert code == 2 and "unknown solver(s) dpmpp" in capsys.readouterr().err and not (d / "plan.json").exists()
+
+
 def test_plan_files_round_trip_and_reject_junk(tiny, tmp_path):
     stages = tiny().stages
     save_plan(tmp_path / "p.json", stages, note="x")

@@ -35,13 +35,16 @@ def shift_time(t: torch.Tensor, shift: float) -> torch.Tensor:
 
 
 def flow_sigmas(steps: int, sigma_min: float = 0.0, sigma_max: float = 1.0, shift: float = 1.0) -> torch.Tensor:
-    """steps + 1 noise levels 1 - shift(t_i), t_i uniform in [1 - sigma_max, 1 - sigma_min] (float64).
-    With sigma in [0, 1] this is LightningDiT's Euler grid linspace(0, 1, steps + 1)."""
+    """steps + 1 noise levels 1 - shift(t_i) from sigma_max down to sigma_min (float64), t_i
+    uniform between the unshifted times of the two ends (the shift's inverse is the shift by
+    1/s), so the grid is LightningDiT's shifted grid restricted to [sigma_min, sigma_max].
+    With sigma in [0, 1] this is LightningDiT's Euler grid linspace(0, 1, steps + 1), shifted."""
     if steps < 1:
         raise ValueError("steps must be >= 1")
-    t = torch.linspace(1 - sigma_max, 1 - sigma_min, steps + 1, dtype=torch.float64)
+    ends = shift_time(torch.tensor([1 - sigma_max, 1 - sigma_min], dtype=torch.float64), 1 / shift)
+    t = torch.linspace(float(ends[0]), float(ends[1]), steps + 1, dtype=torch.float64)
     sigmas = 1 - shift_time(t, shift)
-    sigmas[0], sigmas[-1] = sigma_max, sigma_min          # exact ends (shift fixes 0 and 1)
+    sigmas[0], sigmas[-1] = sigma_max, sigma_min          # exact ends (only rounding differs)
     return sigmas
 
 

@@ -21,6 +21,7 @@ from typing import Callable
 
 from ..config import ConfigError, StageConfig
 from ..diffusion.cascade import effective_nfe
+from ..diffusion.solvers import SOLVERS
 from ..pipeline import check_plan, with_solver
 from .bench import BenchOptions, time_evaluations
 from .evaluate import evaluate_pipeline
@@ -181,6 +182,9 @@ def fit_budget(stages, costs: CostModel, opts: TuneOptions) -> list[StageConfig]
 
 class Tuner:
     def __init__(self, pipe, ref, extractor, feature_space: str, opts: TuneOptions, progress=None):
+        unknown = [s for s in opts.solvers if s not in SOLVERS]
+        if unknown:      # else every plan using them fails check_plan and is skipped without a word
+            raise ConfigError(f"unknown solver(s) {', '.join(unknown)}: choose from {', '.join(SOLVERS)}")
         self.pipe, self.ref, self.extractor, self.feature_space = pipe, ref, extractor, feature_space
         self.opts, self.progress = opts, progress
         self.costs = measure_costs(pipe, opts)

@@ -70,14 +70,14 @@ def check_dataset(preset: Preset, ds: ImageDataset) -> None:
         raise ConfigError(f"preset {preset.name} works on {'VAE latents' if preset.latent else 'images'} but dataset "
                           f"{ds.name} holds {'latents' if latent else 'images'}"
                           + ("; encode the images first with `lowdiff dataset encode`" if preset.latent else ""))
-    if latent:
-        ds.check(preset)
     if ds.resolution != net.img_resolution:
         raise ConfigError(f"dataset {ds.name} is {ds.resolution}x{ds.resolution} but preset {preset.name} "
                           f"generates {net.img_resolution}x{net.img_resolution}; resize the data or pick a preset")
     if ds.channels != net.in_channels:
         raise ConfigError(f"dataset {ds.name} has {ds.channels} channel(s), preset {preset.name} expects "
                           f"{net.in_channels}")
+    if latent:           # after the top-resolution check, whose message fits a wrong top size
+        ds.check(preset)
     if net.label_dim and (ds.labels is None or ds.num_classes > net.label_dim):
         raise ConfigError(f"preset {preset.name} is class-conditional with {net.label_dim} classes but dataset "
                           f"{ds.name} has {'no labels' if ds.labels is None else f'{ds.num_classes} classes'}")
