@@ -264,10 +264,13 @@ class Preset:
             raise ConfigError(f"{where}: schedule {s.schedule!r}, choose edm or flow")
         if self.objective != "flow":
             raise ConfigError(f"{where}: the flow schedule needs a flow model (precond 'flow')")
-        if s.solver not in ("euler", "heun") or s.S_churn:
-            raise ConfigError(f"{where}: a flow model samples with solver euler or heun and no churn")
+        if s.solver not in ("euler", "heun", "dpmpp2m") or s.S_churn:
+            raise ConfigError(f"{where}: a flow model samples with solver euler, heun or dpmpp2m and no churn")
         if s.steps < 1 or not 0 <= s.sigma_min < s.sigma_max <= 1 or (s.schedule == "edm" and s.sigma_min == 0):
             raise ConfigError(f"{where}: flow noise levels need steps >= 1 and 0 <= sigma_min < sigma_max <= 1")
+        if s.sigma_max != 1:
+            raise ConfigError(f"{where}: a flow stage starts from pure noise (t = 0), so sigma_max must be 1; "
+                              "move the first steps with shift instead")
         if s.schedule == "flow" and (s.shift <= 0 or (final and s.sigma_min != 0)):
             raise ConfigError(f"{where}: a flow schedule needs shift > 0, and the final stage sigma_min = 0")
 

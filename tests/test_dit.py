@@ -197,8 +197,14 @@ def test_flow_preset_validation():
     with pytest.raises(ConfigError, match="sigma_min = 0"):
         p.validate()
     p = tiny_dit_preset()
-    p.stages[0].solver = "dpmpp2m"
-    with pytest.raises(ConfigError, match="euler or heun"):
+    p.stages[0].solver = "dpmpp2m"                               # same ODE in sigma: allowed
+    p.validate()
+    p.stages[0].S_churn = 1.0
+    with pytest.raises(ConfigError, match="no churn"):
+        p.validate()
+    p = tiny_dit_preset()
+    p.stages[1].sigma_max = 0.7                                  # would start from noise without signal
+    with pytest.raises(ConfigError, match="sigma_max must be 1"):
         p.validate()
     p = tiny_dit_preset(label_dim=0)
     p.stages[0].cfg_scale = 2.0

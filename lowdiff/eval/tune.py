@@ -152,7 +152,7 @@ def coordinates(stages, solvers) -> list[tuple[str, Callable]]:
     for i, s in enumerate(stages[:-1]):
         coords.append((f"{s.resolution}:nfe", lambda p, i=i: _nfe_moves(p, i)))
     for i, s in enumerate(stages):
-        if i > 0:
+        if i > 0 and s.schedule != "flow":                  # flow stages start from pure noise (sigma 1)
             coords.append((f"{s.resolution}:sigma_max", lambda p, i=i: _sigma_moves(p, i)))
     for i, s in enumerate(stages[:-1]):
         coords.append((f"{s.resolution}:steps", lambda p, i=i: _steps_moves(p, i)))
