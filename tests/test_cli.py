@@ -92,3 +92,15 @@ def test_dataset_info_and_convert(tmp_path, capsys):
     code, out, _ = run(capsys, "dataset", "info", str(tmp_path / "d.zip"))
     info = json.loads(out)
     assert code == 0 and (info["images"], info["resolution"], info["num_classes"]) == (12, 16, 10)
+
+
+def test_sample_without_checkpoint_uses_the_bundled_model(tmp_path, capsys):
+    from PIL import Image
+    from lowdiff.pipeline import load
+    pipe = load()                                                        # offline, no arguments
+    assert pipe.preset.name == "lowdiff-fashion-tiny-cond" and len(pipe.preset.class_names) == 10
+    out = tmp_path / "grid.png"
+    code, _, err = run(capsys, "sample", "--num", "10", "--out", str(out), "--no-progress")
+    assert code == 0 and "wrote 10 images" in err and "{8: 18, 16: 13, 32: 17}" in err
+    width, height = Image.open(out).size
+    assert height > 10 * 32 and width > 32                               # ten labelled rows of garments
