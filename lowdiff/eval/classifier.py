@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from ..train.checkpoint import CheckpointError
+from ..train.checkpoint import CheckpointError, atomic_write
 
 DEFAULT_CLASSIFIER_DIR = Path(os.environ.get("LOWDIFF_CLASSIFIER", "~/.cache/lowdiff/fashion-classifier")).expanduser()
 WEIGHTS_FILE, CONFIG_FILE = "classifier.safetensors", "classifier.json"
@@ -173,12 +173,6 @@ def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, batch: int = 2
     model.eval()
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def train_classifier(out_dir: str | Path, *, epochs: int = 5, batch: int = 128, lr: float = 2e-3, seed: int = 0,
                      train=None, test=None, width: int = 32, progress: bool = True) -> dict[str, Any]:
     """Train a FashionClassifier on CPU, deterministically; write classifier.{safetensors,json} to `out_dir`.
@@ -234,8 +228,8 @@ def train_classifier(out_dir: str | Path, *, epochs: int = 5, batch: int = 128, 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    _atomic_write(out / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata={"format": "pt", "arch": ARCH_NAME}))
-    _atomic_write(out / CONFIG_FILE, lambda p: p.write_text(json.dumps(meta, indent=2)))
+    atomic_write(out / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata={"format": "pt", "arch": ARCH_NAME}))
+    atomic_write(out / CONFIG_FILE, lambda p: p.write_text(json.dumps(meta, indent=2)))
     return meta
 
 

@@ -29,7 +29,8 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, truncated or corrupt."""
 
 
-def _atomic(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Write via `write(tmp)`, fsync, then rename over `path`: readers never see a partial file."""
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
     with open(tmp, "rb+") as f:
@@ -38,7 +39,7 @@ def _atomic(path: Path, write) -> None:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    _atomic(path, lambda p: p.write_text(json.dumps(obj, indent=2)))
+    atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2)))
 
 
 def sha256(path: Path) -> str:
@@ -67,7 +68,7 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
 def save_model(directory: str | Path, preset: Preset, state_dict: dict[str, torch.Tensor]) -> None:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    _atomic(d / MODEL_FILE, lambda p: save_file(_contiguous(state_dict), str(p), metadata={"format": "pt"}))
+    atomic_write(d / MODEL_FILE, lambda p: save_file(_contiguous(state_dict), str(p), metadata={"format": "pt"}))
     _write_json(d / CONFIG_FILE, preset.to_dict())
 
 
@@ -92,7 +93,7 @@ def save_state(run_dir: str | Path, step: int, tensors: dict[str, torch.Tensor],
     d = Path(run_dir) / STATE_DIR
     d.mkdir(parents=True, exist_ok=True)
     tensor_path = d / f"state-{step:09d}.safetensors"
-    _atomic(tensor_path, lambda p: save_file(_contiguous(tensors), str(p)))
+    atomic_write(tensor_path, lambda p: save_file(_contiguous(tensors), str(p)))
     _write_json(d / f"state-{step:09d}.json", {**meta, "step": step, "sha256": sha256(tensor_path)})
     for old in sorted(d.glob("state-*.json"))[:-keep]:
         old.unlink(missing_ok=True)
