@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "state in --out; SIGTERM/SIGINT save a state and exit. Multi-GPU / multi-node: "
                        "torchrun --nproc_per_node=N -m lowdiff.cli train ...")
     s.add_argument("--preset", required=True, help="preset name or config.json")
-    s.add_argument("--data", help="dataset: fashion-mnist, a cifar-10-python.tar.gz, an image folder/zip, "
+    s.add_argument("--data", help="dataset: fashion-mnist, emoji[:RES], a cifar-10-python.tar.gz, an image folder/zip, "
                    "synthetic[:N[:RES]] (default: the preset's)")
     s.add_argument("--out", required=True, help="run directory (checkpoints, logs, final model)")
     s.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -372,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("encode", "encode a dataset (and its mirror images) into VAE latents for latent presets: "
                         "safetensors shards, the pyramid's lower resolutions, per-channel statistics")):
         d = dss.add_parser(name, help=text)
-        d.add_argument("data", help="fashion-mnist[:test], cifar-10-python.tar.gz, an image folder/zip, an IDX file, "
+        d.add_argument("data", help="fashion-mnist[:test], emoji[:RES], cifar-10-python.tar.gz, an image folder/zip, an IDX file, "
                        "synthetic[:N[:RES]]")
         d.add_argument("--split", default="train", help="train or test (archives with splits)")
         d.add_argument("--pad-to", dest="pad_to", type=int, help="zero-pad images to this size")

@@ -4,6 +4,7 @@ set -u
 need=()
 [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || need+=(dataset-fashion-mnist)
 [ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || need+=(fonts-noto-color-emoji)
+[ -f /usr/share/unicode/emoji/emoji-test.txt ] || need+=(unicode-data)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
     echo "lowdiff: datasets not installed: ${need[*]}." >&2

@@ -35,7 +35,8 @@ _SPEC_FORMS = ("'fashion-mnist' or 'fashion-mnist:test'",
                "a cifar-10-python.tar.gz file or cifar-10-batches-py directory",
                "an IDX image file (*.idx, *-idx3-ubyte.gz)", "'synthetic', 'synthetic:N' or 'synthetic:N:RES'",
                "a directory or .zip of PNG/JPG images (optional dataset.json with labels)",
-               "a latent directory written by `lowdiff dataset encode` (latents.json)")
+               "a latent directory written by `lowdiff dataset encode` (latents.json)",
+               "'emoji' or 'emoji:RES' (Noto Color Emoji rendered at RES, default 64)")
 
 
 class DatasetError(ValueError):
@@ -675,7 +676,12 @@ def open_dataset(spec: str, *, split: str = "train", pad_to: int | None = None,
         if tail not in ("", "train", "test"):
             raise _spec_error(spec, "bad Fashion-MNIST split")
         return load_fashion_mnist(split=tail or split, pad_to=32 if pad_to is None else pad_to)
-    if head == "synthetic":
+    if head == "emoji":
+        if tail and not tail.isdigit():
+            raise _spec_error(spec, "bad emoji resolution")
+        from .emoji import load_emoji
+        ds = load_emoji(int(tail or 64))
+    elif head == "synthetic":
         ds = _parse_synthetic(spec)
     elif (Path(spec) / "latents.json").is_file():
         from .latents import LatentDataset
