@@ -89,3 +89,15 @@ def test_multires_loss_conditions_on_independently_noised_lower_resolution(tiny)
         residual = (low - pyramid.downsample(y, low_r)) / sigma_c.reshape(-1, 1, 1, 1)
         assert residual.std().item() == pytest.approx(1.0, abs=0.35)   # noise of level sigma_c
     assert torch.allclose(total, 0.5 * per[8] + per[16] + per[32])
+
+
+def test_label_dropout_draws_from_the_batch_generator():
+    from lowdiff.diffusion.loss import BatchNoise, drop_labels
+    labels = torch.eye(4)[torch.arange(64) % 4]
+
+    def dropped(rows):
+        return drop_labels(labels[rows], 0.5, BatchNoise(torch.Generator().manual_seed(3), 64, rows))
+    full = dropped(slice(None))
+    assert 10 < int((full.sum(1) == 0).sum()) < 54                   # about half become the null class
+    assert torch.equal(torch.cat([dropped(slice(0, 32)), dropped(slice(32, 64))]), full)   # same on 2 ranks
+    assert drop_labels(labels, 0.0, BatchNoise(None, 64)) is labels

@@ -29,6 +29,9 @@ class BatchNoise:
     def randn(self, *shape: int) -> torch.Tensor:
         return torch.randn(self.global_batch, *shape, generator=self.generator, device=self.device)[self.rows]
 
+    def rand(self, *shape: int) -> torch.Tensor:
+        return torch.rand(self.global_batch, *shape, generator=self.generator, device=self.device)[self.rows]
+
     def sigma(self, precond) -> torch.Tensor:
         return precond.sample_sigma(self.global_batch, self.generator, self.device)[self.rows]
 
@@ -59,6 +62,16 @@ def multires_loss(model, images: torch.Tensor, class_labels: torch.Tensor | None
     return total, per_res
 
 
+def drop_labels(class_labels: torch.Tensor | None, p: float, noise: BatchNoise) -> torch.Tensor | None:
+    """Class-label dropout for classifier-free guidance: with probability p an image's
+    one-hot row becomes zero (the null class) at every resolution of the step. Drawn from
+    the batch's generator, so N processes drop exactly the labels one process would."""
+    if class_labels is None or not p:
+        return class_labels
+    keep = noise.rand(1) >= p
+    return class_labels * keep.to(class_labels.dtype)
+
+
 class LossModule(torch.nn.Module):
     """The whole multi-resolution loss as one forward pass, so that DistributedDataParallel
     sees one forward per backward that uses every parameter."""
@@ -69,6 +82,8 @@ class LossModule(torch.nn.Module):
 
     def forward(self, images, class_labels=None, augment_labels=None, weights=None, noise=None):
         preset = self.model.preset
+        noise = noise or BatchNoise(None, images.shape[0], device=images.device)
+        class_labels = drop_labels(class_labels, preset.network.label_dropout, noise)
         if preset.objective == "flow":
             from .flow import flow_multires_loss
             return flow_multires_loss(self.model, images, class_labels, augment_labels, weights, noise,

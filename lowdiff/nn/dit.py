@@ -182,18 +182,14 @@ class FinalLayer(nn.Module):
 class LabelEmbedder(nn.Module):
     """Class table with one extra "null" row (index num_classes) for classifier-free
     guidance. Labels are one-hot (N, K) as elsewhere in lowdiff; an all-zero row is the null
-    class, so dropping a label (training, prob. `dropout`) zeroes its row."""
+    class; the training loss drops labels that way (`lowdiff.diffusion.loss.drop_labels`)."""
 
-    def __init__(self, num_classes: int, dim: int, dropout: float):
+    def __init__(self, num_classes: int, dim: int):
         super().__init__()
-        self.dropout = dropout
         self.table = nn.Parameter(torch.empty(num_classes + 1, dim))
 
     def forward(self, onehot: torch.Tensor) -> torch.Tensor:
         onehot = onehot.to(self.table.dtype)
-        if self.training and self.dropout:
-            keep = torch.rand(onehot.shape[0], 1, device=onehot.device) >= self.dropout
-            onehot = onehot * keep.to(onehot.dtype)
         null = 1 - onehot.sum(dim=1, keepdim=True)
         return onehot @ self.table[:-1] + null * self.table[-1]
 
@@ -226,7 +222,7 @@ class UnifiedDiT(nn.Module):
         conditioned = any(r > cfg.base_resolution for r in res)
 
         self.t_embed = nn.Sequential(nn.Linear(FREQ_DIM, D), nn.SiLU(), nn.Linear(D, D))
-        self.label_embed = LabelEmbedder(cfg.label_dim, D, cfg.label_dropout) if cfg.label_dim else None
+        self.label_embed = LabelEmbedder(cfg.label_dim, D) if cfg.label_dim else None
         self.res_embed = nn.Linear(len(res), D) if len(res) > 1 else None
         self.cond_noise_embed = (nn.Linear(FREQ_DIM, FREQ_DIM, bias=False)
                                  if conditioned and cfg.cond_noise_embedding else None)

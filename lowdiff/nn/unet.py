@@ -257,9 +257,6 @@ class UnifiedUNet(nn.Module):
                 raise ValueError("this network is class-conditional: pass class_labels (one-hot, "
                                  f"shape [N, {cfg.label_dim}])")
             labels = class_labels.to(emb.dtype)
-            if self.training and cfg.label_dropout:
-                keep = torch.rand(labels.shape[0], 1, device=labels.device) >= cfg.label_dropout
-                labels = labels * keep.to(labels.dtype)
             emb = emb + self.map_label(labels * math.sqrt(cfg.label_dim))
         if self.map_augment is not None and augment_labels is not None:
             emb = emb + self.map_augment(augment_labels.to(emb.dtype))
