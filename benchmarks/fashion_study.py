@@ -95,11 +95,12 @@ def run(args) -> dict:
         out["bench"] = bench(low.preset, opts)
     # Truncation points (paper Table 11): NFE spent in the 8x8 and 16x16 stages.
     out["truncation"] = []
-    for nfe8 in args.trunc8:
-        for nfe16 in args.trunc16:
-            stages = plan_with(plan_with(low.preset.stages, 8, nfe=nfe8), 16, nfe=nfe16)
-            out["truncation"].append(dict(fid(args.lowdiff, low, stages, args, extractor, args.sweep_num),
-                                          nfe8=nfe8, nfe16=nfe16))
+    preset_pair = (low.preset.stages[0].nfe, low.preset.stages[1].nfe)
+    pairs = [(a, b) for a in args.trunc8 for b in args.trunc16]
+    for nfe8, nfe16 in sorted(set(pairs) | {preset_pair}):
+        stages = plan_with(plan_with(low.preset.stages, 8, nfe=nfe8), 16, nfe=nfe16)
+        out["truncation"].append(dict(fid(args.lowdiff, low, stages, args, extractor, args.sweep_num),
+                                      nfe8=nfe8, nfe16=nfe16))
     return out
 
 
@@ -145,7 +146,8 @@ def markdown(out: dict, command: str) -> str:
           "NFE spent in the 8x8 and 16x16 stages before truncating; the 32x32 stage is unchanged.", "",
           "| NFE 8x8 | NFE 16x16 | FID | IS |", "|---|---|---|---|"]
     for r in out["truncation"]:
-        L.append(f"| {r['nfe8']} | {r['nfe16']} | {r['fid']:.3f} | {r['is']:.2f} |")
+        mark = " (preset)" if r["nfe"][:2] == out["main"]["lowdiff"]["nfe"][:2] else ""
+        L.append(f"| {r['nfe8']}{mark} | {r['nfe16']}{mark} | {r['fid']:.3f} | {r['is']:.2f} |")
     return "\n".join(L) + "\n" + MARK.replace("fashion-study", "end fashion-study") + "\n"
 
 
@@ -181,16 +183,16 @@ def main() -> None:
     p.add_argument("--lowdiff-steps", type=int, nargs="+", default=[3, 5, 7, 9, 13])
     p.add_argument("--baseline-steps", type=int, nargs="+", default=[5, 7, 9, 13, 18])
     p.add_argument("--trunc8", type=int, nargs="+", default=[14, 18, 22])
-    p.add_argument("--trunc16", type=int, nargs="+", default=[9, 13, 17])
+    p.add_argument("--trunc16", type=int, nargs="+", default=[9, 13, 16])
     p.add_argument("--only", choices=["baseline", "lowdiff"], help="measure one model's FIDs only (cached)")
     p.add_argument("--from-json", help="only re-render docs from a saved fashion-study.json")
     args = p.parse_args()
     command = "python benchmarks/fashion_study.py " + " ".join(sys.argv[1:])
-    out = json.loads(Path(args.from_json).read_text()) if args.from_json else run(args)
+    out = json.loads(Path(args.from_json).read_text()) if args.from_json else dict(run(args), command=command)
     if args.only:
         print(json.dumps(out, indent=1, default=str))
         return
-    write(out, command)
+    write(out, out.get("command", command))
 
 
 if __name__ == "__main__":
