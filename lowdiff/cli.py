@@ -44,7 +44,7 @@ def cmd_info(args) -> None:
 
 def cmd_train(args) -> None:
     from .data import open_dataset
-    from .train.loop import train
+    from .train.loop import close_distributed, train
     preset = get_preset(args.preset)
     t = preset.train
     for key in ("batch", "batch_gpu", "lr", "seed", "duration_kimg", "checkpoint_kimg", "log_kimg", "precision",
@@ -62,7 +62,12 @@ def cmd_train(args) -> None:
     main_rank = os.environ.get("RANK", "0") == "0"
     if main_rank:
         print(f"training {preset.name} on {dataset.name} ({len(dataset)} images) -> {args.out}", file=sys.stderr)
-    out = train(preset, dataset, args.out, device=args.device, progress=not args.no_progress)
+    try:
+        out = train(preset, dataset, args.out, device=args.device, progress=not args.no_progress)
+    except BaseException:
+        close_distributed(barrier=False)
+        raise
+    close_distributed()
     if main_rank and (out / "model.safetensors").is_file():
         print(f"run directory {out} (model.safetensors holds the EMA weights)", file=sys.stderr)
 

@@ -10,13 +10,7 @@ from lowdiff.eval.classifier import (ClassifierError, FashionClassifier, _augmen
 from lowdiff.eval.features import ClassifierFeatures, FeatureExtractor, InceptionFeatures, extract
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tiny networks run fastest (and without stalls on busy cores) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -121,6 +121,15 @@ def init_distributed(device: str) -> tuple[int, int, torch.device]:
     return 0, 1, dev
 
 
+def close_distributed(barrier: bool = True) -> None:
+    """Leave the process group (after all ranks arrive), so that no gloo / NCCL thread is
+    still alive when the interpreter exits (which aborts the process)."""
+    if dist.is_initialized():
+        if barrier:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
 class _StopRequest:
     """SIGTERM / SIGINT set a flag; the loop writes a state and exits at the next step."""
 
