@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from _markdown import write_section
 from lowdiff.config import get_preset
 from lowdiff.eval.bench import BenchOptions, Variant, compare
 from lowdiff.inference import InferenceOptions
@@ -101,15 +102,6 @@ def markdown(report: dict, fid: dict[int, float], args, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, tag: str, text: str) -> None:
-    old = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    begin = f"<!-- inference:{tag} -->"
-    if begin in old:
-        head, _, rest = old.partition(begin)
-        old = head + rest.partition("<!-- end -->")[2]
-    path.write_text(old.rstrip() + f"\n\n{begin}\n{text}<!-- end -->\n")
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="lowdiff-fashion-tiny-cond", help="LowDiff preset when no --lowdiff is given")
@@ -145,7 +137,7 @@ def main() -> None:
     fid = fids(rows, args) if args.ref else {}
     text = markdown(report, fid, args, "python " + " ".join(sys.argv))
     print(text)
-    write_section(Path(args.out), f"{args.device}-{lowdiff.name}", text)
+    write_section(Path(args.out), f"inference:{args.device}-{lowdiff.name}", text)
     if args.json:
         for i, row in enumerate(report["rows"]):
             row["fid"] = fid.get(i)

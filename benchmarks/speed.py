@@ -14,6 +14,7 @@ import sys
 from datetime import date
 from pathlib import Path
 
+from _markdown import write_section
 from lowdiff.eval.bench import BenchOptions, bench
 from lowdiff.inference import InferenceOptions
 
@@ -90,14 +91,7 @@ def main() -> None:
         reports = run(args.presets, opts)
     text = markdown(reports, opts, "python " + " ".join(sys.argv))
     print(text)
-    out = Path(args.out)
-    section = "<!-- speed:" + f"{args.device}-{args.precision} -->"
-    old = out.read_text() if out.exists() else "# Benchmarks\n\n"
-    if section in old:
-        head, _, rest = old.partition(section)
-        rest = rest.partition("<!-- end -->")[2]
-        old = head + rest
-    out.write_text(old.rstrip() + f"\n\n{section}\n{text}<!-- end -->\n")
+    write_section(Path(args.out), f"speed:{args.device}-{args.precision}", text)
     if args.json:
         Path(args.json).write_text(json.dumps(reports, indent=2, default=str))
 

@@ -17,6 +17,8 @@ import tempfile
 from datetime import date
 from pathlib import Path
 
+from _markdown import write_section
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -54,14 +56,7 @@ def main() -> None:
     lines += ["", f"Ratio DDP / single: {rows[1]['images_per_s'] / rows[0]['images_per_s']:.2f}x"]
     text = "\n".join(lines) + "\n"
     print(text)
-    out = Path(args.out)
-    section = f"<!-- train-scaling:{args.device} -->"
-    old = out.read_text() if out.exists() else "# Benchmarks\n\n"
-    if section in old:
-        head, _, rest = old.partition(section)
-        old = head + rest.partition("<!-- end -->")[2]
-    out.write_text(old.rstrip() + f"\n\n{section}\n{text}<!-- end -->\n")
-
+    write_section(Path(args.out), f"train-scaling:{args.device}", text)
 
 if __name__ == "__main__":
     main()
