@@ -10,7 +10,9 @@ def write_section(path: Path, tag: str, text: str, title: str = "# Benchmarks\n\
     path = Path(path)
     old = path.read_text() if path.exists() else title
     begin = f"<!-- {tag} -->"
+    block = f"{begin}\n{text.rstrip()}\n<!-- end -->\n"
     if begin in old:
         head, _, rest = old.partition(begin)
-        old = head + rest.partition("<!-- end -->")[2]
-    path.write_text(old.rstrip() + f"\n\n{begin}\n{text}<!-- end -->\n")
+        path.write_text(head + block + rest.partition("<!-- end -->")[2].lstrip("\n"))
+    else:
+        path.write_text(old.rstrip() + "\n\n" + block)

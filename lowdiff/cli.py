@@ -337,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="FID / IS: reference statistics, model evaluation, the offline classifier",
                         description="Evaluation with one pinned protocol. Feature spaces: 'classifier' (our "
-                        "Fashion-MNIST classifier, offline; train it once with `lowdiff eval train-classifier`) or "
+                        "Fashion-MNIST classifier, offline and bundled: the one behind docs/results.md's FIDs) or "
                         "'inception' (standard FID Inception-v3; needs the weight file pt_inception-2015-12-05-"
                         "6726825d.pth from pytorch-fid's releases, or torch-fidelity's weights-inception-2015-12-05-"
                         "6726825d.pth, given with --inception or LOWDIFF_INCEPTION, or in the torch hub cache).")
@@ -352,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
         e = evs.add_parser(name, help=text)
         e.add_argument("--features", default="classifier", choices=["classifier", "inception"],
                        help="feature space (default classifier)")
-        e.add_argument("--classifier", help="classifier directory (default: the trained default)")
+        e.add_argument("--classifier", help="classifier directory (default: $LOWDIFF_CLASSIFIER, else one trained "
+                       "into ~/.cache/lowdiff/fashion-classifier, else the bundled one)")
         e.add_argument("--inception", help="Inception weight file (.pth or .safetensors)")
         e.add_argument("--device", default="cpu")
         e.add_argument("--no-progress", action="store_true")
@@ -422,7 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ref", required=True, help="reference statistics .npz (`lowdiff eval ref`)")
     s.add_argument("--features", default="classifier", choices=["classifier", "inception"],
                    help="feature space of the reference statistics (default classifier)")
-    s.add_argument("--classifier", help="classifier directory (default: the trained default)")
+    s.add_argument("--classifier", help="classifier directory (default: $LOWDIFF_CLASSIFIER, else one trained "
+                   "into ~/.cache/lowdiff/fashion-classifier, else the bundled one)")
     s.add_argument("--inception", help="Inception weight file")
     s.add_argument("--budget-nfe", dest="budget_nfe", type=float,
                    help="effective NFE at most (paper App. B: low-resolution evaluations weighted by their cost)")

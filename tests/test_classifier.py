@@ -127,3 +127,18 @@ def test_missing_and_corrupt_directory(tmp_path, trained):
     (bad / "classifier.json").write_text("{not json")
     with pytest.raises(ClassifierError, match="corrupt"):
         load_classifier(bad)
+
+
+def test_default_classifier_is_the_bundled_one_unless_the_user_has_their_own(tmp_path, monkeypatch):
+    from lowdiff.eval import classifier as C
+    monkeypatch.delenv("LOWDIFF_CLASSIFIER", raising=False)
+    monkeypatch.setattr(C, "DEFAULT_CLASSIFIER_DIR", tmp_path / "cache")
+    assert C.default_classifier_dir() == C.BUNDLED_CLASSIFIER_DIR
+    bundled = load_classifier()                                        # the docs' feature space, offline
+    meta = json.loads((C.BUNDLED_CLASSIFIER_DIR / "classifier.json").read_text())
+    assert meta["test_accuracy"] > 0.91 and bundled.feature_dim == 128
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "classifier.safetensors").write_bytes(b"")
+    assert C.default_classifier_dir() == tmp_path / "cache"             # one the user trained wins
+    monkeypatch.setenv("LOWDIFF_CLASSIFIER", str(tmp_path / "env"))
+    assert C.default_classifier_dir() == tmp_path / "env"

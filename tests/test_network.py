@@ -116,3 +116,23 @@ def test_edm_key_map_loads_an_edm_layout_state_dict(tiny):
     converted = convert_edm_state_dict(edm, 32)
     assert converted.keys() == ours.keys()
     UnifiedUNet(p.network).load_state_dict(converted)
+
+
+def test_every_named_preset_validates_and_builds():
+    from lowdiff.config import PRESETS
+    for name in PRESETS:
+        preset = get_preset(name)
+        preset.validate()
+        assert count_parameters(meta_denoiser(preset)) > 0, name
+
+
+def test_fashion_ablation_presets_are_configurations_of_one_host():
+    """Table 6 / 8 ablations on Fashion: the two-stage unified net drops the 8x8 layers of the
+    three-stage one; the CDM has one independent network per stage and no shared weights."""
+    three = describe("lowdiff-fashion-tiny-cond")
+    two = describe("lowdiff-fashion-tiny-cond-2stage")
+    cdm = describe("cdm-fashion-tiny-cond-2stage")
+    assert two["resolutions"] == cdm["resolutions"] == [16, 32] and two["nfe_per_stage"] == {16: 19, 32: 17}
+    assert two["parameters"] < three["parameters"] < cdm["parameters"]
+    per_net = cdm["parameters_per_network"]
+    assert sorted(per_net) == ["16x16", "32x32"] and sum(per_net.values()) == cdm["parameters"]

@@ -6,8 +6,9 @@ from 28x28, the layout of `open_dataset('fashion-mnist', pad_to=32)`). Its 128-d
 
 `train_classifier` trains it deterministically on CPU (seeded init, shuffling, augmentation and dropout; deterministic
 algorithms) and writes `classifier.safetensors` + `classifier.json` (architecture, test accuracy, ...). Scores are only
-comparable between runs that use the same classifier file; `lowdiff eval train-classifier` makes the default one in
-`DEFAULT_CLASSIFIER_DIR` (override with the LOWDIFF_CLASSIFIER environment variable).
+comparable between runs that use the same classifier file. The package bundles the one behind every FID in
+docs/results.md (`BUNDLED_CLASSIFIER_DIR`, 5 epochs, seed 0, one thread); `lowdiff eval train-classifier` writes a new
+one to `DEFAULT_CLASSIFIER_DIR` (or $LOWDIFF_CLASSIFIER), which then takes precedence (`default_classifier_dir`).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from tqdm import tqdm
 from ..train.checkpoint import CheckpointError, atomic_write
 
 DEFAULT_CLASSIFIER_DIR = Path(os.environ.get("LOWDIFF_CLASSIFIER", "~/.cache/lowdiff/fashion-classifier")).expanduser()
+BUNDLED_CLASSIFIER_DIR = Path(__file__).resolve().parents[1] / "assets" / "fashion-classifier"
 WEIGHTS_FILE, CONFIG_FILE = "classifier.safetensors", "classifier.json"
 ARCH_NAME = "fashion-cnn-v1"
 _HINT = "train one with `lowdiff eval train-classifier`"
@@ -235,9 +237,16 @@ def train_classifier(out_dir: str | Path, *, epochs: int = 5, batch: int = 128, 
 
 # ---------------------------------------------------------------------------------------------------- loading
 
-def load_classifier(directory: str | Path = DEFAULT_CLASSIFIER_DIR) -> FashionClassifier:
-    """The trained classifier in `directory` (classifier.safetensors + classifier.json), in eval mode, on CPU."""
-    d = Path(directory).expanduser()
+def default_classifier_dir() -> Path:
+    """$LOWDIFF_CLASSIFIER if set; else one trained into ~/.cache/lowdiff/fashion-classifier; else the bundled one."""
+    if os.environ.get("LOWDIFF_CLASSIFIER"):
+        return Path(os.environ["LOWDIFF_CLASSIFIER"]).expanduser()
+    return DEFAULT_CLASSIFIER_DIR if (DEFAULT_CLASSIFIER_DIR / WEIGHTS_FILE).is_file() else BUNDLED_CLASSIFIER_DIR
+
+
+def load_classifier(directory: str | Path | None = None) -> FashionClassifier:
+    """The trained classifier in `directory` (default: `default_classifier_dir()`), in eval mode, on CPU."""
+    d = Path(directory or default_classifier_dir()).expanduser()
     weights, config = d / WEIGHTS_FILE, d / CONFIG_FILE
     missing = [p.name for p in (weights, config) if not p.is_file()]
     if missing:

@@ -2,8 +2,8 @@
 samples generated for a fixed, printed seed range.
 
 Feature spaces: 'inception' (the standard FID Inception-v3; its weight file must be on disk,
-see `lowdiff.eval.inception`) or 'classifier' (our Fashion-MNIST classifier, trained by
-`lowdiff eval train-classifier`, for offline checks). Statistics are float64 and saved as
+see `lowdiff.eval.inception`) or 'classifier' (our Fashion-MNIST classifier, bundled or
+trained by `lowdiff eval train-classifier`, for offline checks). Statistics are float64 and saved as
 .npz with `mu` and `sigma` (plus the feature space's name, so mismatches are caught).
 """
 from __future__ import annotations
@@ -24,8 +24,8 @@ def get_extractor(kind: str, path: str | None = None, device: str = "cpu"):
     """A feature extractor: (uint8 images) -> (features, logits)."""
     from . import features
     if kind == "classifier":
-        from .classifier import DEFAULT_CLASSIFIER_DIR, load_classifier
-        return features.ClassifierFeatures(load_classifier(path or DEFAULT_CLASSIFIER_DIR).to(device))
+        from .classifier import load_classifier
+        return features.ClassifierFeatures(load_classifier(path).to(device))
     if kind == "inception":
         from .inception import find_inception_weights, load_inception
         weights = find_inception_weights(path)
