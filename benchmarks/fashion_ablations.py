@@ -1,15 +1,15 @@
 """The Fashion-MNIST ablations of docs/results.md, in the forms of the paper's Table 6
 (two-stage vs three-stage) and Table 8 (one unified network vs separate cascaded networks,
-CDM). All models are class-conditional, trained with the same image budget as the EDM
-baseline of the main study:
+CDM). All models are unconditional, like the paper's CIFAR-10 ablations, and trained with
+the same image budget as the unconditional pair of the main study:
 
-    python benchmarks/fashion_ablations.py --three runs/fm-lowdiff-cond \
-        --two runs/fm-lowdiff-cond-2stage --cdm runs/fm-cdm-cond-2stage --num 2000
+    python benchmarks/fashion_ablations.py --three runs/fm-lowdiff \
+        --two runs/fm-lowdiff-2stage --cdm runs/fm-cdm-2stage --num 2000
 
 FID / IS in the offline classifier's feature space against the test set (seeds [0, num),
 cached with fashion_study.py's cache), parameters, NFE, and sampling throughput of all
 models and the EDM baseline timed alternately in one process. The baseline's FID row is
-taken from docs/results/fashion-study.json when it was measured with the same --num.
+taken from docs/results/fashion-study-uncond.json (--study) when it was measured with the same --num.
 Writes the `<!-- fashion-ablations -->` section of docs/results.md and
 docs/results/fashion-ablations.json.
 """
@@ -53,7 +53,7 @@ def run(args) -> dict:
                               "parameters": count_parameters(pipe.denoiser),
                               **fid(run_dir, pipe, stages, args, extractor, args.num)}
     base = get_preset(pipes["three"].preset.baseline)
-    study = ROOT / "docs" / "results" / "fashion-study.json"
+    study = ROOT / "docs" / "results" / f"{args.study}.json"
     main = json.loads(study.read_text()).get("main", {}) if study.exists() else {}
     out["baseline"] = {"label": "EDM baseline", "preset": base.name, "parameters": None,
                        **(main["baseline"] if main.get("baseline", {}).get("num") == args.num else {})}
@@ -93,10 +93,11 @@ def markdown(out: dict, command: str) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--three", default="runs/fm-lowdiff-cond", help="three-stage LowDiff run (8-16-32)")
-    p.add_argument("--two", default="runs/fm-lowdiff-cond-2stage", help="two-stage LowDiff run (16-32)")
-    p.add_argument("--cdm", default="runs/fm-cdm-cond-2stage", help="two-stage CDM run (16 / 32)")
-    p.add_argument("--classifier", default="runs/fashion-classifier")
+    p.add_argument("--three", default="runs/fm-lowdiff", help="three-stage LowDiff run (8-16-32)")
+    p.add_argument("--two", default="runs/fm-lowdiff-2stage", help="two-stage LowDiff run (16-32)")
+    p.add_argument("--cdm", default="runs/fm-cdm-2stage", help="two-stage CDM run (16 / 32)")
+    p.add_argument("--study", default="fashion-study-uncond", help="fashion_study.py --tag with the EDM row")
+    p.add_argument("--classifier", help="classifier directory (default: lowdiff eval's, the bundled one)")
     p.add_argument("--ref", default="runs/fashion-test-ref.npz", help="reference stats (computed if missing)")
     p.add_argument("--num", type=int, default=10_000, help="samples per FID")
     p.add_argument("--batch", type=int, default=250)

@@ -2,7 +2,7 @@
 the same image budget, in the paper's table forms.
 
     python benchmarks/fashion_study.py --lowdiff runs/fm-lowdiff-cond --baseline runs/fm-edm-cond \
-        --classifier runs/fashion-classifier --num 10000 --sweep-num 1000
+        --num 10000 --sweep-num 1000
 
 Measures, all in the offline classifier's feature space against the Fashion-MNIST test set:
   * FID / IS of both models at their preset plans (paper Table 2), seeds [0, num);
@@ -173,7 +173,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lowdiff", required=True, help="trained LowDiff run directory")
     p.add_argument("--baseline", required=True, help="trained EDM baseline run directory")
-    p.add_argument("--classifier", default="runs/fashion-classifier")
+    p.add_argument("--classifier", help="classifier directory (default: lowdiff eval's, the bundled one)")
     p.add_argument("--ref", default="runs/fashion-test-ref.npz", help="reference stats (computed if missing)")
     p.add_argument("--num", type=int, default=10_000, help="samples for the main FID table")
     p.add_argument("--sweep-num", type=int, default=1000, help="samples per sweep point")

@@ -2,7 +2,7 @@
 Fashion-MNIST test set against itself, between its two halves (even / odd indices, so
 both hold every class), and between the train and test sets; IS of the real test set.
 
-    python benchmarks/fid_sanity.py --classifier runs/fashion-classifier
+    python benchmarks/fid_sanity.py
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from lowdiff.eval.metrics import frechet_distance, inception_score, statistics
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--classifier", default="runs/fashion-classifier")
+    p.add_argument("--classifier", help="classifier directory (default: lowdiff eval's, the bundled one)")
     args = p.parse_args()
     extractor = get_extractor("classifier", args.classifier)
     test, _ = extract(extractor, open_dataset("fashion-mnist:test").images)

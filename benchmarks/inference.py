@@ -8,7 +8,7 @@ table into docs/benchmarks.md.
     python benchmarks/inference.py --preset lowdiff-fashion-tiny-cond
     # the acceptance table: trained Fashion-MNIST models, a tuned plan, FID on 2000 samples
     python benchmarks/inference.py --lowdiff runs/fm-lowdiff-cond --baseline runs/fm-edm-cond \\
-        --plan tuned.json --ref fashion-test.npz --classifier runs/fashion-classifier --num 2000
+        --plan tuned.json --ref fashion-test.npz --num 2000
 
 The reference row is the EDM baseline as EDM samples it: fp32, eager, Heun, its own plan
 (35 NFE for the Fashion and CIFAR presets); `speedup` is throughput over that row.

@@ -419,16 +419,16 @@ def _build_presets() -> dict[str, Preset]:
                           f"CPU LowDiff: tiny unified U-Net, Fashion-MNIST 8-16-32 {what}, NFE 18/13/17",
                           net, fashion3, FASHION_TRAIN,   # same image budget as the baseline (results.md)
                           f"edm-fashion-tiny{sfx}", data="fashion-mnist", precond="edm"))
-    # The Table 6 / Table 8 ablations on Fashion: two-stage 16-32 with CIFAR's two-stage plan
-    # (NFE 19/17), unified and as CDM (two independent networks), same budget as the above.
+    # The Table 6 / Table 8 ablations on Fashion (unconditional, like the paper's CIFAR-10
+    # ones): two-stage 16-32 with CIFAR's two-stage plan (NFE 19/17), unified and as CDM (two
+    # independent networks); trained with the same budget as lowdiff-fashion-tiny.
     fashion2 = [StageConfig(16, steps=18, nfe=19, **WIDE), StageConfig(32, steps=9, **NARROW)]
-    net_cond = dict(FASHION_NET, label_dim=10)
-    P.append(_lowdiff("lowdiff-fashion-tiny-cond-2stage", "Ablation (Tab. 6): tiny unified U-Net, Fashion-MNIST "
-                      "two-stage 16-32 class-conditional, NFE 19/17", net_cond, copy.deepcopy(fashion2), FASHION_TRAIN,
-                      "edm-fashion-tiny-cond", data="fashion-mnist", precond="edm"))
-    P.append(_lowdiff("cdm-fashion-tiny-cond-2stage", "Ablation (Tab. 8): CDM, two independent tiny U-Nets 16 / 32, "
-                      "Fashion-MNIST class-conditional, NFE 19/17", net_cond, copy.deepcopy(fashion2), FASHION_TRAIN,
-                      "edm-fashion-tiny-cond", unified=False, data="fashion-mnist", precond="edm"))
+    P.append(_lowdiff("lowdiff-fashion-tiny-2stage", "Ablation (Tab. 6): tiny unified U-Net, Fashion-MNIST "
+                      "two-stage 16-32 unconditional, NFE 19/17", FASHION_NET, copy.deepcopy(fashion2), FASHION_TRAIN,
+                      "edm-fashion-tiny", data="fashion-mnist", precond="edm"))
+    P.append(_lowdiff("cdm-fashion-tiny-2stage", "Ablation (Tab. 8): CDM, two independent tiny U-Nets 16 / 32, "
+                      "Fashion-MNIST unconditional, NFE 19/17", FASHION_NET, copy.deepcopy(fashion2), FASHION_TRAIN,
+                      "edm-fashion-tiny", unified=False, data="fashion-mnist", precond="edm"))
 
     # Small presets on the colour emoji (64x64 RGB, ~1,900 images): the FFHQ-64 analogue,
     # with FFHQ's 4-stage plan (NFE 22/23/23/39) against EDM's 79 NFE. Horizontal flips

@@ -129,9 +129,9 @@ def test_every_named_preset_validates_and_builds():
 def test_fashion_ablation_presets_are_configurations_of_one_host():
     """Table 6 / 8 ablations on Fashion: the two-stage unified net drops the 8x8 layers of the
     three-stage one; the CDM has one independent network per stage and no shared weights."""
-    three = describe("lowdiff-fashion-tiny-cond")
-    two = describe("lowdiff-fashion-tiny-cond-2stage")
-    cdm = describe("cdm-fashion-tiny-cond-2stage")
+    three = describe("lowdiff-fashion-tiny")
+    two = describe("lowdiff-fashion-tiny-2stage")
+    cdm = describe("cdm-fashion-tiny-2stage")
     assert two["resolutions"] == cdm["resolutions"] == [16, 32] and two["nfe_per_stage"] == {16: 19, 32: 17}
     assert two["parameters"] < three["parameters"] < cdm["parameters"]
     per_net = cdm["parameters_per_network"]
