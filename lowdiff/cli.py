@@ -100,6 +100,9 @@ def cmd_sample(args) -> None:
     elif preset.network.label_dim and args.out.lower().endswith(".png") and args.by_class:
         per = max(1, args.num // preset.network.label_dim)
         labels = [c for c in range(preset.network.label_dim) for _ in range(per)]
+        if len(labels) != args.num:
+            print(f"--num {args.num} -> {len(labels)}: {per} per class in {preset.network.label_dim} labelled rows "
+                  f"(--random-class keeps the number)", file=sys.stderr)
         args.num = len(labels)
     start = time.time()
     out = pipe(args.num, seed=args.seed, class_labels=labels, stages=stages, batch=args.batch,
@@ -320,7 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="grid.png, or a directory for one PNG per seed")
     s.add_argument("--class", dest="class_label", type=int, help="class index for every image (conditional models)")
     s.add_argument("--by-class", action="store_true", default=True,
-                   help="conditional models: one labelled row per class in the grid (default)")
+                   help="conditional models: one labelled row per class in the grid, --num rounded down to a "
+                   "multiple of the class count (default)")
     s.add_argument("--random-class", dest="by_class", action="store_false",
                    help="conditional models: draw each image's class from its seed instead")
     s.add_argument("--stage", action="append", metavar="RES:key=val[,key=val]",

@@ -104,3 +104,9 @@ def test_sample_without_checkpoint_uses_the_bundled_model(tmp_path, capsys):
     assert code == 0 and "wrote 10 images" in err and "{8: 18, 16: 13, 32: 17}" in err
     width, height = Image.open(out).size
     assert height > 10 * 32 and width > 32                               # ten labelled rows of garments
+
+
+def test_labelled_grid_says_when_it_rounds_num(tmp_path, capsys):
+    code, _, err = run(capsys, "sample", "--num", "12", "--out", str(tmp_path / "g.png"), "--no-progress",
+                       "--stage", "32:steps=2")
+    assert code == 0 and "--num 12 -> 10: 1 per class" in err and "wrote 10 images" in err
