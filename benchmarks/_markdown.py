@@ -13,6 +13,7 @@ def write_section(path: Path, tag: str, text: str, title: str = "# Benchmarks\n\
     block = f"{begin}\n{text.rstrip()}\n<!-- end -->\n"
     if begin in old:
         head, _, rest = old.partition(begin)
-        path.write_text(head + block + rest.partition("<!-- end -->")[2].lstrip("\n"))
+        rest = rest.partition("<!-- end -->")[2].lstrip("\n")
+        path.write_text(head + block + ("\n" + rest if rest else ""))
     else:
         path.write_text(old.rstrip() + "\n\n" + block)

@@ -21,28 +21,21 @@ import sys
 from datetime import date
 from pathlib import Path
 
-import torch
-
 import lowdiff
 from lowdiff.config import get_preset
 from lowdiff.diffusion.denoiser import count_parameters
 from lowdiff.eval.bench import BenchOptions, Variant, compare
-from lowdiff.eval.evaluate import get_extractor, reference_stats
 from lowdiff.info import meta_denoiser
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _markdown import write_section  # noqa: E402
-from fashion_study import ROOT, fid  # noqa: E402
+from _markdown import write_section
+from fashion_study import ROOT, feature_space, fid
 
 MODELS = (("three", "LowDiff 8-16-32 (unified)"), ("two", "LowDiff 16-32 (unified)"),
           ("cdm", "CDM 16 / 32 (two networks)"))
 
 
 def run(args) -> dict:
-    torch.set_num_threads(args.threads)
-    extractor = get_extractor("classifier", args.classifier)
-    if not Path(args.ref).exists():
-        reference_stats("fashion-mnist", args.ref, extractor, "classifier", split="test", progress=False)
+    extractor = feature_space(args)
     out: dict = {"date": date.today().isoformat(), "threads": args.threads, "num": args.num, "models": {}}
     pipes = {}
     for key, label in MODELS:
@@ -55,8 +48,9 @@ def run(args) -> dict:
     base = get_preset(pipes["three"].preset.baseline)
     study = ROOT / "docs" / "results" / f"{args.study}.json"
     main = json.loads(study.read_text()).get("main", {}) if study.exists() else {}
-    out["baseline"] = {"label": "EDM baseline", "preset": base.name, "parameters": None,
-                       **(main["baseline"] if main.get("baseline", {}).get("num") == args.num else {})}
+    out["baseline"] = {"label": "EDM baseline", "preset": base.name,
+                       **(main["baseline"] if main.get("baseline", {}).get("num") == args.num else {}),
+                       "parameters": count_parameters(meta_denoiser(base)), "nfe": [base.stages[-1].planned_nfe(True)]}
     opts = BenchOptions(batch=args.bench_batch, repeats=args.bench_repeats, device="cpu")
     variants = [Variant("baseline", base)] + [Variant(k, pipes[k].preset) for k, _ in MODELS]
     report = compare(variants, opts)
@@ -65,7 +59,6 @@ def run(args) -> dict:
         entry = out["baseline"] if row["label"] == "baseline" else out["models"][row["label"]]
         entry |= {"images_per_s": row["images_per_s"], "speedup": row["speedup"],
                   "effective_nfe": row["effective_nfe"]}
-    out["baseline"] |= {"parameters": count_parameters(meta_denoiser(base)), "nfe": [base.stages[-1].planned_nfe(True)]}
     return out
 
 

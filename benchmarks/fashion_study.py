@@ -30,8 +30,7 @@ import lowdiff
 from lowdiff.eval.bench import BenchOptions, bench
 from lowdiff.eval.evaluate import evaluate_pipeline, get_extractor, reference_stats
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _markdown import write_section  # noqa: E402
+from _markdown import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,11 +72,21 @@ def fid(run: str, pipe, stages, args, extractor, num: int) -> dict:
     return row
 
 
-def run(args) -> dict:
+def feature_space(args):
+    """The classifier feature extractor, with the test set's reference statistics at args.ref."""
     torch.set_num_threads(args.threads)
     extractor = get_extractor("classifier", args.classifier)
     if not Path(args.ref).exists():
         reference_stats("fashion-mnist", args.ref, extractor, "classifier", split="test", progress=False)
+    return extractor
+
+
+def has_sweep(out: dict) -> bool:
+    return bool(out["nfe_sweep"]["baseline"] or out["nfe_sweep"]["lowdiff"])
+
+
+def run(args) -> dict:
+    extractor = feature_space(args)
     parts = [args.only] if args.only else ["baseline", "lowdiff"]
     runs = {k: (getattr(args, k), lowdiff.load(getattr(args, k))) for k in parts}
     out: dict = {"date": date.today().isoformat(), "threads": args.threads, "num": args.num,
@@ -140,7 +149,7 @@ def markdown(out: dict, command: str, tag: str) -> str:
         ratio = f"**{b['throughput_ratio']:.2f}x**" if key == "lowdiff" else "1.00x"
         L.append(f"| {out[key]} | {'/'.join(map(str, r['nfe']))} | {r['nfe'][-1]} | {bb['effective_nfe']} | "
                  f"{r['fid']:.3f} | {r['is']:.2f} | {bb['images_per_s']:.2f} | {ratio} |")
-    if not (out["nfe_sweep"]["baseline"] or out["nfe_sweep"]["lowdiff"]):
+    if not has_sweep(out):
         return "\n".join(L) + "\n"
     L += ["", f"### FID vs NFE at 32x32 ({out['sweep_num']} samples)", "",
           f"![FID vs high-resolution NFE](img/{tag}-fid-vs-nfe.png)", "",
@@ -162,7 +171,7 @@ def markdown(out: dict, command: str, tag: str) -> str:
 def write(out: dict, command: str, tag: str) -> None:
     (ROOT / "docs" / "results").mkdir(parents=True, exist_ok=True)
     (ROOT / "docs" / "results" / f"{tag}.json").write_text(json.dumps(out, indent=1, default=str))
-    if out["nfe_sweep"]["baseline"] or out["nfe_sweep"]["lowdiff"]:
+    if has_sweep(out):
         plot(out, ROOT / "docs" / "img" / f"{tag}-fid-vs-nfe.png")
     block = markdown(out, command, tag)
     write_section(ROOT / "docs" / "results.md", tag, block, title="# Results\n\n")
