@@ -22,7 +22,7 @@ from datetime import date
 from pathlib import Path
 
 import lowdiff
-from lowdiff.config import get_preset
+from lowdiff.presets import get_preset
 from lowdiff.diffusion.denoiser import count_parameters
 from lowdiff.eval.bench import BenchOptions, Variant, compare
 from lowdiff.info import meta_denoiser
@@ -50,7 +50,7 @@ def run(args) -> dict:
     main = json.loads(study.read_text()).get("main", {}) if study.exists() else {}
     out["baseline"] = {"label": "EDM baseline", "preset": base.name,
                        **(main["baseline"] if main.get("baseline", {}).get("num") == args.num else {}),
-                       "parameters": count_parameters(meta_denoiser(base)), "nfe": [base.stages[-1].planned_nfe(True)]}
+                       "parameters": count_parameters(meta_denoiser(base)), "nfe": [base.stages.total_nfe]}
     opts = BenchOptions(batch=args.bench_batch, repeats=args.bench_repeats, device="cpu")
     variants = [Variant("baseline", base)] + [Variant(k, pipes[k].preset) for k, _ in MODELS]
     report = compare(variants, opts)

@@ -17,7 +17,6 @@ fashion-study; the unconditional pair uses --tag fashion-study-uncond). Empty --
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
@@ -36,16 +35,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def plan_with(stages, res: int, **changes):
-    stages = copy.deepcopy(stages)
-    for s in stages:
-        if s.resolution == res:
-            for k, v in changes.items():
-                setattr(s, k, v)
-    return stages
+    return stages.replace(stages.index(res), **changes)
 
 
 def final_nfe(stages) -> int:
-    return stages[-1].planned_nfe(True)
+    return stages.nfe(-1)
 
 
 CACHE = ROOT / "docs" / "results" / "fashion-study-cache.json"
@@ -62,7 +56,7 @@ def fid(run: str, pipe, stages, args, extractor, num: int) -> dict:
     ev = evaluate_pipeline(pipe, args.ref, extractor, "classifier", num=num, seed=0, stages=stages,
                            batch=args.batch, progress=False)
     row = {"fid": ev.fid, "is": ev.inception_score[0] if ev.inception_score else None, "num": num,
-           "nfe": [s.planned_nfe(i == len(stages) - 1) for i, s in enumerate(stages)],
+           "nfe": list(stages.nfe_per_stage.values()),
            "seconds": time.perf_counter() - t}
     print(json.dumps(row), file=sys.stderr, flush=True)
     cache = json.loads(CACHE.read_text()) if CACHE.exists() else {}

@@ -24,18 +24,21 @@ from pathlib import Path
 import torch
 
 from _markdown import write_section
-from lowdiff.config import get_preset
 from lowdiff.eval.bench import BenchOptions, Variant, compare
 from lowdiff.inference import InferenceOptions
-from lowdiff.pipeline import Pipeline, check_plan, load_plan, with_solver
+from lowdiff.diffusion.plan import StagePlan
+from lowdiff.pipeline import Pipeline
+from lowdiff.presets import get_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _model(directory: str | None):
+    """(preset, denoiser) of a trained model directory, or (None, None)."""
     if not directory:
-        return None
-    return Pipeline.from_pretrained(directory).denoiser
+        return None, None
+    pipe = Pipeline.from_pretrained(directory)
+    return pipe.preset, pipe.denoiser
 
 
 def variants(lowdiff, baseline, lowdiff_model, baseline_model, plan, precision: str, device: str) -> list[Variant]:
@@ -47,10 +50,10 @@ def variants(lowdiff, baseline, lowdiff_model, baseline_model, plan, precision: 
     B = dict(preset=baseline, model=baseline_model)
     best = plan or lowdiff.stages
     rows = [Variant("EDM baseline, Heun (reference)", **B),
-            Variant("EDM baseline, DPM-Solver++(2M) at equal NFE", stages=with_solver(baseline.stages, "dpmpp2m"), **B),
+            Variant("EDM baseline, DPM-Solver++(2M) at equal NFE", stages=baseline.stages.with_solver("dpmpp2m"), **B),
             Variant("LowDiff paper plan, Heun", **L),
             Variant("LowDiff paper plan, DPM-Solver++(2M) at equal NFE",
-                    stages=with_solver(lowdiff.stages, "dpmpp2m"), **L)]
+                    stages=lowdiff.stages.with_solver("dpmpp2m"), **L)]
     if plan:
         rows.append(Variant("LowDiff tuned plan", stages=plan, **L))
     name = "tuned" if plan else "paper"
@@ -74,7 +77,7 @@ def fids(rows: list[Variant], args) -> dict[int, float]:
         key = (v.preset.name, json.dumps([s.__dict__ for s in v.plan], default=str), v.options.precision)
         if key not in done:
             print(f"FID of {v.label} ...", file=sys.stderr)
-            pipe = Pipeline(v.model, args.device, InferenceOptions(precision=v.options.precision))
+            pipe = Pipeline(v.model, v.preset, args.device, InferenceOptions(precision=v.options.precision))
             done[key] = evaluate_pipeline(pipe, args.ref, extractor, args.features, num=args.num, seed=args.seed,
                                           stages=v.stages, batch=args.batch, progress=False).fid
         out[i] = done[key]
@@ -124,12 +127,12 @@ def main() -> None:
 
     if args.ref and not (args.lowdiff and args.baseline):
         sys.exit("--ref needs trained models: pass --lowdiff and --baseline")
-    lowdiff_model, baseline_model = _model(args.lowdiff), _model(args.baseline)
-    lowdiff = lowdiff_model.preset if lowdiff_model is not None else get_preset(args.preset)
-    baseline = baseline_model.preset if baseline_model is not None else get_preset(lowdiff.baseline)
-    plan = load_plan(args.plan) if args.plan else None
+    (lowdiff, lowdiff_model), (baseline, baseline_model) = _model(args.lowdiff), _model(args.baseline)
+    lowdiff = lowdiff or get_preset(args.preset)
+    baseline = baseline or get_preset(lowdiff.baseline)
+    plan = StagePlan.load(args.plan) if args.plan else None
     if plan:
-        check_plan(lowdiff, plan)
+        lowdiff.check_plan(plan)
     rows = variants(lowdiff, baseline, lowdiff_model, baseline_model, plan, args.precision, args.device)
     opts = BenchOptions(batch=args.batch, repeats=args.repeats, warmup=args.warmup, device=args.device)
     print(f"timing {len(rows)} configurations ...", file=sys.stderr)

@@ -1,6 +1,9 @@
 """lowdiff: cascaded multi-resolution diffusion with one unified network (LowDiff)."""
-from .config import PRESETS, NetworkConfig, Preset, StageConfig, TrainConfig, get_preset
+from .config import Preset, StageConfig, StagePlan, TrainConfig
+from .nn import DiTConfig, UNetConfig
 from .pipeline import Pipeline, load
+from .presets import PRESETS, get_preset
 
 __version__ = "0.1.0"
-__all__ = ["PRESETS", "NetworkConfig", "Pipeline", "Preset", "StageConfig", "TrainConfig", "get_preset", "load"]
+__all__ = ["PRESETS", "DiTConfig", "Pipeline", "Preset", "StageConfig", "StagePlan", "TrainConfig", "UNetConfig",
+           "get_preset", "load"]

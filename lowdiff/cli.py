@@ -7,7 +7,8 @@ import os
 import sys
 import time
 
-from .config import PRESETS, ConfigError, get_preset
+from .errors import ConfigError, LowdiffError
+from .presets import PRESETS, get_preset
 
 
 def cmd_presets(args) -> None:
@@ -17,29 +18,9 @@ def cmd_presets(args) -> None:
 
 
 def cmd_info(args) -> None:
-    from .info import describe
+    from .info import describe, format_info
     info = describe(args.preset)
-    if args.json:
-        print(json.dumps(info, indent=2))
-        return
-    print(f"{info['name']}: {info['description']}")
-    print(f"  parameters      {info['parameters']:,} ({info['parameters_m']} M), precond {info['precond']}, "
-          f"{'unified network' if info['unified'] else 'one network per stage (CDM)'}")
-    for k, v in info.get("parameters_per_network", {}).items():
-        print(f"    network {k:<8}{v:,}")
-    if "baseline" in info:
-        b = info["baseline"]
-        print(f"  baseline        {b['name']}: {b['parameters']:,} parameters, {b['nfe']} NFE")
-    print("  stage plan      res  steps  NFE  sigma range  rho/shift  solver  stops at sigma  GFLOPs/eval")
-    for s in info["stages"]:
-        print(f"                  {s['resolution']:>3}  {s['steps']:>5}  {s['nfe']:>3}  "
-              f"[{s['sigma_min']:g}, {s['sigma_max']:g}]".ljust(46)
-              + f"{s.get('shift', s['rho']):>4g}  {s['solver']:<6}  {s['truncation_sigma']:<14.4g}  "
-              f"{s['gflops_per_eval']:.3f}" + (f"  cfg {s['cfg_scale']:g}" if s.get("cfg_scale", 1) != 1 else ""))
-    print(f"  NFE             {info['nfe_total']} in total; effective NFE {info['effective_nfe_flops']} "
-          f"({info['effective_nfe_note']})")
-    if "paper" in info:
-        print(f"  paper           {info['paper']}")
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
 
 
 def cmd_train(args) -> None:
@@ -57,8 +38,6 @@ def cmd_train(args) -> None:
         raise ConfigError(f"preset {preset.name} has no default dataset: pass --data")
     pad = data.startswith("fashion") and preset.latent is None
     dataset = open_dataset(data, pad_to=preset.network.img_resolution if pad else None)
-    if preset.network.label_dim and dataset.class_names:
-        preset.class_names = list(dataset.class_names)
     main_rank = os.environ.get("RANK", "0") == "0"
     if main_rank:
         print(f"training {preset.name} on {dataset.name} ({len(dataset)} images) -> {args.out}", file=sys.stderr)
@@ -78,14 +57,14 @@ def inference_options(args):
                             cuda_graphs=args.cuda_graphs)
 
 
-def sampling_plan(stages, args):
+def sampling_plan(plan, args):
     """A command's stage plan: the model's or --plan FILE, then --solver, then --stage overrides."""
-    from .pipeline import load_plan, override_stages, with_solver
+    from .diffusion.plan import StagePlan
     if getattr(args, "plan", None):
-        stages = load_plan(args.plan)
+        plan = StagePlan.load(args.plan)
     if getattr(args, "solver", None):
-        stages = with_solver(stages, args.solver)
-    return override_stages(stages, getattr(args, "stage", None) or [])
+        plan = plan.with_solver(args.solver)
+    return plan.override(getattr(args, "stage", None) or [])
 
 
 def cmd_sample(args) -> None:
@@ -114,7 +93,7 @@ def cmd_sample(args) -> None:
         per = args.num // preset.network.label_dim
         grid = dict(ncol=per, row_labels=list(names) if names else [str(c) for c in range(preset.network.label_dim)])
     save_images(out.images, args.out, out.seeds, scale=args.scale, **grid)
-    trunc = ", ".join(f"{r}x{r} stops at sigma {s:.3g}" for r, s in out.sigma_trunc.items())
+    trunc = ", ".join(f"{r}x{r} stops at sigma {s:.3g}" for r, s in out.truncation_sigma.items())
     print(f"wrote {len(out.seeds)} images (seeds {out.seeds[0]}-{out.seeds[-1]}) to {args.out} in {elapsed:.1f}s; "
           f"NFE per stage {out.nfe}" + (f"; {trunc}" if trunc else ""), file=sys.stderr)
 
@@ -122,60 +101,34 @@ def cmd_sample(args) -> None:
 def cmd_bench(args) -> None:
     from tqdm import tqdm
 
-    from .eval.bench import BenchOptions, bench
-    from .pipeline import check_plan
+    from .eval.bench import BenchOptions, bench, format_report
     opts = BenchOptions(batch=args.batch, repeats=args.repeats, warmup=args.warmup, device=args.device,
                         inference=inference_options(args))
     opts.inference.check(args.device)
     preset = get_preset(args.preset)
     stages = sampling_plan(preset.stages, args)
-    check_plan(preset, stages)
+    preset.check_plan(stages)
     if args.compare_options:
         return _bench_compare(preset, stages, opts, args)
     baseline_stages = None
     if preset.baseline and args.solver:
-        baseline_stages = sampling_plan(get_preset(preset.baseline).stages, argparse.Namespace(solver=args.solver))
+        baseline_stages = get_preset(preset.baseline).stages.with_solver(args.solver)
     with tqdm(total=args.repeats * (2 if preset.baseline else 1), unit="run", desc="bench",
               disable=args.json or args.no_progress) as bar:
         report = bench(preset, opts, progress=bar, stages=stages, baseline_stages=baseline_stages)
-    if args.json:
-        print(json.dumps(report, indent=2, default=str))
-        return
-    print(f"{report['preset']} on {report['device']}: batch {report['batch']}, mean of {report['repeats']} runs, "
-          f"{report['precision']}{', channels_last' if report['channels_last'] else ''}"
-          f"{', compiled' if report['compile'] else ''}")
-    print(f"  {'model':<28}{'latency s':>10}{'img/s':>9}{'NFE per stage':>24}{'eff. NFE':>9}{'overhead':>9}")
-    for key in ("baseline", "lowdiff"):
-        if key in report:
-            r = report[key]
-            nfe = "/".join(str(v) for v in r["nfe"].values())
-            print(f"  {r['preset']:<28}{r['latency_s']:>10.3f}{r['images_per_s']:>9.2f}{nfe:>24}"
-                  f"{r['effective_nfe']:>9}{r['overhead']:>9.1%}")
-    if "throughput_ratio" in report:
-        shares = ", ".join(f"{k}: {v:.0%}" for k, v in report["lowdiff"]["stage_time_share"].items())
-        print(f"  throughput ratio LowDiff / baseline: {report['throughput_ratio']:.2f}x   (stage time shares {shares})")
+    print(json.dumps(report, indent=2, default=str) if args.json else format_report(report))
 
 
 def _bench_compare(preset, stages, opts, args) -> None:
     """`lowdiff bench --compare-options`: the plain baseline and each speed switch side by side."""
     from tqdm import tqdm
 
-    from .eval.bench import compare, option_variants
+    from .eval.bench import compare, format_comparison, option_variants
     precision = args.precision if args.precision != "fp32" else "bf16"
     variants = option_variants(preset, args.device, stages, precision)
     with tqdm(total=args.repeats * len(variants), unit="run", desc="bench", disable=args.json or args.no_progress) as bar:
         report = compare(variants, opts, progress=bar)
-    if args.json:
-        print(json.dumps(report, indent=2, default=str))
-        return
-    print(f"{preset.name} on {report['device']}: batch {report['batch']}, mean of {report['repeats']} runs; "
-          f"speedup = throughput over the first row")
-    print(f"  {'configuration':<44}{'solver':<22}{'latency s':>10}{'img/s':>9}{'speedup':>9}{'NFE per stage':>16}"
-          f"{'eff. NFE':>9}")
-    for r in report["rows"]:
-        nfe = "/".join(str(v) for v in r["nfe"].values())
-        print(f"  {r['label']:<44}{r['solver']:<22}{r['latency_s']:>10.3f}{r['images_per_s']:>9.2f}"
-              f"{r['speedup']:>8.2f}x{nfe:>16}{r['effective_nfe']:>9}")
+    print(json.dumps(report, indent=2, default=str) if args.json else format_comparison(report, preset.name))
 
 
 def cmd_tune(args) -> None:
@@ -185,7 +138,7 @@ def cmd_tune(args) -> None:
 
     from .eval import evaluate
     from .eval.tune import Tuner, TuneOptions, format_table, mark_pareto, plot_front
-    from .pipeline import load, save_plan
+    from .pipeline import load
     if args.budget_nfe is None and args.budget_latency is None:
         raise ConfigError("give a budget: --budget-nfe N (effective NFE) and/or --budget-latency SECONDS (per image)")
     extractor = evaluate.get_extractor(args.features, args.inception if args.features == "inception" else
@@ -206,7 +159,7 @@ def cmd_tune(args) -> None:
     trials = list(tuner.trials.values())
     front = mark_pareto(trials)
     print(format_table(trials, chosen))
-    save_plan(args.out, chosen.stages, preset=pipe.preset.name, checkpoint=args.checkpoint or "bundled",
+    chosen.stages.save(args.out, preset=pipe.preset.name, checkpoint=args.checkpoint or "bundled",
               tuned={"fid": chosen.fid, "effective_nfe": chosen.effective_nfe, "images_per_s": chosen.images_per_s,
                      "latency_per_image_s": chosen.latency_per_image_s, "budget_nfe": args.budget_nfe,
                      "budget_latency": args.budget_latency, "cost": args.cost, "num": args.num,
@@ -242,7 +195,7 @@ def cmd_eval(args) -> None:
                                     stages=stages, batch=args.batch, progress=not args.no_progress)
     result = {"fid": ev.fid, "inception_score": ev.inception_score, "num": ev.num, "seeds": ev.seeds,
               "feature_space": ev.feature_space, "checkpoint": args.checkpoint or "bundled",
-              "nfe_per_stage": {s.resolution: s.planned_nfe(i == len(stages) - 1) for i, s in enumerate(stages)}}
+              "nfe_per_stage": stages.nfe_per_stage}
     print(json.dumps(result, indent=2))
 
 
@@ -453,11 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = build_parser().parse_args(argv)
-    from .data import DatasetError
-    from .train.checkpoint import CheckpointError
     try:
         args.func(args)
-    except (ConfigError, DatasetError, CheckpointError, ValueError, FileNotFoundError) as e:
+    except (LowdiffError, ValueError, FileNotFoundError) as e:
         print(f"lowdiff {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -89,10 +89,6 @@ class FastDenoiser:
         self._batch: dict[int, int] = {}         # resolution -> static batch size
         self._graphs: dict[tuple, tuple] = {}    # (resolution, batch) -> (graph, static inputs, output)
 
-    @property
-    def preset(self):
-        return self.denoiser.preset
-
     def __call__(self, x: torch.Tensor, sigma, class_labels: torch.Tensor | None = None,
                  cond: torch.Tensor | None = None, sigma_cond=None) -> torch.Tensor:
         n, r = x.shape[0], x.shape[-1]

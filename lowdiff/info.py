@@ -1,34 +1,25 @@
 """What `lowdiff info` reports: parameter counts, the stage plan, and NFE figures."""
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .config import Preset, get_preset
-from .diffusion.cascade import effective_nfe, stage_sigmas
+from .config import Preset
 from .diffusion.denoiser import Denoiser, count_parameters
-from .diffusion.solvers import SOLVERS
-
-
-def truncation_sigma(preset: Preset, index: int) -> float:
-    """The noise level at which stage `index` hands over (0 for the final stage)."""
-    stage = preset.stages[index]
-    final = index == len(preset.stages) - 1
-    _, _, reached = SOLVERS[stage.solver](lambda x, s: torch.zeros_like(x), torch.zeros(1),
-                                          stage_sigmas(stage, final), max_nfe=None if final else stage.nfe)
-    return reached
+from .presets import get_preset
 
 
 def meta_denoiser(preset: Preset) -> Denoiser:
     with torch.device("meta"):
-        return Denoiser(preset)
+        return Denoiser.from_preset(preset)
 
 
 @lru_cache(maxsize=None)
 def _flops(preset_json: str) -> dict[int, float]:
-    preset = Preset.from_dict(__import__("json").loads(preset_json))
+    preset = Preset.from_dict(json.loads(preset_json))
     model = meta_denoiser(preset).eval()
     net = preset.network
     out = {}
@@ -63,24 +54,45 @@ def describe(preset: Preset | str) -> dict:
     if preset.baseline:
         base = get_preset(preset.baseline)
         info["baseline"] = {"name": base.name, "parameters": count_parameters(meta_denoiser(base)),
-                            "nfe": base.stages[-1].planned_nfe(True)}
+                            "nfe": base.stages.total_nfe}
     flops = flops_per_evaluation(preset)
-    stages = []
-    for i, s in enumerate(preset.stages):
-        final = i == len(preset.stages) - 1
-        stages.append({"resolution": s.resolution, "steps": s.steps, "nfe": s.planned_nfe(final),
+    plan, stages = preset.stages, []
+    for i, s in enumerate(plan):
+        stages.append({"resolution": s.resolution, "steps": s.steps, "nfe": plan.nfe(i),
                        "sigma_min": s.sigma_min, "sigma_max": s.sigma_max, "rho": s.rho, "solver": s.solver,
-                       "truncation_sigma": truncation_sigma(preset, i), "gflops_per_eval": round(flops[s.resolution] / 1e9, 3)})
+                       "truncation_sigma": plan.truncation_sigma(i),
+                       "gflops_per_eval": round(flops[s.resolution] / 1e9, 3)})
         if s.schedule != "edm" or s.cfg_scale != 1:
             stages[-1] |= {"schedule": s.schedule, "shift": s.shift, "cfg_scale": s.cfg_scale,
                            "cfg_sigma_max": s.cfg_sigma_max}
     info["stages"] = stages
-    nfe = {s["resolution"]: s["nfe"] for s in stages}
-    info["nfe_per_stage"] = nfe
-    info["nfe_total"] = sum(nfe.values())
-    info["effective_nfe_flops"] = effective_nfe(nfe, flops)
+    info["nfe_per_stage"] = plan.nfe_per_stage
+    info["nfe_total"] = plan.total_nfe
+    info["effective_nfe_flops"] = plan.effective_nfe(flops)
     info["effective_nfe_note"] = ("estimated from FLOPs per evaluation; `lowdiff bench` measures it from "
                                   "latency as in the paper's Appendix B")
     if preset.paper:
         info["paper"] = preset.paper
     return info
+
+
+def format_info(info: dict) -> str:
+    """The human-readable form of `describe`'s report."""
+    lines = [f"{info['name']}: {info['description']}",
+             f"  parameters      {info['parameters']:,} ({info['parameters_m']} M), precond {info['precond']}, "
+             f"{'unified network' if info['unified'] else 'one network per stage (CDM)'}"]
+    lines += [f"    network {k:<8}{v:,}" for k, v in info.get("parameters_per_network", {}).items()]
+    if "baseline" in info:
+        b = info["baseline"]
+        lines.append(f"  baseline        {b['name']}: {b['parameters']:,} parameters, {b['nfe']} NFE")
+    lines.append("  stage plan      res  steps  NFE  sigma range  rho/shift  solver  stops at sigma  GFLOPs/eval")
+    for s in info["stages"]:
+        lines.append(f"                  {s['resolution']:>3}  {s['steps']:>5}  {s['nfe']:>3}  "
+                     f"[{s['sigma_min']:g}, {s['sigma_max']:g}]".ljust(46)
+                     + f"{s.get('shift', s['rho']):>4g}  {s['solver']:<7} {s['truncation_sigma']:<14.4g}  "
+                     f"{s['gflops_per_eval']:.3f}" + (f"  cfg {s['cfg_scale']:g}" if s.get("cfg_scale", 1) != 1 else ""))
+    lines.append(f"  NFE             {info['nfe_total']} in total; effective NFE {info['effective_nfe_flops']} "
+                 f"({info['effective_nfe_note']})")
+    if "paper" in info:
+        lines.append(f"  paper           {info['paper']}")
+    return "\n".join(lines)

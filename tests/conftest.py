@@ -6,7 +6,9 @@ import torch
 os.environ["HF_HUB_OFFLINE"] = "1"
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
-from lowdiff.config import FASHION_NET, NetworkConfig, Preset, StageConfig, TrainConfig  # noqa: E402
+from lowdiff.config import Preset, StageConfig, TrainConfig  # noqa: E402
+from lowdiff.nn import DiTConfig, UNetConfig  # noqa: E402
+from lowdiff.presets import FASHION_NET  # noqa: E402
 
 
 def tiny_preset(stages=(8, 16, 32), label_dim=0, unified=True, precond="edm", channels=1) -> Preset:
@@ -19,7 +21,7 @@ def tiny_preset(stages=(8, 16, 32), label_dim=0, unified=True, precond="edm", ch
         plan.append(StageConfig(r, steps=4, nfe=None if final else 3, sigma_min=0.01 if i else 0.002,
                                 sigma_max=50.0 if i else 80.0))
     res = tuple(stages)
-    return Preset("tiny-test", "test preset", NetworkConfig(resolutions=res if unified else (res[-1],),
+    return Preset("tiny-test", "test preset", UNetConfig(resolutions=res if unified else (res[-1],),
                                                             base_resolution=res[0], **net),
                   plan, TrainConfig(batch=8, lr=1e-3, lr_rampup_kimg=0, ema_halflife_kimg=0.05, duration_kimg=0.032,
                                     log_kimg=0.008, checkpoint_kimg=0.016),
@@ -34,9 +36,9 @@ def tiny():
 def tiny_dit_preset(stages=(4, 8), label_dim=10, channels=4, unified=True) -> Preset:
     """A very small latent-space (DiT, flow) preset: 4x4 -> 8x8 latents of a tiny f2 VAE."""
     from lowdiff.config import LatentConfig
-    net = NetworkConfig(arch="dit", img_resolution=stages[-1], in_channels=channels, out_channels=channels,
-                        label_dim=label_dim, label_dropout=0.1, hidden_size=32, depth=2, num_heads=2, dropout=0.0,
-                        resolutions=tuple(stages) if unified else (stages[-1],), base_resolution=stages[0])
+    net = DiTConfig(img_resolution=stages[-1], in_channels=channels, out_channels=channels,
+                    label_dim=label_dim, label_dropout=0.1, hidden_size=32, depth=2, num_heads=2,
+                    resolutions=tuple(stages) if unified else (stages[-1],), base_resolution=stages[0])
     plan = [StageConfig(r, steps=6, nfe=None if i == len(stages) - 1 else 3, schedule="flow", solver="euler",
                         sigma_min=0.0, sigma_max=1.0, shift=0.3) for i, r in enumerate(stages)]
     train = TrainConfig(batch=8, lr=1e-3, lr_rampup_kimg=0, ema_halflife_kimg=0.05, duration_kimg=0.016,

@@ -70,7 +70,7 @@ def test_train_rejects_missing_data(tmp_path, capsys):
 
 def test_bench_json_reports_ratio(capsys, tmp_path):
     from conftest import tiny_preset
-    import lowdiff.config as config
+    import lowdiff.presets as config
     p = tiny_preset()
     base = tiny_preset(stages=(32,))
     base.name, p.baseline = "tiny-base", "tiny-base"

@@ -65,7 +65,7 @@ def test_gradient_accumulation_equals_full_batch(tiny, tmp_path):
 
 
 def test_batch_not_divisible_by_ranks_is_rejected():
-    from lowdiff.config import ConfigError
+    from lowdiff.errors import ConfigError
     from lowdiff.train.loop import split_batch
     assert split_batch(64, 2, 8) == (32, 4)
     with pytest.raises(ConfigError, match="not divisible by the 3 processes"):

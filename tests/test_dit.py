@@ -7,10 +7,13 @@ import pytest
 import torch
 from conftest import tiny_dit_preset
 
-from lowdiff.config import ConfigError, get_preset
+from lowdiff.errors import ConfigError
+from lowdiff.presets import get_preset
 from lowdiff.diffusion.cascade import PerImageGenerator, sample_cascade
 from lowdiff.diffusion.denoiser import Denoiser, count_parameters
-from lowdiff.diffusion.flow import Guided, flow_multires_loss, flow_sigmas, guided, shift_time
+from lowdiff.diffusion.guidance import Guided, guided
+from lowdiff.diffusion.loss import multires_loss
+from lowdiff.diffusion.schedules import flow_sigmas, shift_time
 from lowdiff.diffusion.solvers import sample_euler
 from lowdiff.info import describe, meta_denoiser
 from lowdiff.nn.dit import apply_rope, rope_angles, sincos_table
@@ -19,7 +22,7 @@ from lowdiff.nn.dit import apply_rope, rope_angles, sincos_table
 def perturbed(preset, seed=0):
     """A denoiser whose zero-initialised layers are perturbed (a fresh DiT outputs exactly 0)."""
     torch.manual_seed(seed)
-    model = Denoiser(preset)
+    model = Denoiser.from_preset(preset)
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:
@@ -63,7 +66,7 @@ def test_positions_at_8x8_differ_from_16x16_only_by_grid_size():
     assert torch.equal(big[:8, :8], small)
     rb, rs = rope_angles(16, hd).reshape(16, 16, -1), rope_angles(8, hd).reshape(8, 8, -1)
     assert torch.equal(rb[:8, :8], rs)
-    net = Denoiser(tiny_dit_preset()).nets["unified"]
+    net = Denoiser.from_preset(tiny_dit_preset()).nets["unified"]
     for r in (4, 8):
         assert torch.equal(net.pos_embed[f"{r}x{r}"], sincos_table(r, 32))
     # MAE layout: first half of the channels encodes the column, the second half the row.
@@ -89,7 +92,7 @@ def test_rope_depends_only_on_relative_position():
 
 def test_dit_outputs_zero_at_init_and_serves_both_grids():
     p = tiny_dit_preset()
-    model = Denoiser(p)
+    model = Denoiser.from_preset(p)
     y = torch.eye(10)[:2]
     x8 = torch.randn(2, 4, 8, 8)
     v = model.network_output(x8, 0.5, y, cond=torch.randn_like(x8), sigma_cond=0.2)
@@ -169,7 +172,6 @@ def test_cascade_with_guidance_doubles_the_batch_inside_the_interval():
         calls.append(x.shape[0])
         return model(x, sigma, labels, cond=cond, sigma_cond=sigma_cond)
 
-    counting.preset = p
     stages = [s.__class__(**{**s.__dict__, "cfg_scale": 3.0, "cfg_sigma_max": 0.9}) for s in p.stages]
     result = sample_cascade(counting, stages, PerImageGenerator([0, 1]), 4, torch.eye(10)[:2])
     assert result.nfe == {4: 3, 8: 6}
@@ -183,7 +185,7 @@ def test_flow_loss_touches_only_its_subnetwork():
     net = model.nets["unified"]
     y8 = torch.randn(4, 4, 8, 8)
     pyr = {8: y8, 4: torch.nn.functional.avg_pool2d(y8, 2)}
-    _, per = flow_multires_loss(model, pyr, torch.eye(10)[:4], cosine=True)
+    _, per = multires_loss(model, pyr, torch.eye(10)[:4], cosine=True)
     per[4].backward()
     touched = {n for n, q in net.named_parameters() if q.grad is not None and q.grad.abs().sum() > 0}
     allowed = set(net.subnetwork_parameters(4))

@@ -1,12 +1,10 @@
 """The colour emoji dataset (Noto Color Emoji + Unicode's emoji-test.txt): labels from the
 groups, deterministic renders, clear errors when the Debian packages are missing."""
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from lowdiff.data import open_dataset
-from lowdiff.data.datasets import DatasetError
+from lowdiff.errors import DatasetError
 from lowdiff.data.emoji import EMOJI_FONT, EMOJI_TEST, load_emoji, read_emoji_test
 
 needs_files = pytest.mark.skipif(not (EMOJI_FONT.is_file() and EMOJI_TEST.is_file()),

@@ -11,7 +11,7 @@ from lowdiff.diffusion.cascade import PerImageGenerator, sample_cascade
 from lowdiff.diffusion.denoiser import Denoiser
 from lowdiff.eval.bench import BenchOptions, Variant, compare, option_variants, time_evaluations
 from lowdiff.inference import FastDenoiser, InferenceOptions
-from lowdiff.pipeline import with_solver
+
 
 
 JIT_WARNING = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")   # torch's own imports
@@ -28,7 +28,7 @@ def model_of(preset, scale=None):
     """A tiny denoiser; `scale` redraws all weights ~ N(0, scale^2) so that the output head
     (initialised near zero) passes the network's rounding errors on."""
     torch.manual_seed(0)
-    model = Denoiser(preset).eval()
+    model = Denoiser.from_preset(preset).eval()
     if scale:
         with torch.no_grad():
             for p in model.parameters():
@@ -40,12 +40,12 @@ def test_compile_one_graph_per_resolution_and_no_recompiles(tiny, fresh_dynamo):
     preset = tiny(stages=(16, 32))
     counter = CompileCounterWithBackend("eager")          # dynamo's guards and graphs; no code generation
     fast = FastDenoiser(model_of(preset), InferenceOptions(compile=True, compile_backend=counter))
-    time_evaluations(fast, BenchOptions(batch=3, warmup=0), repeats=1)       # ordinary (not inference) tensors
+    time_evaluations(fast, preset, BenchOptions(batch=3, warmup=0), repeats=1)       # ordinary (not inference) tensors
     first = sample_cascade(fast, preset.stages, PerImageGenerator([0, 1, 2]), channels=1)
     assert counter.frame_count == 2                         # one graph per resolution, no graph breaks
     again = sample_cascade(fast, preset.stages, PerImageGenerator([0, 1, 2]), channels=1)
     smaller = sample_cascade(fast, preset.stages, PerImageGenerator([1]), channels=1)           # padded to 3
-    other_plan = sample_cascade(fast, with_solver(preset.stages, "dpmpp2m"), PerImageGenerator([0, 1, 2]), 1)
+    other_plan = sample_cascade(fast, preset.stages.with_solver("dpmpp2m"), PerImageGenerator([0, 1, 2]), 1)
     assert counter.frame_count == 2                         # new sigmas, batch and plan: no recompiles
     eager = sample_cascade(model_of(preset), preset.stages, PerImageGenerator([0, 1, 2]), channels=1)
     assert torch.allclose(first.images, eager.images, atol=1e-5) and torch.equal(first.images, again.images)
@@ -83,10 +83,10 @@ def test_bf16_and_channels_last_agree_with_fp32(tiny, fresh_dynamo):
 
 
 def test_cuda_graphs_need_cuda(tiny, tmp_path, capsys):
-    from lowdiff.train.checkpoint import save_model
+    from lowdiff.storage import save_pretrained
     with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
         FastDenoiser(model_of(tiny()), InferenceOptions(cuda_graphs=True), "cpu")
-    save_model(tmp_path / "m", tiny(), model_of(tiny()).state_dict())
+    save_pretrained(tmp_path / "m", tiny(), model_of(tiny()).state_dict())
     assert main(["sample", "--checkpoint", str(tmp_path / "m"), "--out", str(tmp_path / "g.png"), "--num", "1",
                  "--cuda-graphs", "--no-progress"]) == 2
     assert "CUDA graphs need a CUDA device" in capsys.readouterr().err
@@ -96,7 +96,7 @@ def test_compare_reports_variants_side_by_side(tiny):
     preset = tiny(stages=(16, 32))
     base = tiny(stages=(32,))
     variants = [Variant("base", base), Variant("bf16", preset, InferenceOptions(precision="bf16")),
-                Variant("2m", preset, stages=with_solver(preset.stages, "dpmpp2m"))]
+                Variant("2m", preset, stages=preset.stages.with_solver("dpmpp2m"))]
     report = compare(variants, BenchOptions(batch=2, repeats=1, warmup=0))
     rows = report["rows"]
     assert [r["label"] for r in rows] == ["base", "bf16", "2m"] and rows[0]["speedup"] == 1
@@ -109,7 +109,7 @@ def test_compare_reports_variants_side_by_side(tiny):
 
 @JIT_WARNING
 def test_bench_cli_compare_options(tiny, tmp_path, capsys, monkeypatch):
-    import lowdiff.config as config
+    import lowdiff.presets as config
     monkeypatch.setattr(torch._dynamo.config, "disable", True)     # compiled rows run eagerly: fast
     p, base = tiny(stages=(16, 32)), tiny(stages=(32,))
     base.name, p.baseline = "tiny-base", "tiny-base"

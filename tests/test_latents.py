@@ -12,10 +12,11 @@ pytest.importorskip("diffusers")
 from diffusers import AutoencoderKL  # noqa: E402
 
 from lowdiff.cli import main  # noqa: E402
-from lowdiff.config import ConfigError, LatentConfig  # noqa: E402
+from lowdiff.config import LatentConfig  # noqa: E402
+from lowdiff.errors import ConfigError  # noqa: E402
 from lowdiff.data import make_synthetic, open_dataset  # noqa: E402
-from lowdiff.data.latents import (LatentDataset, convert_ldm_vae_state_dict, denormalize, encode_dataset,  # noqa: E402
-                                  load_vae, normalize)
+from lowdiff.data.latents import LatentDataset, denormalize, encode_dataset, normalize  # noqa: E402
+from lowdiff.data.vae import convert_ldm_vae_state_dict, load_vae  # noqa: E402
 from lowdiff.diffusion import pyramid  # noqa: E402
 from lowdiff.train.loop import Trainer  # noqa: E402
 

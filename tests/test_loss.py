@@ -8,6 +8,7 @@ from lowdiff.diffusion import pyramid
 from lowdiff.diffusion.denoiser import Denoiser
 from lowdiff.diffusion.loss import BatchNoise, multires_loss
 from lowdiff.diffusion.precond import get_preconditioning
+from lowdiff.errors import ConfigError
 
 
 def test_vp_coefficients_and_ranges_match_edm():
@@ -19,7 +20,7 @@ def test_vp_coefficients_and_ranges_match_edm():
     assert c_noise.flatten()[0].item() == pytest.approx(932.6, abs=0.2)
     assert c_noise.flatten()[1].item() == pytest.approx(0.040, abs=1e-3)
     assert torch.allclose(c_out, -s) and torch.allclose(c_in, 1 / (s ** 2 + 1).sqrt())
-    assert torch.allclose(vp.vp_sigma_inv(vp.vp_sigma(torch.tensor([0.3, 0.9]))), torch.tensor([0.3, 0.9]))
+    assert torch.allclose(vp.t_of_sigma(vp.sigma_of_t(torch.tensor([0.3, 0.9]))), torch.tensor([0.3, 0.9]))
 
 
 def test_edm_and_ve_coefficients():
@@ -56,7 +57,7 @@ def test_pyramid_down_up():
 def test_single_stage_loss_is_edm_loss(tiny):
     """One stage: L = mean_batch sum_pixels lambda(sigma) (D(y + sigma n) - y)^2."""
     torch.manual_seed(0)
-    model = Denoiser(tiny(stages=(32,)))
+    model = Denoiser.from_preset(tiny(stages=(32,)))
     y = torch.rand(4, 1, 32, 32) * 2 - 1
     total, per = multires_loss(model, y, noise=BatchNoise(torch.Generator().manual_seed(5), 4))
     g = torch.Generator().manual_seed(5)
@@ -70,7 +71,7 @@ def test_single_stage_loss_is_edm_loss(tiny):
 def test_multires_loss_conditions_on_independently_noised_lower_resolution(tiny):
     """Each higher resolution sees upsample(downsample(y) + sigma_c n') with its own sigma_c."""
     torch.manual_seed(0)
-    model = Denoiser(tiny())
+    model = Denoiser.from_preset(tiny())
     calls = []
     original = model.forward
 
@@ -101,3 +102,72 @@ def test_label_dropout_draws_from_the_batch_generator():
     assert 10 < int((full.sum(1) == 0).sum()) < 54                   # about half become the null class
     assert torch.equal(torch.cat([dropped(slice(0, 32)), dropped(slice(32, 64))]), full)   # same on 2 ranks
     assert drop_labels(labels, 0.0, BatchNoise(None, 64)) is labels
+
+
+def _perturbed(model, scale=0.05):
+    """Random non-zero weights everywhere (zero-initialised heads would make every output 0)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * scale)
+    return model
+
+
+def test_flow_loss_value_matches_the_velocity_objective():
+    """One flow stage: L = mean_batch [mean_CHW (v - (y - n))^2 + mean_HW (1 - cos_C(v, y - n))],
+    with x = (1 - sigma) y + sigma n and v the network's output at x."""
+    from conftest import tiny_dit_preset
+    torch.manual_seed(0)
+    model = _perturbed(Denoiser.from_preset(tiny_dit_preset(stages=(8,))))
+    y, labels = torch.randn(4, 4, 8, 8), torch.eye(10)[:4]
+    total, per = multires_loss(model, y, labels, noise=BatchNoise(torch.Generator().manual_seed(7), 4), cosine=True)
+    g = torch.Generator().manual_seed(7)
+    sigma = torch.sigmoid(-torch.randn(4, 1, 1, 1, generator=g))      # logit-normal t, sigma = 1 - t
+    n = torch.randn(y.shape, generator=g)
+    v = model.network_output((1 - sigma) * y + sigma * n, sigma, labels)
+    u = y - n
+    cos = (v * u).sum(1) / (v.norm(dim=1) * u.norm(dim=1))
+    expect = ((v - u) ** 2).mean((1, 2, 3)) + (1 - cos).mean((1, 2))
+    assert torch.allclose(total, expect.mean(), rtol=1e-5) and set(per) == {8}
+    plain, _ = multires_loss(model, y, labels, noise=BatchNoise(torch.Generator().manual_seed(7), 4))
+    assert torch.allclose(plain, ((v - u) ** 2).mean((1, 2, 3)).mean(), rtol=1e-5)
+    assert plain.item() < 20                                          # not the EDM form on a flow model (~300)
+
+
+@pytest.mark.parametrize("kind", ["vp", "ve", "edm", "flow"])
+def test_the_loss_uses_each_objectives_own_perturbation_and_term(tiny, kind):
+    """For every preconditioning, both stages of a cascade see P.perturb(y_r) and the condition
+    P.perturb(y_{r/2}) at an independent level, and the loss is that objective's term."""
+    torch.manual_seed(0)
+    p = tiny(stages=(16, 32))
+    p.precond = kind
+    if kind == "flow":                       # flow stages: sigma in [0, 1] on the flow schedule
+        p.stages = p.stages.replace(0, schedule="flow", solver="euler", sigma_min=0.0, sigma_max=1.0, shift=1.0)
+        p.stages = p.stages.replace(1, schedule="flow", solver="euler", sigma_min=0.0, sigma_max=1.0, shift=1.0)
+    model = _perturbed(Denoiser.from_preset(p))
+    precond = model.precond
+    y = torch.rand(3, 1, 32, 32) * 2 - 1
+    total, per = multires_loss(model, y, noise=BatchNoise(torch.Generator().manual_seed(2), 3))
+    g = torch.Generator().manual_seed(2)
+    expect = {}
+    for r in (16, 32):
+        y_r = pyramid.downsample(y, r)
+        sigma = precond.sample_sigma(3, g)
+        n = torch.randn(y_r.shape, generator=g)
+        x, kw = precond.perturb(y_r, sigma, n), {}
+        if r == 32:
+            low = pyramid.downsample(y, 16)
+            sigma_c = precond.sample_sigma(3, g)
+            kw = dict(cond=pyramid.upsample(precond.perturb(low, sigma_c, torch.randn(low.shape, generator=g)), 32),
+                      sigma_cond=sigma_c)
+        if kind == "flow":
+            assert torch.allclose(x, (1 - sigma) * y_r + sigma * n)
+            expect[r] = ((model.network_output(x, sigma, **kw) - (y_r - n)) ** 2).mean((1, 2, 3)).mean()
+        else:
+            assert torch.allclose(x, y_r + sigma * n)
+            expect[r] = (precond.loss_weight(sigma) * (model(x, sigma, **kw) - y_r) ** 2).sum((1, 2, 3)).mean()
+    for r in (16, 32):
+        assert torch.allclose(per[r], expect[r], rtol=1e-5), (kind, r)
+    assert torch.allclose(total, per[16] + per[32])
+    if kind != "flow":
+        with pytest.raises(ConfigError, match="cosine"):
+            multires_loss(model, y, cosine=True)

@@ -1,14 +1,15 @@
-"""DPM-Solver++(2M): order of accuracy, first step, NFE budget, truncated and final stages."""
+"""DPM-Solver++(2M) and (3M): order of accuracy, first steps, NFE budget, truncated and final stages."""
 import math
 
 import pytest
 import torch
 
-from lowdiff.config import ConfigError
+from lowdiff.errors import ConfigError
 from lowdiff.diffusion.cascade import PerImageGenerator, sample_cascade
 from lowdiff.diffusion.denoiser import Denoiser
-from lowdiff.diffusion.solvers import SOLVERS, edm_sigmas, sample_dpmpp_2m, sample_euler
-from lowdiff.pipeline import Pipeline, check_plan, with_solver
+from lowdiff.diffusion.schedules import edm_sigmas
+from lowdiff.diffusion.solvers import SOLVERS, sample_dpmpp_2m, sample_dpmpp_3m, sample_euler
+from lowdiff.pipeline import Pipeline
 
 SD = 0.5
 
@@ -73,19 +74,74 @@ def test_last_step_to_zero_is_first_order():
 
 def test_dpmpp2m_in_every_stage_of_a_cascade(tiny):
     torch.manual_seed(0)
-    model = Denoiser(tiny()).eval()
-    stages = with_solver(model.preset.stages, "dpmpp2m")
+    preset = tiny()
+    model = Denoiser.from_preset(preset).eval()
+    stages = preset.stages.with_solver("dpmpp2m")
     assert "dpmpp2m" in SOLVERS and [s.steps for s in stages] == [7, 7, 7]
-    check_plan(model.preset, stages)
+    preset.check_plan(stages)
     res = sample_cascade(model, stages, PerImageGenerator([0, 1]), channels=1)
-    assert res.nfe == {8: 3, 16: 3, 32: 7} and res.stages[0].sigma_end > 0 and torch.isfinite(res.images).all()
-    out = Pipeline(model)(seeds=[0, 1], stages=stages)
+    assert res.nfe == {8: 3, 16: 3, 32: 7} and res.stages[0].truncation_sigma > 0 and torch.isfinite(res.images).all()
+    out = Pipeline(model, preset)(seeds=[0, 1], stages=stages)
     assert out.nfe == {8: 3, 16: 3, 32: 7}
 
 
 def test_with_solver_keeps_nfe_and_round_trips(tiny):
     stages = tiny().stages
-    back = with_solver(with_solver(stages, "dpmpp2m"), "heun")
+    back = stages.with_solver("dpmpp2m").with_solver("heun")
     assert [(s.steps, s.nfe, s.solver) for s in back] == [(s.steps, s.nfe, s.solver) for s in stages]
     with pytest.raises(ConfigError, match="dpmpp2m"):
-        check_plan(tiny(), with_solver(stages, "bogus"))
+        tiny().check_plan(stages.replace(0, solver="bogus"))
+
+
+def test_third_order_on_a_truncated_schedule():
+    """3M on the exact Gaussian denoiser: error ~ 1/N^3 (8x per doubling) where every step
+    but the first two has its full history; 2M falls 4x."""
+    def err(solver, n):
+        x, nfe, reached = solver(gaussian_denoiser, X0.clone(), edm_sigmas(n, 0.01, 50, append_zero=False))
+        assert nfe == n - 1 and reached == pytest.approx(0.01)
+        return rel_err(x, exact(X0, 50, 0.01))
+
+    assert 7.0 < err(sample_dpmpp_3m, 64) / err(sample_dpmpp_3m, 128) < 9.5
+    assert 7.0 < err(sample_dpmpp_3m, 128) / err(sample_dpmpp_3m, 256) < 9.5
+    assert err(sample_dpmpp_3m, 64) < err(sample_dpmpp_2m, 64) / 5
+
+
+def test_third_order_to_sigma_zero():
+    def err(n):
+        x, nfe, reached = sample_dpmpp_3m(gaussian_denoiser, X0.clone(), edm_sigmas(n))
+        assert nfe == n and reached == 0
+        return rel_err(x, exact(X0, 80, 0))
+
+    assert 7.0 < err(32) / err(64) < 10 and err(64) < 1e-3
+
+
+def test_3m_starts_like_2m_and_ends_first_order():
+    """With one evaluation of history 3M is DPM-Solver++(1) (Euler), its second step integrates
+    the line through two evaluations; the step to sigma = 0 returns the denoised estimate."""
+    sig = edm_sigmas(10, append_zero=False)
+    one, _, _ = sample_dpmpp_3m(gaussian_denoiser, X0.clone(), sig, max_nfe=1)
+    euler, _, _ = sample_euler(gaussian_denoiser, X0.clone(), sig, max_nfe=1)
+    assert torch.allclose(one, euler, rtol=1e-12)
+    s0, s1, s2 = (float(v) for v in sig[:3])
+    d0 = gaussian_denoiser(X0, s0)
+    d1 = gaussian_denoiser(one, s1)
+    h, h0 = math.log(s1 / s2), math.log(s0 / s1)
+    two = math.exp(-h) * one + (1 - math.exp(-h)) * d1 + (h - 1 + math.exp(-h)) * (d1 - d0) / h0
+    out, nfe, _ = sample_dpmpp_3m(gaussian_denoiser, X0.clone(), sig, max_nfe=2)
+    assert nfe == 2 and torch.allclose(out, two, rtol=1e-10)
+    out, _, _ = sample_dpmpp_3m(gaussian_denoiser, X0.clone(), torch.tensor([10.0, 1.0, 0.0], dtype=torch.float64))
+    x1 = 0.1 * X0 + 0.9 * gaussian_denoiser(X0, 10.0)
+    assert torch.allclose(out, gaussian_denoiser(x1, 1.0), rtol=1e-12)
+
+
+def test_dpmpp3m_in_every_stage_of_a_cascade_and_on_flow_models(tiny):
+    from conftest import tiny_dit_preset
+    for preset in (tiny(), tiny_dit_preset()):
+        torch.manual_seed(0)
+        model = Denoiser.from_preset(preset).eval()
+        plan = preset.stages.with_solver("dpmpp3m")
+        preset.check_plan(plan)
+        labels = torch.eye(preset.network.label_dim)[:2] if preset.network.label_dim else None
+        res = sample_cascade(model, plan, PerImageGenerator([0, 1]), preset.network.in_channels, labels)
+        assert res.nfe == preset.stages.with_solver("dpmpp2m").nfe_per_stage and torch.isfinite(res.images).all()
+        assert all(s.truncation_sigma > 0 for s in res.stages[:-1])

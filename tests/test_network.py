@@ -3,7 +3,8 @@ counts, sub-network isolation and the EDM state-dict key map."""
 import pytest
 import torch
 
-from lowdiff.config import ConfigError, get_preset
+from lowdiff.errors import ConfigError
+from lowdiff.presets import get_preset
 from lowdiff.diffusion.denoiser import Denoiser, count_parameters
 from lowdiff.diffusion.loss import multires_loss
 from lowdiff.info import describe, meta_denoiser
@@ -50,7 +51,7 @@ def test_info_reports_paper_stage_plans():
 @pytest.mark.parametrize("r", [8, 16, 32])
 def test_low_resolution_loss_touches_only_its_subnetwork(tiny, r):
     torch.manual_seed(0)
-    model = Denoiser(tiny())
+    model = Denoiser.from_preset(tiny())
     net = model.nets["unified"]
     x = torch.randn(2, 1, r, r)
     kw = {} if r == 8 else dict(cond=torch.randn(2, 1, r, r), sigma_cond=torch.tensor([0.5, 2.0]))
@@ -66,7 +67,7 @@ def test_low_resolution_loss_touches_only_its_subnetwork(tiny, r):
 
 
 def test_forward_shapes_and_errors(tiny):
-    model = Denoiser(tiny(label_dim=3))
+    model = Denoiser.from_preset(tiny(label_dim=3))
     labels = torch.eye(3)[[0, 2]]
     assert model(torch.randn(2, 1, 8, 8), 1.0, labels).shape == (2, 1, 8, 8)
     out = model(torch.randn(2, 1, 16, 16), 1.0, labels, cond=torch.randn(2, 1, 16, 16), sigma_cond=0.3)
@@ -80,7 +81,7 @@ def test_forward_shapes_and_errors(tiny):
 
 
 def test_cdm_has_independent_networks(tiny):
-    model = Denoiser(tiny(stages=(16, 32), unified=False))
+    model = Denoiser.from_preset(tiny(stages=(16, 32), unified=False))
     assert set(model.nets) == {"16x16", "32x32"}
     total, per = multires_loss(model, torch.rand(2, 1, 32, 32) * 2 - 1)
     total.backward()
@@ -119,7 +120,7 @@ def test_edm_key_map_loads_an_edm_layout_state_dict(tiny):
 
 
 def test_every_named_preset_validates_and_builds():
-    from lowdiff.config import PRESETS
+    from lowdiff.presets import PRESETS
     for name in PRESETS:                                                  # Denoiser() validates
         assert count_parameters(meta_denoiser(get_preset(name))) > 0, name
 

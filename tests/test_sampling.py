@@ -4,12 +4,13 @@ import math
 import pytest
 import torch
 
-from lowdiff.config import StageConfig
 from lowdiff.diffusion import pyramid
-from lowdiff.diffusion.cascade import PerImageGenerator, effective_nfe, sample_cascade, stage_sigmas
+from lowdiff.diffusion.cascade import PerImageGenerator, sample_cascade
 from lowdiff.diffusion.denoiser import Denoiser
-from lowdiff.diffusion.solvers import edm_sigmas, sample_euler, sample_heun
-from lowdiff.pipeline import Pipeline, override_stages
+from lowdiff.diffusion.plan import effective_nfe
+from lowdiff.diffusion.schedules import edm_sigmas
+from lowdiff.diffusion.solvers import sample_euler, sample_heun
+from lowdiff.pipeline import Pipeline
 
 
 def test_edm_sigmas_match_edm():
@@ -49,14 +50,15 @@ def test_truncation_budget(budget, steps_done, nfe):
     assert reached == pytest.approx(float(sig[steps_done]))
 
 
-def tiny_model(tiny, **kw):
+def tiny_pipe(tiny, **kw) -> Pipeline:
     torch.manual_seed(0)
-    return Denoiser(tiny(**kw)).eval()
+    preset = tiny(**kw)
+    return Pipeline(Denoiser.from_preset(preset), preset)
 
 
 def test_truncation_hands_next_stage_the_exact_noisy_state(tiny):
-    model = tiny_model(tiny)
-    stages = model.preset.stages
+    pipe = tiny_pipe(tiny)
+    model, stages = pipe.denoiser, pipe.preset.stages
     seen = []
 
     def spy(x, sigma, labels=None, cond=None, sigma_cond=None):
@@ -66,18 +68,18 @@ def test_truncation_hands_next_stage_the_exact_noisy_state(tiny):
     res = sample_cascade(spy, stages, PerImageGenerator([3, 4]), channels=1)
     # Re-run the lowest stage alone with the same per-image generators.
     rng = PerImageGenerator([3, 4])
-    sig = stage_sigmas(stages[0], final=False)
+    sig = stages.sigmas(0)
     x0 = rng.randn((1, 8, 8)).double() * sig[0].item()
     x8, nfe8, s8 = sample_heun(lambda x, s: model(x.float(), s).double(), x0, sig, max_nfe=stages[0].nfe)
     first16 = next(c for c in seen if c[0] == 16)
-    assert res.stages[0].sigma_end == s8 and res.stages[0].nfe == nfe8 == 3
+    assert res.stages[0].truncation_sigma == s8 and res.stages[0].nfe == nfe8 == 3
     assert torch.allclose(first16[1], pyramid.upsample(x8, 16).float())
     assert torch.allclose(first16[2], torch.full((2,), s8))
     assert res.nfe == {8: 3, 16: 3, 32: 7} and res.images.shape == (2, 1, 32, 32)
 
 
 def test_same_seed_same_image_at_batch_1_and_8(tiny):
-    pipe = Pipeline(tiny_model(tiny, label_dim=3))
+    pipe = tiny_pipe(tiny, label_dim=3)
     batch8 = pipe(seeds=list(range(10, 18)), batch=8)
     single = pipe(seeds=[13], batch=1)
     assert torch.equal(single.images[0], batch8.images[3]) or \
@@ -88,8 +90,8 @@ def test_same_seed_same_image_at_batch_1_and_8(tiny):
 
 
 def test_stochastic_churn_is_deterministic_per_seed(tiny):
-    pipe = Pipeline(tiny_model(tiny))
-    stages = override_stages(pipe.preset.stages, ["32:S_churn=10"])
+    pipe = tiny_pipe(tiny)
+    stages = pipe.preset.stages.override(["32:S_churn=10"])
     a = pipe(seeds=[1, 2], stages=stages)
     b = pipe(seeds=[2], stages=stages)
     assert (a.images[1].int() - b.images[0].int()).abs().max() <= 1
@@ -97,13 +99,13 @@ def test_stochastic_churn_is_deterministic_per_seed(tiny):
 
 def test_stage_overrides_and_errors(tiny):
     stages = tiny().stages
-    new = override_stages(stages, ["16:nfe=2,sigma_max=40", "32:solver=euler,steps=6"])
+    new = stages.override(["16:nfe=2,sigma_max=40", "32:solver=euler,steps=6"])
     assert (new[1].nfe, new[1].sigma_max, new[2].solver, new[2].steps) == (2, 40.0, "euler", 6)
     assert stages[1].nfe == 3                                  # the input is not modified
     with pytest.raises(ValueError, match="RES:key=value"):
-        override_stages(stages, ["64:nfe=3"])
+        stages.override(["64:nfe=3"])
     with pytest.raises(ValueError, match="keys are"):
-        override_stages(stages, ["16:bogus=1"])
+        stages.override(["16:bogus=1"])
 
 
 def test_effective_nfe_is_latency_weighted_and_rounded_up():

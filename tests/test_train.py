@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from lowdiff.config import ConfigError
+from lowdiff.errors import ConfigError
 from lowdiff.data import make_synthetic
 from lowdiff.pipeline import load
-from lowdiff.train import checkpoint as ckpt
+from lowdiff import storage
 from lowdiff.train.ema import ema_beta
 from lowdiff.train.loop import Trainer, TrainingError, train
 
@@ -49,16 +49,16 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tiny, tmp_path):
 def test_corrupt_checkpoints(tiny, tmp_path):
     out = train(tiny(), make_synthetic(16), tmp_path / "run", progress=False)
     (out / "model.safetensors").write_bytes(b"\x00garbage")
-    with pytest.raises(ckpt.CheckpointError, match="truncated or corrupt"):
+    with pytest.raises(storage.CheckpointError, match="truncated or corrupt"):
         load(out)
-    with pytest.raises(ckpt.CheckpointError, match="config.json is missing"):
+    with pytest.raises(storage.CheckpointError, match="config.json is missing"):
         load(tmp_path)
     # A corrupt newest training state falls back to the previous one, with a warning.
     states = sorted((out / "checkpoints").glob("state-*.safetensors"))
     assert len(states) == 2
     states[-1].write_bytes(states[-1].read_bytes()[:100])
     with pytest.warns(UserWarning, match="corrupt"):
-        tensors, meta = ckpt.load_latest_state(out)
+        tensors, meta = storage.load_latest_state(out)
     assert meta["step"] == int(states[0].stem.split("-")[1])
 
 
@@ -91,5 +91,5 @@ def test_a_non_finite_loss_stops_with_a_diagnostic_and_keeps_the_last_good_state
         trainer.run(duration_kimg=0.08, progress=False)
     assert "re-run the same command" in str(err.value)
     assert not (tmp_path / "run" / "model.safetensors").exists()
-    state = ckpt.load_latest_state(tmp_path / "run")
+    state = storage.load_latest_state(tmp_path / "run")
     assert state is not None and all(torch.isfinite(v).all() for v in state[0].values() if v.is_floating_point())

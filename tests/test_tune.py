@@ -7,12 +7,12 @@ import torch
 from safetensors.torch import save_file
 
 from lowdiff.cli import main
-from lowdiff.config import ConfigError
+from lowdiff.errors import ConfigError
 from lowdiff.diffusion.denoiser import Denoiser
 from lowdiff.eval.classifier import FashionClassifier
 from lowdiff.eval.tune import CostModel, Trial, TuneOptions, coordinates, fit_budget, mark_pareto
-from lowdiff.pipeline import load_plan, save_plan
-from lowdiff.train.checkpoint import save_model
+from lowdiff.diffusion.plan import StagePlan
+from lowdiff.storage import save_pretrained
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def fixtures(tiny, tmp_path):
     """A tiny model directory, an untrained classifier and reference statistics in its feature space."""
     torch.manual_seed(0)
     preset = tiny(stages=(16, 32))
-    save_model(tmp_path / "model", preset, Denoiser(preset).state_dict())
+    save_pretrained(tmp_path / "model", preset, Denoiser.from_preset(preset).state_dict())
     clf = FashionClassifier(width=4)
     (tmp_path / "clf").mkdir()
     save_file({k: v.contiguous() for k, v in clf.state_dict().items()}, str(tmp_path / "clf" / "classifier.safetensors"))
@@ -41,12 +41,12 @@ def test_tune_writes_a_plan_that_sample_uses(fixtures, capsys):
     assert "Pareto front" in out and out.count("\n") >= 4 and (d / "plan.png").stat().st_size > 1000
     plan = json.loads((d / "plan.json").read_text())
     assert plan["tuned"]["effective_nfe"] <= 12 and plan["pareto_front"] and len(plan["stages"]) == 2
-    stages = load_plan(d / "plan.json")
+    stages = StagePlan.load(d / "plan.json")
     assert [s.resolution for s in stages] == [16, 32]
     code = main(["sample", "--checkpoint", str(d / "model"), "--plan", str(d / "plan.json"), "--num", "2",
                  "--out", str(d / "g.png"), "--no-progress"])
     err = capsys.readouterr().err
-    nfe = {s.resolution: s.planned_nfe(i == 1) for i, s in enumerate(stages)}
+    nfe = stages.nfe_per_stage
     assert code == 0 and (d / "g.png").is_file() and str(nfe) in err
 
 
@@ -67,11 +67,11 @@ def test_tune_rejects_unknown_solvers(fixtures, capsys):
 
 def test_plan_files_round_trip_and_reject_junk(tiny, tmp_path):
     stages = tiny().stages
-    save_plan(tmp_path / "p.json", stages, note="x")
-    assert load_plan(tmp_path / "p.json") == stages
+    stages.save(tmp_path / "p.json", note="x")
+    assert StagePlan.load(tmp_path / "p.json") == stages
     (tmp_path / "bad.json").write_text(json.dumps([{"resolution": 8, "bogus": 1}]))
     with pytest.raises(ConfigError, match="only the keys"):
-        load_plan(tmp_path / "bad.json")
+        StagePlan.load(tmp_path / "bad.json")
 
 
 def test_fit_budget_and_search_space(tiny):

@@ -1,7 +1,85 @@
-"""Dataset readers: Fashion-MNIST (IDX), CIFAR-10 (python archive), EDM-style image folders/zips, synthetic;
-VAE latent datasets in lowdiff.data.latents (imported on demand: it needs diffusers to encode)."""
-from .datasets import (DatasetError, ImageDataset, load_cifar10, load_fashion_mnist, load_image_folder, make_synthetic,
-                       open_dataset, read_idx, save_image_folder, write_idx)
+"""Datasets, one module per format, and `open_dataset`, the one place that turns a dataset
+spec (a name or a path) into a dataset:
 
-__all__ = ["DatasetError", "ImageDataset", "load_cifar10", "load_fashion_mnist", "load_image_folder", "make_synthetic",
-           "open_dataset", "read_idx", "save_image_folder", "write_idx"]
+  base       ImageDataset (uint8 (N, C, H, W) in memory, labels, class names)
+  idx        IDX files, Fashion-MNIST           cifar      CIFAR-10 python archive (no unpickling)
+  folder     EDM image folders / zips            synthetic  generated shapes (tests)
+  emoji      Noto Color Emoji rendered at a size
+  latents    VAE latent datasets (`lowdiff dataset encode`) and decoding
+  vae        autoencoders: loading (diffusers / LDM layout) and training (`lowdiff vae train`)
+
+latents and vae need diffusers only when they encode or decode.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .base import DatasetError, ImageDataset, pad_images
+from .cifar import is_cifar, load_cifar10
+from .folder import load_image_folder, save_image_folder
+from .idx import load_fashion_mnist, load_idx_dataset, read_idx, write_idx
+from .synthetic import make_synthetic
+
+__all__ = ["DatasetError", "ImageDataset", "SPEC_FORMS", "load_cifar10", "load_fashion_mnist", "load_image_folder",
+           "make_synthetic", "open_dataset", "read_idx", "save_image_folder", "write_idx"]
+
+SPEC_FORMS = ("'fashion-mnist' or 'fashion-mnist:test'",
+              "a cifar-10-python.tar.gz file or cifar-10-batches-py directory",
+              "an IDX image file (*.idx, *-idx3-ubyte.gz)", "'synthetic', 'synthetic:N' or 'synthetic:N:RES'",
+              "a directory or .zip of PNG/JPG images (optional dataset.json with labels)",
+              "a latent directory written by `lowdiff dataset encode` (latents.json)",
+              "'emoji' or 'emoji:RES' (Noto Color Emoji rendered at RES, default 64)")
+
+
+def _spec_error(spec: str, reason: str) -> DatasetError:
+    """A DatasetError for a bad spec, listing the accepted forms."""
+    forms = "\n  ".join(SPEC_FORMS)
+    return DatasetError(f"{reason}: {spec!r}; accepted dataset specs:\n  {forms}")
+
+
+def _parse_synthetic(spec: str) -> ImageDataset:
+    """'synthetic', 'synthetic:N' or 'synthetic:N:RES'."""
+    parts = spec.split(":")[1:]
+    if len(parts) > 2 or not all(p.isdigit() for p in parts):
+        raise _spec_error(spec, "bad synthetic dataset spec")
+    num, res = (int(p) for p in parts + ["256", "32"][len(parts):])
+    return make_synthetic(num=num, resolution=res)
+
+
+def _open_path(path: Path, split: str, use_labels: bool) -> ImageDataset:
+    """Dispatch an existing path on its kind."""
+    if is_cifar(path):
+        return load_cifar10(path, split)
+    name = path.name.lower()
+    if path.is_file() and (name.endswith((".idx", ".gz")) or "idx" in name) and not name.endswith(".zip"):
+        return load_idx_dataset(path)
+    if path.is_dir() or name.endswith(".zip"):
+        return load_image_folder(path, use_labels)
+    raise _spec_error(str(path), "unrecognised dataset file")
+
+
+def open_dataset(spec: str, *, split: str = "train", pad_to: int | None = None,
+                 use_labels: bool = True) -> ImageDataset:
+    """Open a dataset by name or path (see SPEC_FORMS); `pad_to` zero-pads images to that resolution."""
+    head, _, tail = spec.partition(":")
+    if head == "fashion-mnist":
+        if tail not in ("", "train", "test"):
+            raise _spec_error(spec, "bad Fashion-MNIST split")
+        return load_fashion_mnist(split=tail or split, pad_to=32 if pad_to is None else pad_to)
+    if head == "emoji":
+        if tail and not tail.isdigit():
+            raise _spec_error(spec, "bad emoji resolution")
+        from .emoji import load_emoji
+        ds = load_emoji(int(tail or 64))
+    elif head == "synthetic":
+        ds = _parse_synthetic(spec)
+    elif (Path(spec) / "latents.json").is_file():
+        from .latents import LatentDataset
+        return LatentDataset(spec)
+    elif Path(spec).exists():
+        ds = _open_path(Path(spec), split, use_labels)
+    else:
+        raise _spec_error(spec, "unknown dataset (not a known name and no such file or directory)")
+    if pad_to is not None and pad_to != ds.resolution:
+        ds = ImageDataset(pad_images(ds.images, pad_to, ds.name), ds.labels, ds.name, ds.class_names)
+    return ds

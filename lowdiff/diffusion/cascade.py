@@ -1,5 +1,4 @@
-"""The cascaded, truncated sampler (paper Sec. 3.2, 3.4, Alg. 2) and effective NFE
-(paper Appendix B).
+"""The cascaded, truncated sampler (paper Sec. 3.2, 3.4, Alg. 2).
 
 Stages run bottom-up. Each starts from pure noise at its own sigma_max; every stage above
 the lowest is conditioned on the previous stage's output, upsampled by the pyramid, at
@@ -7,19 +6,18 @@ the noise level where that stage was truncated. Only the last stage runs to sigm
 All randomness comes from one generator per image, so an image depends only on its seed.
 Flow models (latent presets) run the same plan over noise levels sigma = 1 - t with the
 flow schedule, each stage guided by classifier-free guidance when its cfg_scale != 1
-(lowdiff/diffusion/flow.py).
+(lowdiff/diffusion/guidance.py).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
 
-from ..config import StageConfig
 from . import pyramid
-from .flow import flow_sigmas, guided
-from .solvers import SOLVERS, edm_sigmas
+from .guidance import guided
+from .plan import StagePlan
+from .solvers import SOLVERS
 
 
 class PerImageGenerator:
@@ -44,7 +42,7 @@ class StageReport:
     resolution: int
     nfe: int
     sigma_start: float
-    sigma_end: float
+    truncation_sigma: float           # where the stage stopped (the end of its schedule for the final stage)
 
 
 @dataclass
@@ -57,23 +55,18 @@ class CascadeResult:
         return {s.resolution: s.nfe for s in self.stages}
 
 
-def stage_sigmas(stage: StageConfig, final: bool) -> torch.Tensor:
-    if stage.schedule == "flow":
-        return flow_sigmas(stage.steps, stage.sigma_min, stage.sigma_max, stage.shift)
-    return edm_sigmas(stage.steps, stage.sigma_min, stage.sigma_max, stage.rho, append_zero=final)
-
-
 @torch.inference_mode()
-def sample_cascade(denoiser, stages: list[StageConfig], rng: PerImageGenerator, channels: int,
+def sample_cascade(denoiser, stages, rng: PerImageGenerator, channels: int,
                    class_labels: torch.Tensor | None = None, progress=None,
                    dtype: torch.dtype = torch.float64) -> CascadeResult:
-    """Run the stage plan. `denoiser(x, sigma, class_labels, cond=, sigma_cond=)` is D (a
-    `Denoiser`, or a `FastDenoiser` carrying the inference options)."""
+    """Run the stage plan (a StagePlan or a list of StageConfig). `denoiser(x, sigma,
+    class_labels, cond=, sigma_cond=)` is D (a `Denoiser`, or a `FastDenoiser` carrying the
+    inference options)."""
+    plan = stages if isinstance(stages, StagePlan) else StagePlan(stages)
     result = CascadeResult(images=torch.empty(0))
     cond, sigma_cond = None, None
-    for i, stage in enumerate(stages):
-        final = i == len(stages) - 1
-        sigmas = stage_sigmas(stage, final)
+    for i, stage in enumerate(plan):
+        sigmas = plan.sigmas(i)
         x = rng.randn((channels, stage.resolution, stage.resolution)).to(dtype) * sigmas[0].item()
 
         model = guided(denoiser, stage)
@@ -84,20 +77,12 @@ def sample_cascade(denoiser, stages: list[StageConfig], rng: PerImageGenerator, 
                 progress.update(1)
             return out.to(dtype)
 
-        solver = SOLVERS[stage.solver]
-        x, nfe, reached = solver(denoise, x, sigmas, max_nfe=None if final else stage.nfe,
-                                 S_churn=stage.S_churn, S_min=stage.S_min, S_max=stage.S_max,
-                                 S_noise=stage.S_noise, noise_fn=rng.randn_like)
+        x, nfe, reached = SOLVERS[stage.solver](denoise, x, sigmas, max_nfe=plan.budget(i),
+                                                S_churn=stage.S_churn, S_min=stage.S_min, S_max=stage.S_max,
+                                                S_noise=stage.S_noise, noise_fn=rng.randn_like)
         result.stages.append(StageReport(stage.resolution, nfe, float(sigmas[0]), reached))
-        if not final:
-            cond = pyramid.upsample(x, stages[i + 1].resolution).to(torch.float32)
+        if not plan.is_final(i):
+            cond = pyramid.upsample(x, plan[i + 1].resolution).to(torch.float32)
             sigma_cond = torch.full((x.shape[0],), reached, device=x.device)
     result.images = x.to(torch.float32)
     return result
-
-
-def effective_nfe(nfe: dict[int, int], step_cost: dict[int, float]) -> int:
-    """Paper Appendix B: sum_r NFE_r * cost_r / cost_R over stages, rounded up, where
-    cost is the per-evaluation latency (or any cost measure) at each resolution."""
-    top = max(nfe)
-    return math.ceil(sum(n * step_cost[r] / step_cost[top] for r, n in nfe.items()) - 1e-9)

@@ -1,45 +1,59 @@
 """The denoiser D(x; sigma, cond, sigma_cond): preconditioning around the network(s).
 
-One object serves every resolution of a preset. With `unified=True` (LowDiff) all
-resolutions share one UnifiedUNet; with `unified=False` (the CDM ablation) each stage has
-its own independent network, built from the same host architecture. `network.arch='dit'`
-builds the LightningDiT-style UnifiedDiT instead (latent presets, flow preconditioning).
+One object serves every resolution of a cascade. With `unified=True` (LowDiff) all
+resolutions share one network (UnifiedUNet, or UnifiedDiT for latent presets); with
+`unified=False` (the CDM ablation) each stage has its own independent network, built from
+the same host architecture. `Denoiser.from_preset` builds the one a preset describes.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 from torch import nn
 
-from ..config import NetworkConfig, Preset
-from ..nn.dit import UnifiedDiT
-from ..nn.unet import UnifiedUNet, res_key
+from ..errors import ConfigError
+from ..nn import NetworkConfig, build_network
+from ..nn.unet import res_key
 from .precond import get_preconditioning
-
-ARCHS = {"unet": UnifiedUNet, "dit": UnifiedDiT}
 
 
 class Denoiser(nn.Module):
-    def __init__(self, preset: Preset):
+    def __init__(self, network: NetworkConfig, precond: str = "edm", resolutions: list[int] | None = None,
+                 unified: bool = True, cond_scaling: bool = True):
+        """`network`: the (host) network's config; `precond`: vp, ve, edm or flow;
+        `resolutions`: the cascade's stages (default: the network's); `unified`: one network
+        for all of them, else one per stage (CDM); `cond_scaling`: scale the condition by
+        c_in(sigma_cond) (DESIGN 1.2)."""
         super().__init__()
-        preset.validate()
-        self.preset = preset
-        self.precond = get_preconditioning(preset.precond)
-        self.cond_scaling = preset.cond_scaling
-        arch = ARCHS[preset.network.arch]
-        if preset.unified:
-            self.nets = nn.ModuleDict({"unified": arch(preset.network)})
+        network.validate()
+        self.network = network
+        self.resolutions = sorted(resolutions or network.resolutions)
+        self.precond = get_preconditioning(precond)
+        self.cond_scaling = cond_scaling
+        if unified:
+            if tuple(self.resolutions) != tuple(network.resolutions):
+                raise ConfigError(f"network resolutions {network.resolutions} do not match stages {self.resolutions}")
+            self.nets = nn.ModuleDict({"unified": build_network(network)})
         else:
-            cfg = preset.network
-            self.nets = nn.ModuleDict({
-                res_key(r): arch(NetworkConfig(**{**cfg.__dict__, "resolutions": (r,),
-                                                         "base_resolution": cfg.base_resolution}))
-                for r in preset.resolutions})
+            self.nets = nn.ModuleDict({res_key(r): build_network(dataclasses.replace(network, resolutions=(r,)))
+                                       for r in self.resolutions})
+
+    @classmethod
+    def from_preset(cls, preset) -> "Denoiser":
+        """The denoiser of a `lowdiff.config.Preset` (validated first)."""
+        preset.validate()
+        return cls(preset.network, preset.precond, preset.resolutions, preset.unified, preset.cond_scaling)
 
     @property
-    def resolutions(self) -> list[int]:
-        return self.preset.resolutions
+    def label_dim(self) -> int:
+        return self.network.label_dim
 
-    def net_for(self, resolution: int) -> UnifiedUNet | UnifiedDiT:
+    @property
+    def channels(self) -> int:
+        return self.network.in_channels
+
+    def net_for(self, resolution: int):
         if "unified" in self.nets:
             return self.nets["unified"]
         if res_key(resolution) not in self.nets:

@@ -1,14 +1,14 @@
-"""Multi-resolution training loss with truncation augmentation (paper Sec. 3.2, 3.4,
-Alg. 1; EDM loss.py for the per-resolution form).
+"""The multi-resolution training loss with truncation augmentation (paper Sec. 3.2, 3.4,
+Alg. 1; EDM loss.py for the per-resolution form), for every preconditioning.
 
-For every resolution r of the cascade:
+For every resolution r of the cascade, with P the model's preconditioning:
   y_r      = pyramid.downsample(y, r)                        clean target
-  sigma    ~ p(sigma),  x = y_r + sigma * eps                  the usual EDM loss input
-  r > r_0:  sigma_c ~ p(sigma) independently,
-            cond = upsample(downsample(y_r, r/2) + sigma_c * eps', r)   truncation augmentation
-  L_r      = lambda(sigma) * || D(x; sigma, cond, sigma_c) - y_r ||^2, summed over pixels
+  sigma    ~ P.sample_sigma,  x = P.perturb(y_r, sigma, n)   the usual single-resolution input
+  r > r_0:  cond, sigma_c = truncation_augment(y_{r/2})        the condition (below)
+  L_r      = P.loss(D, x, sigma, y_r, n, cond, sigma_c)        EDM kinds: lambda(sigma) |D - y_r|^2
+                                                               summed over pixels; flow: velocity MSE
 The total is sum_r w_r * mean_batch(L_r). The lowest resolution is unconditional. With a
-single stage this is exactly EDM's loss (summed over C*H*W, averaged over the batch).
+single stage this is exactly EDM's loss (or LightningDiT's flow loss).
 """
 from __future__ import annotations
 
@@ -36,27 +36,36 @@ class BatchNoise:
         return precond.sample_sigma(self.global_batch, self.generator, self.device)[self.rows]
 
 
-def multires_loss(model, images: torch.Tensor, class_labels: torch.Tensor | None = None,
+def truncation_augment(precond, low: torch.Tensor, resolution: int,
+                       noise: BatchNoise) -> tuple[torch.Tensor, torch.Tensor]:
+    """Truncation augmentation (paper Sec. 3.2, after CDM): the clean lower-resolution image
+    perturbed at its own, independently drawn noise level sigma_c, upsampled to `resolution`:
+    what a stage truncated at sigma_c hands to the next one. Returns (cond, sigma_c)."""
+    sigma_c = noise.sigma(precond)
+    return pyramid.upsample(precond.perturb(low, sigma_c, noise.randn(*low.shape[1:])), resolution), sigma_c
+
+
+def multires_loss(model, images: torch.Tensor | dict[int, torch.Tensor], class_labels: torch.Tensor | None = None,
                   augment_labels: torch.Tensor | None = None, weights: dict[int, float] | None = None,
-                  noise: BatchNoise | None = None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-    """Returns (total loss, {resolution: loss}) for a batch of images in [-1, 1]; each
-    loss is summed over pixels and averaged over the batch rows given."""
+                  noise: BatchNoise | None = None, cosine: bool = False) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """Returns (total loss, {resolution: loss}) for a batch in [-1, 1]: the clean top
+    resolution (the pyramid is built here) or the pyramid itself {r: y_r}, as latent datasets
+    store it. `model` is a Denoiser; each loss is averaged over the batch rows given."""
     precond, resolutions = model.precond, model.resolutions
-    noise = noise or BatchNoise(None, images.shape[0], device=images.device)
-    clean = pyramid.build(images, resolutions)
+    top = images if isinstance(images, torch.Tensor) else images[resolutions[-1]]
+    noise = noise or BatchNoise(None, top.shape[0], device=top.device)
+    clean = pyramid.build(images, resolutions) if isinstance(images, torch.Tensor) else images
     per_res: dict[int, torch.Tensor] = {}
-    total = images.new_zeros(())
+    total = top.new_zeros(())
     for i, r in enumerate(resolutions):
         y = clean[r]
         sigma = noise.sigma(precond)
-        x = y + noise.randn(*y.shape[1:]) * sigma
+        n = noise.randn(*y.shape[1:])
+        x = precond.perturb(y, sigma, n)
         cond = sigma_c = None
         if i > 0:
-            low = clean[resolutions[i - 1]]
-            sigma_c = noise.sigma(precond)
-            cond = pyramid.upsample(low + noise.randn(*low.shape[1:]) * sigma_c, r)
-        denoised = model(x, sigma, class_labels, cond=cond, sigma_cond=sigma_c, augment_labels=augment_labels)
-        loss = (precond.loss_weight(sigma) * (denoised - y) ** 2).sum(dim=(1, 2, 3)).mean()
+            cond, sigma_c = truncation_augment(precond, clean[resolutions[i - 1]], r, noise)
+        loss = precond.loss(model, x, sigma, y, n, class_labels, cond, sigma_c, augment_labels, cosine).mean()
         per_res[r] = loss
         total = total + (weights or {}).get(r, 1.0) * loss
     return total, per_res
@@ -76,16 +85,13 @@ class LossModule(torch.nn.Module):
     """The whole multi-resolution loss as one forward pass, so that DistributedDataParallel
     sees one forward per backward that uses every parameter."""
 
-    def __init__(self, model):
+    def __init__(self, model, weights: dict[int, float] | None = None, label_dropout: float = 0.0,
+                 cosine: bool = False):
         super().__init__()
-        self.model = model
+        self.model, self.weights, self.label_dropout, self.cosine = model, dict(weights or {}), label_dropout, cosine
 
-    def forward(self, images, class_labels=None, augment_labels=None, weights=None, noise=None):
-        preset = self.model.preset
-        noise = noise or BatchNoise(None, images.shape[0], device=images.device)
-        class_labels = drop_labels(class_labels, preset.network.label_dropout, noise)
-        if preset.objective == "flow":
-            from .flow import flow_multires_loss
-            return flow_multires_loss(self.model, images, class_labels, augment_labels, weights, noise,
-                                      cosine=preset.train.cosine_loss)
-        return multires_loss(self.model, images, class_labels, augment_labels, weights, noise)
+    def forward(self, images, class_labels=None, augment_labels=None, noise=None):
+        top = images if isinstance(images, torch.Tensor) else next(iter(images.values()))
+        noise = noise or BatchNoise(None, top.shape[0], device=top.device)
+        class_labels = drop_labels(class_labels, self.label_dropout, noise)
+        return multires_loss(self.model, images, class_labels, augment_labels, self.weights, noise, self.cosine)

@@ -1,18 +1,21 @@
-"""Preconditioning and the matching training noise distributions (EDM, Karras et al.
+"""Preconditioning, the training noise distributions and the loss terms (EDM, Karras et al.
 2022, Table 1): D(x; sigma) = c_skip x + c_out F(c_in x; c_noise).
 
-Each `Preconditioning` bundles, for one formulation (VP, VE, EDM, flow), the four coefficients,
-the training sigma distribution and the loss weight lambda(sigma), so that the loss and the
-denoiser cannot disagree.
+One class per formulation (VP, VE, EDM, Flow), each holding its four coefficients, how it
+perturbs clean data, its training distribution p(sigma) and its loss term, so that the
+loss and the denoiser cannot disagree (as k-diffusion's `Denoiser.loss` sits beside its
+scalings).
 
-Flow (rectified flow / linear path, SiT and LightningDiT; lowdiff/diffusion/flow.py): the
-noise level is sigma = 1 - t on x = (1 - sigma) y + sigma n, the network F predicts the
-velocity u = y - n at time c_noise = t, and D = x + sigma F is the data estimate, so
-c_skip = c_in = 1 and c_out = sigma. With D in this form the EDM solvers' Euler step in
-sigma, x + (sigma' - sigma)(x - D)/sigma = x + (t' - t) F, is the flow's Euler step in t.
-Training draws t from the logit-normal distribution, t = sigmoid(z), z ~ N(0, 1) (SD3's
-lognorm(0, 1), symmetric, so sigma has the same law); lambda = 1/sigma^2 turns
-|D - y|^2 into |F - u|^2.
+- VP / VE / EDM: x = y + sigma n; loss lambda(sigma) |D - y|^2 summed over pixels
+  (EDM's loss.py form, lambda = 1 / c_out^2).
+- Flow (rectified flow / linear path, SiT and LightningDiT): the noise level is
+  sigma = 1 - t on x = (1 - sigma) y + sigma n, the network F predicts the velocity
+  u = y - n at time c_noise = t, and D = x + sigma F is the data estimate, so
+  c_skip = c_in = 1 and c_out = sigma. With D in this form the EDM solvers' Euler step in
+  sigma, x + (sigma' - sigma)(x - D)/sigma = x + (t' - t) F, is the flow's Euler step in t.
+  Training draws t from the logit-normal distribution, t = sigmoid(z), z ~ N(0, 1) (SD3's
+  lognorm(0, 1), symmetric, so sigma has the same law); the loss is the velocity MSE averaged
+  over C, H, W, plus LightningDiT's 1 - cos(v, u) over channels when `cosine` is on.
 """
 from __future__ import annotations
 
@@ -20,88 +23,160 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
 
 
 @dataclass(frozen=True)
 class Preconditioning:
-    kind: str
-    # VP (Song et al. 2021): beta_d, beta_min, M, epsilon_t
+    """The shared interface; subclasses set the coefficients and the training distribution."""
+    kind = ""
+
+    def coefficients(self, sigma: torch.Tensor):
+        """(c_skip, c_out, c_in, c_noise) for sigma of shape (N, 1, 1, 1)."""
+        raise NotImplementedError
+
+    def perturb(self, y: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The noisy input at level sigma."""
+        return y + sigma * noise
+
+    def sample_sigma(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss_weight(self, sigma: torch.Tensor) -> torch.Tensor:
+        """lambda(sigma) = 1 / c_out(sigma)^2: unit-weighted network-output error."""
+        return 1 / sigma ** 2
+
+    def loss(self, model, x, sigma, y, noise, class_labels=None, cond=None, sigma_cond=None, augment_labels=None,
+             cosine: bool = False) -> torch.Tensor:
+        """Per-sample loss of `model` (a Denoiser) on the noisy x = perturb(y, sigma, noise):
+        lambda(sigma) |D(x; sigma) - y|^2 summed over C, H, W."""
+        if cosine:
+            raise ConfigError("the cosine loss term belongs to the flow objective (precond 'flow')")
+        denoised = model(x, sigma, class_labels, cond=cond, sigma_cond=sigma_cond, augment_labels=augment_labels)
+        return (self.loss_weight(sigma) * (denoised.float() - y) ** 2).sum(dim=(1, 2, 3))
+
+    @property
+    def sigma_range(self) -> tuple[float, float]:
+        """Noise levels the network supports."""
+        return 0.0, math.inf
+
+
+@dataclass(frozen=True)
+class VP(Preconditioning):
+    """Song et al. 2021's variance-preserving formulation, EDM's VPPrecond."""
+    kind = "vp"
     beta_d: float = 19.9
     beta_min: float = 0.1
     M: int = 1000
     epsilon_t: float = 1e-5
-    # VE
-    ve_sigma_min: float = 0.02
-    ve_sigma_max: float = 100.0
-    # EDM
-    sigma_data: float = 0.5
-    P_mean: float = -1.2
-    P_std: float = 1.2
-    # flow: logit-normal time, logit(t) ~ N(flow_mean, flow_std^2)
-    flow_mean: float = 0.0
-    flow_std: float = 1.0
 
-    # --- VP schedule sigma(t) and its inverse -------------------------------------------
-    def vp_sigma(self, t: torch.Tensor) -> torch.Tensor:
+    def sigma_of_t(self, t) -> torch.Tensor:
         t = torch.as_tensor(t)
         return ((0.5 * self.beta_d * t ** 2 + self.beta_min * t).exp() - 1).sqrt()
 
-    def vp_sigma_inv(self, sigma: torch.Tensor) -> torch.Tensor:
+    def t_of_sigma(self, sigma) -> torch.Tensor:
         sigma = torch.as_tensor(sigma)
         return ((self.beta_min ** 2 + 2 * self.beta_d * (1 + sigma ** 2).log()).sqrt() - self.beta_min) / self.beta_d
 
-    # --- coefficients -----------------------------------------------------------------
-    def coefficients(self, sigma: torch.Tensor):
-        """(c_skip, c_out, c_in, c_noise) for sigma of shape (N, 1, 1, 1)."""
+    def coefficients(self, sigma):
+        return torch.ones_like(sigma), -sigma, 1 / (sigma ** 2 + 1).sqrt(), (self.M - 1) * self.t_of_sigma(sigma)
+
+    def sample_sigma(self, n, generator=None, device=None):
+        u = torch.rand(n, 1, 1, 1, generator=generator, device=device)
+        return self.sigma_of_t(1 + u * (self.epsilon_t - 1))
+
+    @property
+    def sigma_range(self):
+        return float(self.sigma_of_t(torch.tensor(self.epsilon_t))), float(self.sigma_of_t(torch.tensor(1.0)))
+
+
+@dataclass(frozen=True)
+class VE(Preconditioning):
+    """Song et al. 2021's variance-exploding formulation, EDM's VEPrecond."""
+    kind = "ve"
+    sigma_min: float = 0.02
+    sigma_max: float = 100.0
+
+    def coefficients(self, sigma):
         one = torch.ones_like(sigma)
-        if self.kind == "flow":
-            return one, sigma, one, 1 - sigma
-        if self.kind == "vp":
-            return one, -sigma, 1 / (sigma ** 2 + 1).sqrt(), (self.M - 1) * self.vp_sigma_inv(sigma)
-        if self.kind == "ve":
-            return one, sigma, one, (0.5 * sigma).log()
+        return one, sigma, one, (0.5 * sigma).log()
+
+    def sample_sigma(self, n, generator=None, device=None):
+        u = torch.rand(n, 1, 1, 1, generator=generator, device=device)
+        return self.sigma_min * (self.sigma_max / self.sigma_min) ** u
+
+    @property
+    def sigma_range(self):
+        return self.sigma_min, self.sigma_max
+
+
+@dataclass(frozen=True)
+class EDM(Preconditioning):
+    """Karras et al. 2022's preconditioning (EDMPrecond, Table 1) and log-normal p(sigma)."""
+    kind = "edm"
+    sigma_data: float = 0.5
+    P_mean: float = -1.2
+    P_std: float = 1.2
+
+    def coefficients(self, sigma):
         sd = self.sigma_data
         return (sd ** 2 / (sigma ** 2 + sd ** 2), sigma * sd / (sigma ** 2 + sd ** 2).sqrt(),
                 1 / (sd ** 2 + sigma ** 2).sqrt(), sigma.log() / 4)
 
-    def perturb(self, y: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """The noisy input at level sigma: y + sigma n (VE form), (1 - sigma) y + sigma n (flow)."""
-        if self.kind == "flow":
-            return (1 - sigma) * y + sigma * noise
-        return y + sigma * noise
-
-    # --- training distribution p(sigma) and weight lambda(sigma) ------------------------
-    def sample_sigma(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-        if self.kind == "flow":
-            z = torch.randn(n, 1, 1, 1, generator=generator, device=device)
-            return torch.sigmoid(-(z * self.flow_std + self.flow_mean))     # sigma = 1 - sigmoid(logit t)
-        u = torch.rand(n, 1, 1, 1, generator=generator, device=device)
-        if self.kind == "vp":
-            return self.vp_sigma(1 + u * (self.epsilon_t - 1))
-        if self.kind == "ve":
-            return self.ve_sigma_min * (self.ve_sigma_max / self.ve_sigma_min) ** u
+    def sample_sigma(self, n, generator=None, device=None):
         z = torch.randn(n, 1, 1, 1, generator=generator, device=device)
         return (z * self.P_std + self.P_mean).exp()
 
-    def loss_weight(self, sigma: torch.Tensor) -> torch.Tensor:
-        if self.kind in ("vp", "ve", "flow"):
-            return 1 / sigma ** 2
+    def loss_weight(self, sigma):
         sd = self.sigma_data
         return (sigma ** 2 + sd ** 2) / (sigma * sd) ** 2
 
+
+@dataclass(frozen=True)
+class Flow(Preconditioning):
+    """Rectified flow on x = (1 - sigma) y + sigma n; logit(t) ~ N(mean, std^2)."""
+    kind = "flow"
+    mean: float = 0.0
+    std: float = 1.0
+
+    def coefficients(self, sigma):
+        one = torch.ones_like(sigma)
+        return one, sigma, one, 1 - sigma
+
+    def perturb(self, y, sigma, noise):
+        return (1 - sigma) * y + sigma * noise
+
+    def sample_sigma(self, n, generator=None, device=None):
+        z = torch.randn(n, 1, 1, 1, generator=generator, device=device)
+        return torch.sigmoid(-(z * self.std + self.mean))                 # sigma = 1 - sigmoid(logit t)
+
+    def loss(self, model, x, sigma, y, noise, class_labels=None, cond=None, sigma_cond=None, augment_labels=None,
+             cosine: bool = False):
+        """Velocity MSE over C, H, W against u = y - n (+ 1 - cos(v, u) over channels)."""
+        v = model.network_output(x, sigma, class_labels, cond=cond, sigma_cond=sigma_cond,
+                                 augment_labels=augment_labels)
+        return velocity_loss(v, y - noise, cosine)
+
     @property
-    def sigma_range(self) -> tuple[float, float]:
-        """Noise levels the network supports (the EDM sampler clamps its range to these)."""
-        if self.kind == "vp":
-            return float(self.vp_sigma(torch.tensor(self.epsilon_t))), float(self.vp_sigma(torch.tensor(1.0)))
-        if self.kind == "ve":
-            return self.ve_sigma_min, self.ve_sigma_max
-        if self.kind == "flow":
-            return 0.0, 1.0
-        return 0.0, math.inf
+    def sigma_range(self):
+        return 0.0, 1.0
+
+
+def velocity_loss(v: torch.Tensor, u: torch.Tensor, cosine: bool) -> torch.Tensor:
+    """Per-sample mean squared error over C, H, W, plus 1 - cos(v, u) over channels averaged
+    over positions when `cosine` (LightningDiT's equal-weight sum)."""
+    loss = (v - u).pow(2).mean(dim=(1, 2, 3))
+    if cosine:
+        loss = loss + (1 - F.cosine_similarity(v, u, dim=1)).mean(dim=(1, 2))
+    return loss
+
+
+PRECONDITIONINGS = {p.kind: p for p in (VP, VE, EDM, Flow)}
 
 
 def get_preconditioning(kind: str) -> Preconditioning:
-    if kind not in ("vp", "ve", "edm", "flow"):
-        raise ValueError(f"unknown preconditioning {kind!r}: choose vp, ve, edm or flow")
-    return Preconditioning(kind)
+    if kind not in PRECONDITIONINGS:
+        raise ConfigError(f"unknown preconditioning {kind!r}: choose {', '.join(PRECONDITIONINGS)}")
+    return PRECONDITIONINGS[kind]()

@@ -1,32 +1,23 @@
-"""ODE solvers as small functions over an explicit sigma array (k-diffusion style) and
-EDM's noise-level discretisation (Karras et al. 2022, Eq. 5 and Algorithm 2): Euler, EDM's
-Heun, and the multistep DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Alg. 2).
+"""ODE solvers as small functions over an explicit sigma array (k-diffusion style): Euler,
+EDM's Heun (Karras et al. 2022, Algorithm 2), and the multistep DPM-Solver++(2M) and (3M)
+(Lu et al. 2022, "DPM-Solver++"). The sigma arrays come from lowdiff/diffusion/schedules.py.
 
 `denoise(x, sigma)` is any callable returning D(x; sigma). A sigma array ending at 0
 integrates to a clean sample; one ending at sigma > 0 stops there (truncation). `max_nfe`
 stops the solver once that many evaluations are spent; when a single evaluation is left
 for a step, that step is taken with Euler. Every solver returns (x, nfe, sigma_reached).
+`SOLVERS` registers each with its cost: evaluations per step, and one for a step to 0.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 Denoise = Callable[[torch.Tensor, float], torch.Tensor]
 NoiseFn = Callable[[torch.Tensor], torch.Tensor]
-
-
-def edm_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
-               append_zero: bool = True) -> torch.Tensor:
-    """sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho, float64."""
-    if steps < 1:
-        raise ValueError("steps must be >= 1")
-    i = torch.arange(steps, dtype=torch.float64)
-    ramp = i / max(steps - 1, 1)
-    sigmas = (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
-    return torch.cat([sigmas, sigmas.new_zeros(1)]) if append_zero else sigmas
 
 
 def _churn(x, sigma, i, n_steps, S_churn, S_min, S_max, S_noise, noise_fn):
@@ -94,36 +85,105 @@ def sample_dpmpp_2m(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, 
     The first step has no history and the step to sigma = 0 (h infinite) is first order,
     the lower-order final step that keeps few-step sampling stable.
     """
-    if S_churn > 0 and noise_fn is None:
+    return _multistep(denoise, x, sigmas, _dpmpp_2m_step, max_nfe, (S_churn, S_min, S_max, S_noise), noise_fn,
+                      callback)
+
+
+def sample_dpmpp_3m(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, max_nfe: int | None = None,
+                    S_churn: float = 0.0, S_min: float = 0.0, S_max: float = float("inf"), S_noise: float = 1.0,
+                    noise_fn: NoiseFn | None = None, callback=None):
+    """DPM-Solver++(3M), one evaluation per step (NFE = N), third order.
+
+    The same exact solution as 2M, with D(lambda) replaced by the quadratic through the last
+    three evaluations D_0, D_1, D_2 (at lambda_0 > lambda_1 > lambda_2; Newton divided
+    differences d01, d12, d012), integrated exactly against e^l. Writing D around lambda_0
+    as D_0 + D' u + d012 u^2 (u = lambda - lambda_0, D' = d01 + d012 (lambda_0 - lambda_1)),
+        x_next = e^-h x + (1 - e^-h) D_0 + (h - 1 + e^-h) D' + (h^2 - 2h + 2 - 2 e^-h) d012,
+    the coefficients being e^-h int_0^h e^u u^k du for k = 0, 1, 2 (DPM-Solver++'s
+    multistep Taylor expansion, with the derivatives estimated from the history). The first
+    step is first order, the second second order (linear through two evaluations), and the
+    step to sigma = 0 is first order, as in 2M.
+    """
+    return _multistep(denoise, x, sigmas, _dpmpp_3m_step, max_nfe, (S_churn, S_min, S_max, S_noise), noise_fn,
+                      callback)
+
+
+def _multistep(denoise, x, sigmas, step, max_nfe, churn, noise_fn, callback):
+    """The loop of the one-evaluation multistep solvers: evaluate D once per step and let
+    `step(x, s, s_next, history)` move x, history = [(D_i, lambda_i), (D_{i-1}, ...), ...]."""
+    if churn[0] > 0 and noise_fn is None:
         noise_fn = torch.randn_like
     sig = [float(s) for s in sigmas]
     n_steps = len(sig) - 1
     budget = n_steps if max_nfe is None else min(max_nfe, n_steps)
-    nfe, reached = 0, sig[0]
-    prev = None                                                          # (D_{i-1}, lambda_{i-1})
+    nfe, reached, history = 0, sig[0], []
     for i in range(budget):
-        x, s = _churn(x, sig[i], i, n_steps, S_churn, S_min, S_max, S_noise, noise_fn)
+        x, s = _churn(x, sig[i], i, n_steps, *churn, noise_fn)
         s_next = sig[i + 1]
-        denoised = denoise(x, s)
+        history = [(denoise(x, s), -math.log(s))] + history[:2]
         nfe += 1
-        x = _dpmpp_step(x, s, s_next, denoised, prev)
-        prev, reached = (denoised, -math.log(s)), s_next
+        x = step(x, s, s_next, history)
+        reached = s_next
         if callback is not None:
             callback(i, x, reached, nfe)
     return x, nfe, reached
 
 
-def _dpmpp_step(x, s, s_next, denoised, prev):
-    """One DPM-Solver++ step from s to s_next; second order when `prev` is given and s_next > 0."""
+def _dpmpp_2m_step(x, s, s_next, history):
+    """One DPM-Solver++ step from s to s_next; second order when there is a previous evaluation and s_next > 0."""
+    denoised = history[0][0]
     if s_next == 0:
         return denoised                                                  # e^-h = 0: x_next = D
     lam, lam_next = -math.log(s), -math.log(s_next)
     h = lam_next - lam
-    if prev is not None:
-        d_prev, lam_prev = prev
+    if len(history) > 1:
+        d_prev, lam_prev = history[1]
         r = (lam - lam_prev) / h
         denoised = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * d_prev
     return (s_next / s) * x - math.expm1(-h) * denoised
 
 
-SOLVERS = {"heun": sample_heun, "euler": sample_euler, "dpmpp2m": sample_dpmpp_2m}
+def _dpmpp_3m_step(x, s, s_next, history):
+    """One step of the exponential integrator over the polynomial through the last (up to) three evaluations."""
+    d0, lam0 = history[0]
+    if s_next == 0:
+        return d0
+    h = -math.log(s_next) - lam0
+    decay = math.exp(-h)
+    x_next = decay * x - math.expm1(-h) * d0
+    if len(history) == 1:
+        return x_next
+    d1, lam1 = history[1]
+    d01 = (d0 - d1) / (lam0 - lam1)
+    if len(history) == 2:
+        return x_next + (h - 1 + decay) * d01
+    d2, lam2 = history[2]
+    d012 = (d01 - (d1 - d2) / (lam1 - lam2)) / (lam0 - lam2)
+    slope = d01 + d012 * (lam0 - lam1)
+    return x_next + (h - 1 + decay) * slope + (h * h - 2 * h + 2 - 2 * decay) * d012
+
+
+@dataclass(frozen=True)
+class Solver:
+    """A solver and what it costs: `evaluations_per_step` network evaluations per interval of
+    the sigma array, except that a step to sigma = 0 costs one (Heun's last step is Euler)."""
+    name: str
+    sample: Callable
+    evaluations_per_step: int
+    description: str
+
+    def __call__(self, *args, **kwargs):
+        return self.sample(*args, **kwargs)
+
+    def nfe(self, sigmas: torch.Tensor) -> int:
+        """Evaluations to integrate over the whole array `sigmas`."""
+        steps, to_zero = len(sigmas) - 1, float(sigmas[-1]) == 0
+        return self.evaluations_per_step * steps - (self.evaluations_per_step - 1 if to_zero else 0)
+
+
+SOLVERS = {s.name: s for s in (
+    Solver("heun", sample_heun, 2, "EDM's 2nd-order Heun (2 evaluations per step)"),
+    Solver("euler", sample_euler, 1, "1st-order Euler"),
+    Solver("dpmpp2m", sample_dpmpp_2m, 1, "DPM-Solver++(2M), 2nd-order multistep"),
+    Solver("dpmpp3m", sample_dpmpp_3m, 1, "DPM-Solver++(3M), 3rd-order multistep"),
+)}

@@ -17,10 +17,12 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ..config import Preset, StageConfig, get_preset
-from ..diffusion.cascade import PerImageGenerator, effective_nfe, sample_cascade
+from ..config import Preset
+from ..diffusion.cascade import PerImageGenerator, sample_cascade
 from ..diffusion.denoiser import Denoiser
+from ..diffusion.plan import StagePlan, effective_nfe
 from ..inference import FastDenoiser, InferenceOptions
+from ..presets import get_preset
 
 
 @dataclass
@@ -38,12 +40,12 @@ class Variant:
     label: str
     preset: Preset
     options: InferenceOptions = field(default_factory=InferenceOptions)
-    stages: list[StageConfig] | None = None      # None: the preset's plan
+    stages: StagePlan | list | None = None       # None: the preset's plan
     model: Denoiser | None = None                # trained weights; None: random (same speed)
 
     @property
-    def plan(self) -> list[StageConfig]:
-        return self.stages or self.preset.stages
+    def plan(self) -> StagePlan:
+        return StagePlan(self.stages) if self.stages is not None else self.preset.stages
 
 
 def _sync(device: torch.device) -> None:
@@ -54,7 +56,7 @@ def _sync(device: torch.device) -> None:
 def prepare(variant: Variant, device: str) -> FastDenoiser:
     """The variant's own copy of its network (switches such as channels_last change it)."""
     torch.manual_seed(0)
-    model = copy.deepcopy(variant.model) if variant.model is not None else Denoiser(variant.preset)
+    model = copy.deepcopy(variant.model) if variant.model is not None else Denoiser.from_preset(variant.preset)
     return FastDenoiser(model.to(device), variant.options, device)
 
 
@@ -71,9 +73,9 @@ def _inputs(preset: Preset, index: int, batch: int, device: torch.device):
     return x, _labels(preset, batch, device), kw
 
 
-def time_evaluations(model: FastDenoiser, opts: BenchOptions, repeats: int = 5) -> dict[int, float]:
-    """Seconds per network evaluation of the whole batch, at each stage resolution."""
-    device, preset = torch.device(opts.device), model.preset
+def time_evaluations(model: FastDenoiser, preset: Preset, opts: BenchOptions, repeats: int = 5) -> dict[int, float]:
+    """Seconds per network evaluation of the whole batch, at each stage resolution of `preset`."""
+    device = torch.device(opts.device)
     out = {}
     for i, stage in enumerate(preset.stages):
         x, labels, kw = _inputs(preset, i, opts.batch, device)
@@ -88,14 +90,15 @@ def time_evaluations(model: FastDenoiser, opts: BenchOptions, repeats: int = 5) 
     return out
 
 
-def time_sampling(model: FastDenoiser, opts: BenchOptions, seed: int = 0,
-                  stages: list[StageConfig] | None = None) -> tuple[float, dict[int, int]]:
-    device, preset = torch.device(opts.device), model.preset
+def time_sampling(model: FastDenoiser, preset: Preset, opts: BenchOptions, seed: int = 0,
+                  stages: StagePlan | None = None) -> tuple[float, dict[int, int]]:
+    device = torch.device(opts.device)
     rng = PerImageGenerator(range(seed, seed + opts.batch), device)
     labels = _labels(preset, opts.batch, device)
     _sync(device)
     start = time.perf_counter()
-    result = sample_cascade(model, stages or preset.stages, rng, preset.network.in_channels, labels)
+    result = sample_cascade(model, stages if stages is not None else preset.stages, rng, preset.network.in_channels,
+                            labels)
     _sync(device)
     return time.perf_counter() - start, result.nfe
 
@@ -105,18 +108,18 @@ def measure(variants: list[Variant], opts: BenchOptions, progress=None) -> list[
     models = [prepare(v, opts.device) for v in variants]
     for _ in range(opts.warmup):
         for v, m in zip(variants, models):
-            time_sampling(m, opts, stages=v.plan)
+            time_sampling(m, v.preset, opts, stages=v.plan)
     times: list[list[float]] = [[] for _ in variants]
     nfe: list[dict[int, int]] = [{} for _ in variants]
     for rep in range(opts.repeats):
         for i, (v, m) in enumerate(zip(variants, models)):
-            t, nfe[i] = time_sampling(m, opts, seed=rep * opts.batch, stages=v.plan)
+            t, nfe[i] = time_sampling(m, v.preset, opts, seed=rep * opts.batch, stages=v.plan)
             times[i].append(t)
             if progress is not None:
                 progress.update(1)
     rows = []
     for v, m, t, n in zip(variants, models, times, nfe):
-        per_eval = time_evaluations(m, opts)
+        per_eval = time_evaluations(m, v.preset, opts)
         latency = sum(t) / len(t)
         eval_time = sum(n[r] * per_eval[r] for r in n)
         rows.append({"label": v.label, "preset": v.preset.name, "options": asdict(v.options),
@@ -132,8 +135,8 @@ def _header(opts: BenchOptions) -> dict:
     return {"device": _device_name(opts.device), "batch": opts.batch, "repeats": opts.repeats}
 
 
-def bench(preset: Preset | str, opts: BenchOptions, progress=None, stages: list[StageConfig] | None = None,
-          baseline_stages: list[StageConfig] | None = None) -> dict:
+def bench(preset: Preset | str, opts: BenchOptions, progress=None, stages: StagePlan | None = None,
+          baseline_stages: StagePlan | None = None) -> dict:
     """Latency and throughput of `preset` and of its baseline, same options, timed alternately."""
     preset = get_preset(preset) if isinstance(preset, str) else preset
     variants = [Variant("lowdiff", preset, opts.inference, stages)]
@@ -148,7 +151,7 @@ def bench(preset: Preset | str, opts: BenchOptions, progress=None, stages: list[
     return report
 
 
-def option_variants(preset: Preset, device: str, stages: list[StageConfig] | None = None,
+def option_variants(preset: Preset, device: str, stages: StagePlan | None = None,
                     precision: str = "bf16") -> list[Variant]:
     """The reference (the baseline, or the preset itself without one: fp32, eager, its own
     solver), then `preset` eager, compiled, at `precision`, channels_last, and all together
@@ -180,3 +183,36 @@ def _device_name(device: str) -> str:
         return torch.cuda.get_device_name(d)
     import platform
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def format_report(report: dict) -> str:
+    """The table `lowdiff bench` prints for `bench`'s report."""
+    lines = [f"{report['preset']} on {report['device']}: batch {report['batch']}, mean of {report['repeats']} runs, "
+             f"{report['precision']}{', channels_last' if report['channels_last'] else ''}"
+             f"{', compiled' if report['compile'] else ''}",
+             f"  {'model':<28}{'latency s':>10}{'img/s':>9}{'NFE per stage':>24}{'eff. NFE':>9}{'overhead':>9}"]
+    for key in ("baseline", "lowdiff"):
+        if key in report:
+            r = report[key]
+            nfe = "/".join(str(v) for v in r["nfe"].values())
+            lines.append(f"  {r['preset']:<28}{r['latency_s']:>10.3f}{r['images_per_s']:>9.2f}{nfe:>24}"
+                         f"{r['effective_nfe']:>9}{r['overhead']:>9.1%}")
+    if "throughput_ratio" in report:
+        shares = ", ".join(f"{k}: {v:.0%}" for k, v in report["lowdiff"]["stage_time_share"].items())
+        lines.append(f"  throughput ratio LowDiff / baseline: {report['throughput_ratio']:.2f}x   "
+                     f"(stage time shares {shares})")
+    return "\n".join(lines)
+
+
+def format_comparison(report: dict, name: str) -> str:
+    """The table of `lowdiff bench --compare-options` for `compare`'s report."""
+    lines = [f"{name} on {report['device']}: batch {report['batch']}, mean of {report['repeats']} runs; "
+             f"speedup = throughput over the first row",
+             f"  {'configuration':<44}{'solver':<22}{'latency s':>10}{'img/s':>9}{'speedup':>9}{'NFE per stage':>16}"
+             f"{'eff. NFE':>9}"]
+    for r in report["rows"]:
+        nfe = "/".join(str(v) for v in r["nfe"].values())
+        lines.append(f"  {r['label']:<44}{r['solver']:<22}{r['latency_s']:>10.3f}{r['images_per_s']:>9.2f}"
+                     f"{r['speedup']:>8.2f}x{nfe:>16}{r['effective_nfe']:>9}")
+    return "\n".join(lines)
+

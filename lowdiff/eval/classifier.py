@@ -28,7 +28,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from ..train.checkpoint import CheckpointError, atomic_write
+from ..errors import CheckpointError
+from ..storage import atomic_write
 
 DEFAULT_CLASSIFIER_DIR = Path(os.environ.get("LOWDIFF_CLASSIFIER", "~/.cache/lowdiff/fashion-classifier")).expanduser()
 BUNDLED_CLASSIFIER_DIR = Path(__file__).resolve().parents[1] / "assets" / "fashion-classifier"

@@ -1,28 +1,30 @@
 """`lowdiff tune`: search a trained model's stage plan for the lowest FID within a budget.
 
+Any model can be tuned, a cascade or a single-resolution baseline, with the same search,
+budget and cost model, so that both families are compared at their best.
+
 The budget is an effective NFE (paper Appendix B: each stage's NFE weighted by its cost
 per evaluation relative to the target resolution, measured latency or FLOPs) and/or a
 predicted latency per image (the per-resolution evaluation latencies, measured once, times
 the NFE). The search is coordinate descent (a pattern search): starting from the model's
 own plan, and the same plan with every solver at equal NFE, it tries a few values of one
-coordinate at a time (a stage's solver, steps, truncation NFE, the sigma_max of a
-conditioned stage), keeps the best if FID improves (at equal FID, if the plan is cheaper),
-and cycles until a whole pass brings nothing or the trials are spent. Every FID uses the same seeds (common random numbers),
-so differences between plans are not sampling noise of the seed choice. All evaluated
-plans form the FID / throughput Pareto front; throughput is measured while generating.
+coordinate at a time (a stage's solver, steps, truncation NFE, sigma_max, sigma_min, rho),
+keeps the best if FID improves (at equal FID, if the plan is cheaper), and cycles until a
+whole pass brings nothing or the trials are spent. Every FID uses the same seeds (common
+random numbers), so differences between plans are not sampling noise of the seed choice.
+All evaluated plans form the FID / throughput Pareto front; throughput is measured while
+generating.
 """
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..config import ConfigError, StageConfig
-from ..diffusion.cascade import effective_nfe
+from ..diffusion.plan import StageConfig, StagePlan
 from ..diffusion.solvers import SOLVERS
-from ..pipeline import check_plan, with_solver
+from ..errors import ConfigError
 from .bench import BenchOptions, time_evaluations
 from .evaluate import evaluate_pipeline
 
@@ -41,7 +43,7 @@ class TuneOptions:
 
 @dataclass
 class Trial:
-    stages: list[StageConfig]
+    stages: StagePlan
     move: str                                # what changed from the plan it came from
     fid: float
     effective_nfe: int
@@ -57,15 +59,11 @@ class Trial:
 
 
 def _stage_summary(s: StageConfig) -> dict:
-    return {k: getattr(s, k) for k in ("resolution", "solver", "steps", "nfe", "sigma_min", "sigma_max")}
+    return {k: getattr(s, k) for k in ("resolution", "solver", "steps", "nfe", "sigma_min", "sigma_max", "rho")}
 
 
-def _key(stages: list[StageConfig]) -> str:
+def _key(stages: StagePlan) -> str:
     return json.dumps([asdict(s) for s in stages], sort_keys=True, default=str)
-
-
-def plan_nfe(stages: list[StageConfig]) -> dict[int, int]:
-    return {s.resolution: s.planned_nfe(i == len(stages) - 1) for i, s in enumerate(stages)}
 
 
 class CostModel:
@@ -75,16 +73,16 @@ class CostModel:
         self.latency, self.batch = latency, batch          # seconds per evaluation of `batch` images
         self.weights = weights or latency                   # what effective NFE weighs by
 
-    def effective_nfe(self, stages) -> int:
-        return effective_nfe(plan_nfe(stages), self.weights)
+    def effective_nfe(self, plan: StagePlan) -> int:
+        return plan.effective_nfe(self.weights)
 
-    def latency_per_image(self, stages) -> float:
-        return sum(n * self.latency[r] for r, n in plan_nfe(stages).items()) / self.batch
+    def latency_per_image(self, plan: StagePlan) -> float:
+        return sum(n * self.latency[r] for r, n in plan.nfe_per_stage.items()) / self.batch
 
 
 def measure_costs(pipe, opts: TuneOptions) -> CostModel:
     batch = min(opts.batch, opts.num)
-    latency = time_evaluations(pipe.fast, BenchOptions(batch=batch, device=str(pipe.device)))
+    latency = time_evaluations(pipe.fast, pipe.preset, BenchOptions(batch=batch, device=str(pipe.device)))
     weights = None
     if opts.cost == "flops":
         from ..info import flops_per_evaluation
@@ -102,80 +100,87 @@ def within_budget(stages, costs: CostModel, opts: TuneOptions) -> bool:
 
 # --- the search space: coordinates and their candidate values ----------------------------
 
-def _with(stages, i, **changes) -> list[StageConfig]:
-    out = copy.deepcopy(stages)
-    for k, v in changes.items():
-        setattr(out[i], k, v)
-    return out
-
-
-def _solver_moves(stages, i, solvers):
-    converted = {s: with_solver(stages, s)[i] for s in solvers if s != stages[i].solver}
-    return [(f"{stages[i].resolution}: solver {s}, steps {c.steps}", _with(stages, i, solver=s, steps=c.steps))
+def _solver_moves(plan: StagePlan, i: int, solvers):
+    converted = {s: plan.with_solver(s)[i] for s in solvers if s != plan[i].solver}
+    return [(f"{plan[i].resolution}: solver {s}, steps {c.steps}", plan.replace(i, solver=s, steps=c.steps))
             for s, c in converted.items()]
 
 
-def _steps_moves(stages, i):
-    s, final = stages[i], i == len(stages) - 1
+def _steps_moves(plan: StagePlan, i: int):
+    s, final = plan[i], plan.is_final(i)
     out = []
     for d in (-2, -1, 1, 2):
         steps = s.steps + d
         if steps < (1 if final else 2):
             continue
-        cand = _with(stages, i, steps=steps)
+        cand = plan.replace(i, steps=steps)
         if not final and s.nfe is not None:
-            cand[i].nfe = min(s.nfe, cand[i].schedule_nfe(False))
+            cand = cand.replace(i, nfe=min(s.nfe, cand.schedule_nfe(i)))
         out.append((f"{s.resolution}: steps {steps}", cand))
     return out
 
 
-def _nfe_moves(stages, i):
-    s = stages[i]
-    top, current = s.schedule_nfe(False), s.planned_nfe(False)
-    return [(f"{s.resolution}: truncate after {n} NFE", _with(stages, i, nfe=n))
+def _nfe_moves(plan: StagePlan, i: int):
+    s = plan[i]
+    top, current = plan.schedule_nfe(i), plan.nfe(i)
+    return [(f"{s.resolution}: truncate after {n} NFE", plan.replace(i, nfe=n))
             for n in (current - 2, current - 1, current + 1, current + 2) if 1 <= n <= top]
 
 
-def _sigma_moves(stages, i):
-    s = stages[i]
+def _sigma_max_moves(plan: StagePlan, i: int):
+    s = plan[i]
     values = [round(v, 3) for v in (s.sigma_max * 0.7, s.sigma_max / 0.7) if 2 * s.sigma_min < v <= 80]
-    return [(f"{s.resolution}: sigma_max {v:g}", _with(stages, i, sigma_max=v)) for v in values]
+    return [(f"{s.resolution}: sigma_max {v:g}", plan.replace(i, sigma_max=v)) for v in values]
 
 
-def coordinates(stages, solvers) -> list[tuple[str, Callable]]:
-    """(name, plan -> [(move, plan)]) for plans shaped like `stages`, in search order:
-    solvers, the final stage's steps, truncation points, conditioned sigma ranges, then
-    the low-resolution stages' steps."""
-    last = len(stages) - 1
-    coords = [(f"{s.resolution}:solver", lambda p, i=i: _solver_moves(p, i, solvers)) for i, s in enumerate(stages)]
-    coords.append((f"{stages[last].resolution}:steps", lambda p: _steps_moves(p, last)))
-    for i, s in enumerate(stages[:-1]):
+def _sigma_min_moves(plan: StagePlan, i: int):
+    s = plan[i]
+    values = [round(v, 4) for v in (s.sigma_min / 2, s.sigma_min * 2) if 1e-4 <= v < s.sigma_max / 2]
+    return [(f"{s.resolution}: sigma_min {v:g}", plan.replace(i, sigma_min=v)) for v in values]
+
+
+def _rho_moves(plan: StagePlan, i: int):
+    s = plan[i]
+    return [(f"{s.resolution}: rho {v:g}", plan.replace(i, rho=v)) for v in (s.rho - 2, s.rho + 2) if v >= 1]
+
+
+def coordinates(plan: StagePlan, solvers) -> list[tuple[str, Callable]]:
+    """(name, plan -> [(move, plan)]) for plans shaped like `plan`, in search order: solvers,
+    the final stage's steps, truncation points, sigma_max, the final stage's sigma_min, rho,
+    then the low-resolution stages' steps. A single-resolution model has the same
+    coordinates but truncation and low-resolution steps; flow stages (which start from pure
+    noise and end at 0) have no sigma range or rho to move."""
+    last = len(plan) - 1
+    edm = [i for i, s in enumerate(plan) if s.schedule == "edm"]
+    coords = [(f"{s.resolution}:solver", lambda p, i=i: _solver_moves(p, i, solvers)) for i, s in enumerate(plan)]
+    coords.append((f"{plan[last].resolution}:steps", lambda p: _steps_moves(p, last)))
+    for i, s in enumerate(plan[:-1]):
         coords.append((f"{s.resolution}:nfe", lambda p, i=i: _nfe_moves(p, i)))
-    for i, s in enumerate(stages):
-        if i > 0 and s.schedule != "flow":                  # flow stages start from pure noise (sigma 1)
-            coords.append((f"{s.resolution}:sigma_max", lambda p, i=i: _sigma_moves(p, i)))
-    for i, s in enumerate(stages[:-1]):
+    for i in edm:
+        coords.append((f"{plan[i].resolution}:sigma_max", lambda p, i=i: _sigma_max_moves(p, i)))
+    if last in edm:
+        coords.append((f"{plan[last].resolution}:sigma_min", lambda p: _sigma_min_moves(p, last)))
+    for i in edm:
+        coords.append((f"{plan[i].resolution}:rho", lambda p, i=i: _rho_moves(p, i)))
+    for i, s in enumerate(plan[:-1]):
         coords.append((f"{s.resolution}:steps", lambda p, i=i: _steps_moves(p, i)))
     return coords
 
 
-def fit_budget(stages, costs: CostModel, opts: TuneOptions) -> list[StageConfig]:
+def fit_budget(plan: StagePlan, costs: CostModel, opts: TuneOptions) -> StagePlan:
     """Shrink the plan until it fits: one NFE less at a time from the stage that costs most."""
-    stages = copy.deepcopy(stages)
-    while not within_budget(stages, costs, opts):
-        nfe = plan_nfe(stages)
-        spent = {i: nfe[s.resolution] * costs.latency[s.resolution] for i, s in enumerate(stages)}
+    while not within_budget(plan, costs, opts):
+        spent = {i: plan.nfe(i) * costs.latency[s.resolution] for i, s in enumerate(plan)}
         for i in sorted(spent, key=spent.get, reverse=True):
-            s, final = stages[i], i == len(stages) - 1
-            if final and s.steps > 1:
-                s.steps -= 1
+            if plan.is_final(i) and plan[i].steps > 1:
+                plan = plan.replace(i, steps=plan[i].steps - 1)
                 break
-            if not final and s.planned_nfe(False) > 1:
-                s.nfe = s.planned_nfe(False) - 1
+            if not plan.is_final(i) and plan.nfe(i) > 1:
+                plan = plan.replace(i, nfe=plan.nfe(i) - 1)
                 break
         else:
             raise ConfigError("the budget is smaller than the cheapest plan (one evaluation per stage); raise it")
-    return stages
+    return plan
 
 
 # --- the search ---------------------------------------------------------------------------
@@ -198,14 +203,14 @@ class Tuner:
         if len(self.trials) >= self.opts.trials or not within_budget(stages, self.costs, self.opts):
             return None
         try:
-            check_plan(self.pipe.preset, stages)
+            self.pipe.preset.check_plan(stages)
         except ConfigError:
             return None
         o = self.opts
         ev = evaluate_pipeline(self.pipe, self.ref, self.extractor, self.feature_space, num=o.num, seed=o.seed,
                                stages=stages, batch=min(o.batch, o.num), progress=False)
-        trial = Trial(copy.deepcopy(stages), move, ev.fid, self.costs.effective_nfe(stages),
-                      self.costs.latency_per_image(stages), o.num / max(ev.generation_s, 1e-9), plan_nfe(stages))
+        trial = Trial(stages, move, ev.fid, self.costs.effective_nfe(stages), self.costs.latency_per_image(stages),
+                      o.num / max(ev.generation_s, 1e-9), stages.nfe_per_stage)
         self.trials[key] = trial
         if self.progress is not None:
             self.progress(trial, len(self.trials))
@@ -215,7 +220,7 @@ class Tuner:
         start = fit_budget(self.pipe.preset.stages, self.costs, self.opts)
         fitted = _key(start) != _key(self.pipe.preset.stages)
         starts = [("model plan, fitted to the budget" if fitted else "model plan", start)]
-        starts += [(f"all stages {s}", with_solver(start, s)) for s in self.opts.solvers]
+        starts += [(f"all stages {s}", start.with_solver(s)) for s in self.opts.solvers]
         evaluated = [t for t in (self.evaluate(p, m) for m, p in starts) if t is not None]
         if not evaluated:
             raise ConfigError("no plan within the budget could be evaluated; raise the budget or --trials")

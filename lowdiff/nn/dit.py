@@ -30,15 +30,55 @@ embedding tells the blocks the scale.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import NetworkConfig
+from ..errors import ConfigError
 from .unet import res_key
 
 FREQ_DIM = 256          # time-frequency embedding width (spec 1.2 step 3)
+
+
+@dataclass
+class DiTConfig:
+    """LightningDiT-style transformer hyper-parameters (spec lightningdit 1); sides are latent sides."""
+    arch: ClassVar[str] = "dit"
+    img_resolution: int = 16                 # target latent side
+    in_channels: int = 32                    # latent channels (the condition adds as many)
+    out_channels: int = 32
+    label_dim: int = 0                       # number of classes, 0 = unconditional
+    label_dropout: float = 0.0               # class dropout for classifier-free guidance (null class = zero row)
+    hidden_size: int = 768                   # token width D
+    depth: int = 12                          # number of blocks
+    num_heads: int = 12                      # attention heads
+    patch_size: int = 1                      # patch side p (tokens = (r / p)^2)
+    mlp_ratio: float = 4.0                   # SwiGLU hidden = int(2/3 * mlp_ratio * D)
+    qk_norm: bool = False                    # RMSNorm on queries and keys
+    rope: bool = True                        # 2-D rotary position embedding in attention
+    resolutions: tuple[int, ...] = (16,)     # latent sides this network generates at
+    base_resolution: int = 0                 # lowest cascade side (unconditional); 0 = min(resolutions)
+    cond_noise_embedding: bool = True        # embed the condition's noise level (DESIGN 1.1)
+
+    def __post_init__(self):
+        self.resolutions = tuple(sorted(self.resolutions))
+        if not self.base_resolution and self.resolutions:
+            self.base_resolution = min(self.resolutions)
+
+    def validate(self) -> None:
+        D, heads = self.hidden_size, self.num_heads
+        if D % heads or D % 4 or (self.rope and (D // heads) % 4):
+            raise ConfigError(f"hidden_size {D} must be divisible by 4 and by num_heads {heads}, and the head "
+                              "dimension by 4 (2-D RoPE rotates pairs along two axes)")
+        for r in self.resolutions:
+            if r % self.patch_size or r > self.img_resolution:
+                raise ConfigError(f"resolution {r} must be a multiple of patch_size {self.patch_size} and at most "
+                                  f"img_resolution {self.img_resolution}")
+        if self.base_resolution > min(self.resolutions):
+            raise ConfigError("base_resolution must be <= the lowest served resolution")
 
 
 # ---------------------------------------------------------------------------------------
@@ -212,7 +252,7 @@ class UnifiedDiT(nn.Module):
     Resolutions above `cfg.base_resolution` need `cond` (N, C, r, r).
     """
 
-    def __init__(self, cfg: NetworkConfig):
+    def __init__(self, cfg: DiTConfig):
         super().__init__()
         cfg.validate()
         self.cfg = cfg

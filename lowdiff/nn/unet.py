@@ -23,12 +23,61 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import NetworkConfig
+from ..errors import ConfigError
+
+
+def _is_pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+@dataclass
+class UNetConfig:
+    """SongUNet (DDPM++) hyper-parameters under EDM's names, plus LowDiff's resolution set."""
+    arch: ClassVar[str] = "unet"
+    img_resolution: int = 32                 # host (target) resolution R
+    in_channels: int = 3                     # image channels (the condition adds as many)
+    out_channels: int = 3
+    label_dim: int = 0                       # number of classes, 0 = unconditional
+    augment_dim: int = 0                     # augmentation labels (EDM: 9 when augment is on)
+    model_channels: int = 128
+    channel_mult: tuple[int, ...] = (2, 2, 2)
+    channel_mult_emb: int = 4
+    channel_mult_noise: int = 1
+    num_blocks: int = 4
+    attn_resolutions: tuple[int, ...] = (16,)
+    dropout: float = 0.10
+    label_dropout: float = 0.0               # class-label dropout in training (classifier-free guidance)
+    eps: float = 1e-6                        # GroupNorm epsilon
+    resolutions: tuple[int, ...] = (32,)     # resolutions this network generates at
+    base_resolution: int = 0                 # lowest cascade resolution (unconditional); 0 = min(resolutions)
+    cond_noise_embedding: bool = True        # embed the condition's noise level (DESIGN 1.1)
+
+    def __post_init__(self):
+        self.channel_mult = tuple(self.channel_mult)
+        self.attn_resolutions = tuple(self.attn_resolutions)
+        self.resolutions = tuple(sorted(self.resolutions))
+        if not self.base_resolution and self.resolutions:
+            self.base_resolution = min(self.resolutions)
+
+    def validate(self) -> None:
+        R = self.img_resolution
+        if not _is_pow2(R):
+            raise ConfigError(f"img_resolution {R} is not a power of two")
+        lowest = R >> (len(self.channel_mult) - 1)
+        for r in self.resolutions:
+            if not _is_pow2(r):
+                raise ConfigError(f"resolution {r} is not a power of two; use e.g. 8, 16, 32, 64")
+            if r > R or r < lowest:
+                raise ConfigError(f"resolution {r} is outside the U-Net's levels {R}..{lowest}; "
+                                  "change channel_mult or the resolutions")
+        if self.base_resolution > min(self.resolutions):
+            raise ConfigError("base_resolution must be <= the lowest served resolution")
 
 
 # ---------------------------------------------------------------------------------------
@@ -156,7 +205,7 @@ class UnifiedUNet(nn.Module):
     `cfg.base_resolution` are conditioned: `cond` (N, C, r, r) is concatenated to x.
     """
 
-    def __init__(self, cfg: NetworkConfig):
+    def __init__(self, cfg: UNetConfig):
         super().__init__()
         cfg.validate()
         self.cfg = cfg

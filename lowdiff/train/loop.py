@@ -27,11 +27,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..config import ConfigError, Preset
+from .. import storage
+from ..config import Preset
 from ..data import ImageDataset
 from ..diffusion.denoiser import Denoiser
 from ..diffusion.loss import BatchNoise, LossModule
-from . import checkpoint as ckpt
+from ..errors import ConfigError
 from .ema import ema_beta, update_ema
 
 
@@ -77,7 +78,7 @@ def check_dataset(preset: Preset, ds: ImageDataset) -> None:
         raise ConfigError(f"dataset {ds.name} has {ds.channels} channel(s), preset {preset.name} expects "
                           f"{net.in_channels}")
     if latent:           # after the top-resolution check, whose message fits a wrong top size
-        ds.check(preset)
+        ds.check(preset.resolutions)
     if net.label_dim and (ds.labels is None or ds.num_classes > net.label_dim):
         raise ConfigError(f"preset {preset.name} is class-conditional with {net.label_dim} classes but dataset "
                           f"{ds.name} has {'no labels' if ds.labels is None else f'{ds.num_classes} classes'}")
@@ -85,6 +86,15 @@ def check_dataset(preset: Preset, ds: ImageDataset) -> None:
 
 def _is_latent(ds) -> bool:
     return hasattr(ds, "latent_config")
+
+
+def record_dataset(preset: Preset, ds: ImageDataset) -> None:
+    """What the model directory keeps of its training data: class names (grid labels) and,
+    for latents, the VAE and statistics (so it decodes its samples on its own)."""
+    if preset.network.label_dim and ds.class_names:
+        preset.class_names = list(ds.class_names)
+    if _is_latent(ds):
+        preset.latent = ds.latent_config(preset.latent)
 
 
 def split_batch(batch: int, world: int, batch_gpu: int) -> tuple[int, int]:
@@ -99,12 +109,13 @@ def split_batch(batch: int, world: int, batch_gpu: int) -> tuple[int, int]:
     return local, local // per_round
 
 
-def training_signature(preset: Preset) -> str:
-    """What must not change across a resume: everything but duration, logging and sampling."""
-    d = json.loads(preset.to_json())
+def training_signature(preset: Preset) -> dict:
+    """What must not change across a resume: everything but duration, logging and sampling
+    (compared as values, so 0 and 0.0 are equal)."""
+    d = preset.to_dict()
     for key in ("duration_kimg", "log_kimg", "checkpoint_kimg", "keep_checkpoints"):
         d["train"].pop(key)
-    return json.dumps({k: d[k] for k in ("network", "train", "precond", "unified", "cond_scaling")}, sort_keys=True)
+    return {k: d[k] for k in ("network", "train", "precond", "unified", "cond_scaling")}
 
 
 def init_distributed(device: str) -> tuple[int, int, torch.device]:
@@ -154,8 +165,7 @@ class Trainer:
     def __init__(self, preset: Preset, dataset: ImageDataset, run_dir: str | Path, device: str = "cpu"):
         preset.validate()
         check_dataset(preset, dataset)
-        if _is_latent(dataset):           # the model directory then decodes on its own
-            preset.latent = dataset.latent_config(preset.latent)
+        record_dataset(preset, dataset)
         t = preset.train
         if t.precision not in ("fp32", "bf16", "fp16"):
             raise ConfigError(f"precision {t.precision!r}: choose fp32, bf16 or fp16")
@@ -163,9 +173,10 @@ class Trainer:
         self.local_batch, self.rounds = split_batch(t.batch, self.world, t.batch_gpu)
         self.preset, self.ds, self.run_dir = preset, dataset, Path(run_dir)
         torch.manual_seed(t.seed)
-        self.model = Denoiser(preset).to(self.device).train()
+        self.model = Denoiser.from_preset(preset).to(self.device).train()
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.loss_fn = LossModule(torch.compile(self.model) if t.compile else self.model)
+        self.loss_fn = LossModule(torch.compile(self.model) if t.compile else self.model, t.loss_weights,
+                                  preset.network.label_dropout, t.cosine_loss)
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.loss_fn = torch.nn.parallel.DistributedDataParallel(self.loss_fn, device_ids=ids)
@@ -194,10 +205,11 @@ class Trainer:
         meta = dict(nimg=self.nimg, epoch=self.stream.epoch, position=self.stream.position,
                     param_groups=self.opt.state_dict()["param_groups"], scaler=self.scaler.state_dict(),
                     preset=self.preset.to_dict())
-        ckpt.save_state(self.run_dir, self.step, self.state_tensors(), meta, keep=self.preset.train.keep_checkpoints)
+        storage.save_state(self.run_dir, self.step, self.state_tensors(), meta,
+                           keep=self.preset.train.keep_checkpoints)
 
     def try_resume(self) -> bool:
-        found = ckpt.load_latest_state(self.run_dir)
+        found = storage.load_latest_state(self.run_dir)
         if found is None:
             return False
         tensors, meta = found
@@ -237,7 +249,7 @@ class Trainer:
         labels = augment = None
         if net.label_dim:
             labels = F.one_hot(torch.from_numpy(self.ds.labels[idx.numpy()]), net.label_dim).float().to(self.device)
-        if net.augment_dim:       # no augmentation pipe yet: zero labels, as at sampling time
+        if getattr(net, "augment_dim", 0):       # U-Nets only; no augmentation pipe yet: zero labels, as at sampling time
             augment = torch.zeros(len(idx), net.augment_dim, device=self.device)
         return images, labels, augment
 
@@ -257,7 +269,7 @@ class Trainer:
             noise = BatchNoise(torch.Generator(self.device).manual_seed(noise_seed), t.batch, rows, self.device)
             sync = self.world > 1 and k < self.rounds - 1
             with (self.loss_fn.no_sync() if sync else contextlib.nullcontext()), autocast:
-                loss, per_res = self.loss_fn(images, labels, augment, t.loss_weights, noise)
+                loss, per_res = self.loss_fn(images, labels, augment, noise)
             self.scaler.scale(loss / self.rounds).backward()
             for r, v in per_res.items():
                 per_res_sum[r] = per_res_sum.get(r, 0) + v.detach() / self.rounds
@@ -280,7 +292,7 @@ class Trainer:
         bad = [r for r, v in per_res.items() if not torch.isfinite(v)]
         if bad:
             raise TrainingError(f"non-finite loss at step {self.step} (kimg {self.nimg / 1000:.1f}) at resolution(s) "
-                                f"{bad}; the last good state is kept in {self.run_dir / ckpt.STATE_DIR}. Lower the "
+                                f"{bad}; the last good state is kept in {self.run_dir / storage.STATE_DIR}. Lower the "
                                 "learning rate or use fp32, then re-run the same command to resume from it.")
 
     def _mean_over_ranks(self, values: dict[int, float]) -> dict[int, float]:
@@ -329,7 +341,7 @@ class Trainer:
             if self.tensorboard is not None:
                 self.tensorboard.close()
         if self.is_main:
-            ckpt.save_model(self.run_dir, self.preset, self.ema.state_dict())
+            storage.save_pretrained(self.run_dir, self.preset, self.ema.state_dict())
         return self.run_dir
 
     def _log(self, window, log, bar, start, start_nimg) -> None:

@@ -1,0 +1,288 @@
+"""The stage plan: which resolutions a cascade samples at, and how (paper Sec. 3.4, Alg. 2,
+Appendix C). This module owns every fact about a plan: which stage is final, a stage's
+sigma array, its NFE, where it stops (its truncation sigma), validation, edits (solver
+switches, `RES:key=value` overrides) and the JSON of plan files.
+
+A stage follows its schedule of noise levels (EDM's rho-schedule, or the shifted flow grid)
+from sigma_max towards sigma_min. A non-final stage stops after `nfe` network evaluations
+(the truncation point); the noisy state there, at its truncation sigma, conditions the next
+stage. The final stage runs to the end of its schedule: sigma = 0.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError
+from ..fields import convert, from_dict, jsonable
+from .schedules import edm_sigmas, flow_sigmas
+from .solvers import SOLVERS
+
+
+@dataclass
+class StageConfig:
+    """One stage of the cascade: `steps` noise levels in [sigma_min, sigma_max].
+
+    `schedule='edm'`: EDM's rho-schedule; a final stage appends sigma = 0.
+    `schedule='flow'` (rectified-flow models): the noise level is sigma = 1 - t of the linear
+    path x = (1 - sigma) y + sigma n (t = 1 data, LightningDiT's convention), and the grid is
+    LightningDiT's: `steps` + 1 uniform times mapped by the timestep shift
+    t' = s t / (1 + (s - 1) t) (`shift` = s; LightningDiT samples with 0.3), chosen so that
+    the shifted grid runs from sigma_max to sigma_min; a final flow stage ends at sigma_min = 0.
+    `cfg_scale` w guides with D_u + w (D_c - D_u) at noise levels <= `cfg_sigma_max` (the
+    guidance interval; LightningDiT's cfg_interval_start t0 is cfg_sigma_max = 1 - t0).
+    """
+    resolution: int
+    steps: int = 18
+    nfe: int | None = None          # truncation budget of a non-final stage; None = the whole schedule
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+    solver: str = "heun"            # a name in lowdiff.diffusion.solvers.SOLVERS
+    S_churn: float = 0.0
+    S_min: float = 0.0
+    S_max: float = float("inf")
+    S_noise: float = 1.0
+    schedule: str = "edm"           # 'edm' (rho-schedule) | 'flow' (uniform in t, shifted)
+    shift: float = 1.0              # flow schedule: timestep shift s (1 = none)
+    cfg_scale: float = 1.0          # classifier-free guidance scale w (1 = unguided)
+    cfg_sigma_max: float = float("inf")   # guide only at noise levels <= this
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(StageConfig))
+
+
+def stage_sigmas(stage: StageConfig, final: bool) -> torch.Tensor:
+    """The stage's noise levels (float64): where its solver steps."""
+    if stage.schedule == "flow":
+        return flow_sigmas(stage.steps, stage.sigma_min, stage.sigma_max, stage.shift)
+    return edm_sigmas(stage.steps, stage.sigma_min, stage.sigma_max, stage.rho, append_zero=final)
+
+
+def effective_nfe(nfe: dict[int, int], step_cost: dict[int, float]) -> int:
+    """Paper Appendix B: sum_r NFE_r * cost_r / cost_R over stages, rounded up, where cost is
+    the per-evaluation latency (or any cost measure) at each resolution, R the top one."""
+    top = max(nfe)
+    return math.ceil(sum(n * step_cost[r] / step_cost[top] for r, n in nfe.items()) - 1e-9)
+
+
+class StagePlan(Sequence):
+    """An immutable sequence of `StageConfig`, lowest resolution first. Edits return new plans."""
+
+    def __init__(self, stages: Iterable[StageConfig]):
+        self._stages = tuple(copy.deepcopy(s) for s in stages)
+
+    # --- the sequence --------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._stages)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return list(self._stages[index])
+        return self._stages[index]
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, (StagePlan, list, tuple)) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return f"StagePlan({list(self._stages)!r})"
+
+    def __deepcopy__(self, memo) -> "StagePlan":
+        return StagePlan(self._stages)
+
+    @property
+    def resolutions(self) -> list[int]:
+        return [s.resolution for s in self._stages]
+
+    @property
+    def top(self) -> int:
+        return self._stages[-1].resolution
+
+    def index(self, resolution: int) -> int:
+        for i, s in enumerate(self._stages):
+            if s.resolution == resolution:
+                return i
+        raise ConfigError(f"no stage at resolution {resolution}; the plan has {self.resolutions}")
+
+    def is_final(self, i: int) -> bool:
+        return i % len(self) == len(self) - 1
+
+    # --- schedules and costs -------------------------------------------------------------
+    def sigmas(self, i: int) -> torch.Tensor:
+        return stage_sigmas(self[i], self.is_final(i))
+
+    def schedule_nfe(self, i: int) -> int:
+        """Evaluations of stage i's whole schedule, by its solver's cost."""
+        return SOLVERS[self[i].solver].nfe(self.sigmas(i))
+
+    def budget(self, i: int) -> int | None:
+        """The solver's evaluation budget: the truncation point, None for the final stage."""
+        return None if self.is_final(i) else self[i].nfe
+
+    def nfe(self, i: int) -> int:
+        """Evaluations stage i spends: its truncation budget, else its whole schedule."""
+        budget = self.budget(i)
+        return self.schedule_nfe(i) if budget is None else budget
+
+    @property
+    def nfe_per_stage(self) -> dict[int, int]:
+        return {s.resolution: self.nfe(i) for i, s in enumerate(self._stages)}
+
+    @property
+    def total_nfe(self) -> int:
+        return sum(self.nfe_per_stage.values())
+
+    def truncation_sigma(self, i: int) -> float:
+        """The noise level at which stage i hands over (where its schedule ends for the final stage)."""
+        stage = self[i]
+        _, _, reached = SOLVERS[stage.solver](lambda x, s: torch.zeros_like(x), torch.zeros(1, device="cpu"), self.sigmas(i),
+                                              max_nfe=self.budget(i))
+        return reached
+
+    def effective_nfe(self, step_cost: dict[int, float]) -> int:
+        return effective_nfe(self.nfe_per_stage, step_cost)
+
+    # --- validation ----------------------------------------------------------------------
+    def validate(self, objective: str = "edm", conditional: bool = False) -> None:
+        """Check every stage: resolutions doubling, schedules, truncation points, solvers;
+        `objective` 'flow' for rectified-flow models; `conditional` whether guidance can work."""
+        if not self._stages:
+            raise ConfigError("a stage plan needs at least one stage")
+        for lo, hi in zip(self.resolutions, self.resolutions[1:]):
+            if hi != 2 * lo:
+                raise ConfigError(f"stage resolutions must double from one stage to the next, got {lo} -> {hi}")
+        for i, s in enumerate(self._stages):
+            self._validate_stage(i, s, objective, conditional)
+
+    def _validate_stage(self, i: int, s: StageConfig, objective: str, conditional: bool) -> None:
+        where, final = f"stage {s.resolution}", self.is_final(i)
+        if s.solver not in SOLVERS:
+            raise ConfigError(f"{where}: solver {s.solver!r}, choose {', '.join(SOLVERS)}")
+        if s.schedule not in ("edm", "flow"):
+            raise ConfigError(f"{where}: schedule {s.schedule!r}, choose edm or flow")
+        if objective == "flow" or s.schedule != "edm":
+            _validate_flow_stage(s, final, objective)
+        elif s.steps < 1 or not (0 < s.sigma_min < s.sigma_max):
+            raise ConfigError(f"{where}: need steps >= 1 and 0 < sigma_min < sigma_max")
+        if s.cfg_scale != 1 and not conditional:
+            raise ConfigError(f"{where}: cfg_scale needs a class-conditional model")
+        if s.schedule == "edm" and s.shift != 1:
+            raise ConfigError(f"{where}: shift belongs to the flow schedule (schedule=flow); "
+                              "the edm schedule is shaped by rho")
+        if not final and s.steps < 2:
+            raise ConfigError(f"{where}: a truncated stage needs steps >= 2")
+        if s.nfe is not None:
+            full = self.schedule_nfe(i)
+            if final and s.nfe != full:
+                raise ConfigError(f"final {where}: it runs to sigma=0, its NFE is {full}; change steps instead of nfe")
+            if not final and not 1 <= s.nfe <= full:
+                raise ConfigError(f"{where}: truncation after {s.nfe} NFE is past the last step of its "
+                                  f"{s.steps}-step schedule ({full} NFE); raise steps or lower nfe")
+
+    # --- edits ---------------------------------------------------------------------------
+    def replace(self, i: int, **changes) -> "StagePlan":
+        """The plan with stage i's fields changed."""
+        stages = list(self._stages)
+        stages[i] = dataclasses.replace(stages[i], **changes)
+        return StagePlan(stages)
+
+    def with_solver(self, solver: str) -> "StagePlan":
+        """Every stage with `solver`, at an unchanged NFE: the schedule gets the fewest steps
+        whose full length costs at least as many evaluations as before (a Heun step costs two,
+        so N Heun steps become 2N - 1 steps of a one-evaluation solver over the same sigma
+        range); the truncation budget `nfe` is kept."""
+        if solver not in SOLVERS:
+            raise ConfigError(f"solver {solver!r}: choose {', '.join(SOLVERS)}")
+        plan = self
+        for i in range(len(self)):
+            target = self.schedule_nfe(i)
+            plan = plan.replace(i, solver=solver, steps=1 if self.is_final(i) else 2)
+            while plan.schedule_nfe(i) < target:
+                plan = plan.replace(i, steps=plan[i].steps + 1)
+        return plan
+
+    def override(self, overrides: Iterable[str]) -> "StagePlan":
+        """Apply 'RES:key=value[,key=value]' overrides, e.g. '16:nfe=13,sigma_max=50'."""
+        plan = self
+        keys = [f for f in FIELDS if f != "resolution"]
+        hints = {f.name: f.type for f in dataclasses.fields(StageConfig)}
+        for text in overrides:
+            res_text, _, assignments = text.partition(":")
+            if not res_text.isdigit() or int(res_text) not in self.resolutions or not assignments:
+                raise ConfigError(f"stage override {text!r}: expected RES:key=value with RES one of "
+                                  f"{self.resolutions}")
+            i = self.index(int(res_text))
+            for item in assignments.split(","):
+                key, _, value = item.partition("=")
+                if key not in keys or not value:
+                    raise ConfigError(f"stage override {item!r}: keys are {', '.join(keys)}")
+                plan = plan.replace(i, **{key: _parse_value(key, value, hints[key], text)})
+        return plan
+
+    # --- JSON ----------------------------------------------------------------------------
+    def to_list(self) -> list[dict]:
+        return [jsonable(s) for s in self._stages]
+
+    @classmethod
+    def from_list(cls, rows, where: str = "stage plan") -> "StagePlan":
+        if not isinstance(rows, list) or not rows:
+            raise ConfigError(f"{where}: 'stages' must be a non-empty list of stages")
+        return cls(from_dict(StageConfig, row, f"{where}: stage {i}") for i, row in enumerate(rows))
+
+    def save(self, path: str | Path, **info) -> None:
+        """Write a plan file (`lowdiff sample --plan FILE`): {"stages": [StageConfig fields], **info}."""
+        Path(path).write_text(json.dumps({"stages": self.to_list(), **jsonable(info)}, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "StagePlan":
+        """Read a plan file: {"stages": [...], ...} or a bare list of stages."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"plan {path}: {'a directory, not a file' if path.is_dir() else 'no such file'}")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: not a JSON plan file ({e})") from None
+        if isinstance(data, dict):
+            if "stages" not in data:
+                raise ConfigError(f"{path}: a plan file needs a 'stages' list")
+            data = data["stages"]
+        return cls.from_list(data, str(path))
+
+
+def _validate_flow_stage(s: StageConfig, final: bool, objective: str) -> None:
+    """Flow noise levels live in [0, 1] (sigma = 1 - t); the ODE solvers only, no churn."""
+    where = f"stage {s.resolution}"
+    if objective != "flow":
+        raise ConfigError(f"{where}: the flow schedule needs a flow model (precond 'flow')")
+    if s.S_churn:
+        raise ConfigError(f"{where}: a flow model samples with an ODE solver ({', '.join(SOLVERS)}) and no churn")
+    if s.steps < 1 or not 0 <= s.sigma_min < s.sigma_max <= 1 or (s.schedule == "edm" and s.sigma_min == 0):
+        raise ConfigError(f"{where}: flow noise levels need steps >= 1 and 0 <= sigma_min < sigma_max <= 1")
+    if s.sigma_max != 1:
+        raise ConfigError(f"{where}: a flow stage starts from pure noise (t = 0), so sigma_max must be 1; "
+                          "move the first steps with shift instead")
+    if s.schedule == "flow" and (s.shift <= 0 or (final and s.sigma_min != 0)):
+        raise ConfigError(f"{where}: a flow schedule needs shift > 0, and the final stage sigma_min = 0")
+
+
+def _parse_value(key: str, text: str, hint, override: str):
+    """A `--stage` value as its field's type; 'none' clears nfe."""
+    if hint in ("int | None", int | None) and text.lower() == "none":
+        return None
+    try:
+        if "int" in str(hint):
+            return convert(int(text), int, key)
+        if "float" in str(hint):
+            return float(text)
+    except ValueError:
+        kind = "an integer" if "int" in str(hint) else "a number"
+        raise ConfigError(f"stage override {override!r}: {key} takes {kind}, got {text!r}") from None
+    return text

@@ -1,0 +1,19 @@
+"""The errors lowdiff raises for problems a user can fix. The command line prints them as
+one line (`lowdiff COMMAND: error: ...`) and exits with status 2; nothing else is caught."""
+from __future__ import annotations
+
+
+class LowdiffError(Exception):
+    """Base class: the message says what is wrong and what to change."""
+
+
+class ConfigError(LowdiffError, ValueError):
+    """A configuration, stage plan or option that cannot work."""
+
+
+class DatasetError(LowdiffError, ValueError):
+    """A problem with dataset files or arguments."""
+
+
+class CheckpointError(LowdiffError, RuntimeError):
+    """A model directory or training state that is missing, truncated or corrupt."""

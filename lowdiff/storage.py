@@ -1,0 +1,186 @@
+"""The on-disk format: model directories and training states, safetensors + JSON, written
+atomically, never pickled. Sampling reads it without importing any training code.
+
+A model directory (what `lowdiff sample --checkpoint DIR` and `lowdiff.load(DIR)` read):
+  config.json          the resolved preset (architecture, precond, stage plan)
+  model.safetensors    the EMA weights of the denoiser
+A training run is a model directory in the making: it adds
+`checkpoints/state-{step:09d}.{safetensors,json}` (model, EMA, optimizer, RNG states, data
+position), with the tensor file's SHA-256 in the JSON so that a truncated or corrupt file is
+detected. Until the run writes its model.safetensors, loading the run directory uses the EMA
+weights of its newest valid state.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import Preset
+from .diffusion.denoiser import Denoiser
+from .errors import CheckpointError, ConfigError
+
+MODEL_FILE, CONFIG_FILE, STATE_DIR = "model.safetensors", "config.json", "checkpoints"
+FILE_MODE = 0o644                    # model files are readable by everyone, like any installed data
+ASSETS = Path(__file__).parent / "assets"
+DEFAULT_MODEL = "fashion-lowdiff-cond"   # what `lowdiff sample` uses without --checkpoint
+
+
+def bundled_models() -> list[str]:
+    """Names of the model directories shipped in lowdiff/assets (`bundled:NAME`)."""
+    return sorted(p.name for p in ASSETS.iterdir() if (p / CONFIG_FILE).is_file())
+
+
+def model_dir(spec: str | Path | None) -> Path:
+    """A model directory from `--checkpoint`: None (the default bundled model), `bundled:NAME`,
+    or a path."""
+    if spec is None:
+        spec = f"bundled:{DEFAULT_MODEL}"
+    if str(spec).startswith("bundled:"):
+        name = str(spec).split(":", 1)[1]
+        if name not in bundled_models():
+            raise CheckpointError(f"no bundled model {name!r}; bundled: {', '.join(bundled_models())}")
+        return ASSETS / name
+    return Path(spec)
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Write via `write(tmp)`, fsync, then rename over `path`: readers never see a partial
+    file, and a failed write leaves no temporary file behind."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    state = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write(path, lambda p: save_file(state, str(p), metadata=metadata))
+
+
+def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from e
+
+
+def sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --- model directories ------------------------------------------------------------------
+
+def save_pretrained(directory: str | Path, preset: Preset, state_dict: dict[str, torch.Tensor]) -> None:
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    save_tensors(d / MODEL_FILE, state_dict, metadata={"format": "pt"})
+    write_json(d / CONFIG_FILE, preset.to_dict())
+
+
+def load_config(directory: str | Path) -> Preset:
+    directory = Path(directory)
+    path = directory / CONFIG_FILE
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: no such model directory")
+    if not path.is_file():
+        raise CheckpointError(f"{directory} is not a lowdiff model directory: {CONFIG_FILE} is missing")
+    try:
+        return Preset.from_dict(json.loads(path.read_text()), str(path))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from e
+    except ConfigError as e:
+        raise CheckpointError(f"{path} is corrupt or from an incompatible version: {e}") from e
+
+
+def load_weights(directory: str | Path) -> tuple[dict[str, torch.Tensor], str]:
+    """The denoiser weights of a model directory, and where they came from: model.safetensors,
+    else (a run still training or interrupted) the EMA of its newest valid training state."""
+    directory = Path(directory)
+    if (directory / MODEL_FILE).is_file():
+        return load_tensors(directory / MODEL_FILE), MODEL_FILE
+    found = load_latest_state(directory)
+    if found is None:
+        raise CheckpointError(f"{directory} has neither {MODEL_FILE} nor a training state in {STATE_DIR}/")
+    tensors, meta = found
+    return ({k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")},
+            f"the EMA of training state {meta['step']} ({meta['nimg'] / 1000:g} kimg; training unfinished)")
+
+
+def from_pretrained(directory: str | Path) -> tuple[Preset, Denoiser, str]:
+    """(preset, denoiser with its weights, where the weights came from) of a model directory."""
+    preset = load_config(directory)
+    model = Denoiser.from_preset(preset)
+    state, source = load_weights(directory)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{directory}: weights do not match config.json "
+                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return preset, model, source
+
+
+# --- training states --------------------------------------------------------------------
+
+def save_state(run_dir: str | Path, step: int, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
+               keep: int = 2) -> Path:
+    d = Path(run_dir) / STATE_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    tensor_path = d / f"state-{step:09d}.safetensors"
+    save_tensors(tensor_path, tensors)
+    write_json(d / f"state-{step:09d}.json", {**meta, "step": step, "sha256": sha256(tensor_path)})
+    for old in sorted(d.glob("state-*.json"))[:-keep]:
+        old.unlink(missing_ok=True)
+        old.with_suffix(".safetensors").unlink(missing_ok=True)
+    return tensor_path
+
+
+def state_files(run_dir: str | Path) -> list[Path]:
+    """The training-state JSON files of a run, newest first."""
+    d = Path(run_dir) / STATE_DIR
+    return sorted(d.glob("state-*.json"), reverse=True) if d.is_dir() else []
+
+
+def load_latest_state(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """The newest training state that passes its checksum; older ones are tried with a
+    warning when the newest is corrupt. None when the run has no state yet; CheckpointError
+    when it has states but none is readable (never a silent fresh start)."""
+    bad = []
+    for meta_path in state_files(run_dir):
+        tensor_path = meta_path.with_suffix(".safetensors")
+        try:
+            meta = json.loads(meta_path.read_text())
+            if not tensor_path.is_file() or sha256(tensor_path) != meta["sha256"]:
+                raise CheckpointError(f"{tensor_path.name} is missing or fails its checksum")
+            return load_tensors(tensor_path), meta
+        except (CheckpointError, json.JSONDecodeError, KeyError, TypeError) as e:
+            bad.append(f"{meta_path.name} ({e})")
+            warnings.warn(f"skipping corrupt training state {meta_path.name}: {e}; trying an older one")
+    if bad:
+        raise CheckpointError(f"every training state in {Path(run_dir) / STATE_DIR} is corrupt: {'; '.join(bad)}. "
+                              "Start afresh with --restart (or a new --out directory)")
+    return None
