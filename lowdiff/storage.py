@@ -23,32 +23,20 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from . import bundled
 from .config import Preset
 from .diffusion.denoiser import Denoiser
 from .errors import CheckpointError, ConfigError
 
 MODEL_FILE, CONFIG_FILE, STATE_DIR = "model.safetensors", "config.json", "checkpoints"
 FILE_MODE = 0o644                    # model files are readable by everyone, like any installed data
-ASSETS = Path(__file__).parent / "assets"
-DEFAULT_MODEL = "fashion-lowdiff-cond"   # what `lowdiff sample` uses without --checkpoint
-
-
-def bundled_models() -> list[str]:
-    """Names of the model directories shipped in lowdiff/assets (`bundled:NAME`)."""
-    return sorted(p.name for p in ASSETS.iterdir() if (p / CONFIG_FILE).is_file())
+DEFAULT_MODEL = "bundled:fashion-lowdiff-cond"   # what `lowdiff sample` uses without --checkpoint
 
 
 def model_dir(spec: str | Path | None) -> Path:
-    """A model directory from `--checkpoint`: None (the default bundled model), `bundled:NAME`,
-    or a path."""
-    if spec is None:
-        spec = f"bundled:{DEFAULT_MODEL}"
-    if str(spec).startswith("bundled:"):
-        name = str(spec).split(":", 1)[1]
-        if name not in bundled_models():
-            raise CheckpointError(f"no bundled model {name!r}; bundled: {', '.join(bundled_models())}")
-        return ASSETS / name
-    return Path(spec)
+    """A model directory from `--checkpoint`: None (the default bundled model), `bundled:NAME`
+    (lowdiff/assets/NAME), or a path."""
+    return bundled.resolve(DEFAULT_MODEL if spec is None else spec)
 
 
 def atomic_write(path: str | Path, write) -> None:

@@ -7,7 +7,7 @@
 """
 import sys
 
-from lowdiff import storage
+from lowdiff import bundled, storage
 
 
 def main(run_dir: str, name: str) -> None:
@@ -15,7 +15,7 @@ def main(run_dir: str, name: str) -> None:
     state, source = storage.load_weights(run_dir)
     if source != storage.MODEL_FILE:
         sys.exit(f"{run_dir} has not finished training ({source}); bundle finished models only")
-    out = storage.ASSETS / name
+    out = bundled.ASSETS / name
     storage.save_pretrained(out, preset, {k: v.half() if v.is_floating_point() else v for k, v in state.items()})
     size = sum(p.stat().st_size for p in out.iterdir()) / 1e6
     print(f"bundled {preset.name} from {run_dir} as bundled:{name} ({size:.1f} MB)")

@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from .. import bundled
 from ..config import LatentConfig
 from ..diffusion import pyramid
 from .base import DatasetError, ImageDataset
@@ -141,7 +142,8 @@ def encode_dataset(ds: ImageDataset, vae_path: str | Path, out: str | Path, *, i
             buffer.setdefault("labels", []).append(torch.from_numpy(ds.labels[start:start + batch]).long())
         while _rows(buffer) >= shard_size or (buffer and start + batch >= len(ds)):
             buffer = _write_shard(out, len(shards), buffer, shard_size, shards)
-    manifest = {"format": FORMAT, "source": ds.name, "vae": str(Path(vae_path).resolve()), "seed": seed,
+    vae_spec = str(vae_path) if str(vae_path).startswith(bundled.PREFIX) else str(Path(vae_path).resolve())
+    manifest = {"format": FORMAT, "source": ds.name, "vae": vae_spec, "seed": seed,
                 "image_resolution": size, "image_channels": ds.channels, "latent_channels": vae.config.latent_channels,
                 "resolutions": res, "count": len(ds), "num_classes": ds.num_classes if ds.labels is not None else 0,
                 "class_names": ds.class_names, "shards": shards,

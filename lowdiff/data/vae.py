@@ -1,7 +1,7 @@
 """Autoencoders for latent presets, loaded as diffusers `AutoencoderKL` (imported lazily:
 the rest of lowdiff works without diffusers).
 
-- `load_vae`: from a local directory (diffusers layout, e.g. SD-VAE `stabilityai/sd-vae-ft-ema`,
+- `load_vae`: `bundled:fashion-vae` (lowdiff/assets), or from a local directory (diffusers layout, e.g. SD-VAE `stabilityai/sd-vae-ft-ema`,
   or one written by `lowdiff vae train`) or from a weight file in the LDM / VA-VAE layout
   (`vavae-imagenet256-f16d32-dinov2.pt`), whose keys are mapped as the spec's Sec. 4.3
   describes (level attention included, which diffusers' own converter misses).
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from .. import bundled
 from .base import DatasetError
 
 
@@ -28,7 +29,7 @@ def load_vae(path: str | Path, device: str | torch.device = "cpu", norm_num_grou
     (.safetensors, or .pt/.ckpt/.pth read with torch.load(weights_only=True)); the file's
     architecture is read off its tensor shapes."""
     AutoencoderKL = _autoencoder_kl()
-    path = Path(path)
+    path = bundled.resolve(path)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise DatasetError(f"{path}: a VAE directory needs the diffusers config.json and weights")

@@ -28,11 +28,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
+from .. import bundled
 from ..errors import CheckpointError
 from ..storage import atomic_write
 
 DEFAULT_CLASSIFIER_DIR = Path(os.environ.get("LOWDIFF_CLASSIFIER", "~/.cache/lowdiff/fashion-classifier")).expanduser()
-BUNDLED_CLASSIFIER_DIR = Path(__file__).resolve().parents[1] / "assets" / "fashion-classifier"
+BUNDLED_CLASSIFIER_DIR = bundled.ASSETS / "fashion-classifier"
 WEIGHTS_FILE, CONFIG_FILE = "classifier.safetensors", "classifier.json"
 ARCH_NAME = "fashion-cnn-v1"
 _HINT = "train one with `lowdiff eval train-classifier`"
