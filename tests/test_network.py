@@ -1,5 +1,7 @@
 """The SongUNet re-implementation: EDM's exact parameter counts, the paper's unified
 counts, sub-network isolation and the EDM state-dict key map."""
+import math
+
 import pytest
 import torch
 
@@ -117,6 +119,49 @@ def test_edm_key_map_loads_an_edm_layout_state_dict(tiny):
     converted = convert_edm_state_dict(edm, 32)
     assert converted.keys() == ours.keys()
     UnifiedUNet(p.network).load_state_dict(converted)
+
+
+def to_edm_layout(state: dict, resolution: int) -> dict:
+    """Our UnifiedUNet state dict in NVlabs/edm's naming (inside EDMPrecond: `model.` prefix,
+    stem `enc.RxR_conv`, head `dec.RxR_aux_*`, resample_filter buffers)."""
+    R = f"{resolution}x{resolution}"
+    out = {}
+    for k, v in state.items():
+        k = k.replace(f"inputs.{R}.", f"enc.{R}_conv.").replace(f"outputs.{R}.norm.", f"dec.{R}_aux_norm.")
+        out["model." + k.replace(f"outputs.{R}.conv.", f"dec.{R}_aux_conv.")] = v
+    out[f"model.enc.{resolution // 2}x{resolution // 2}_down.resample_filter"] = torch.ones(1, 1, 2, 2)
+    return out
+
+
+@pytest.mark.parametrize("name", ["edm-cifar10-uncond", "edm-cifar10-cond", "edm-ffhq64"])
+def test_paper_baselines_are_edm_preconditioned_and_edm_weights_give_edmprecond(name):
+    """An EDM-layout state dict loaded into the baseline gives D(x; sigma) = c_skip x + c_out
+    F(c_in x; c_noise) with EDMPrecond's c_skip = sd^2/(s^2+sd^2), c_out = s sd/sqrt(s^2+sd^2),
+    c_in = 1/sqrt(sd^2+s^2), c_noise = ln(s)/4, sd = 0.5, evaluated here (EDM Table 1). The
+    network is the preset's, narrowed (model_channels 16, one block) to keep the test small."""
+    import dataclasses
+    preset = get_preset(name)
+    assert preset.precond == "edm" and describe(name)["precond"] == "edm"
+    preset.network = dataclasses.replace(preset.network, model_channels=16, num_blocks=1)
+    R = preset.network.img_resolution
+    torch.manual_seed(0)
+    source = UnifiedUNet(preset.network).eval()
+    with torch.no_grad():                                   # non-trivial outputs (EDM zero-inits the last convs)
+        for q in source.parameters():
+            q.add_(torch.randn_like(q) * 0.02)
+    model = Denoiser.from_preset(preset).eval()
+    model.nets["unified"].load_state_dict(convert_edm_state_dict(to_edm_layout(source.state_dict(), R), R))
+    x = torch.randn(3, 3, R, R) * 2
+    labels = torch.eye(10)[:3] if preset.network.label_dim else None
+    augment = torch.zeros(3, preset.network.augment_dim)
+    for s in (0.002, 0.5, 80.0):
+        sd = 0.5
+        c_skip, c_out = sd ** 2 / (s ** 2 + sd ** 2), s * sd / math.sqrt(s ** 2 + sd ** 2)
+        c_in, c_noise = 1 / math.sqrt(sd ** 2 + s ** 2), math.log(s) / 4
+        with torch.no_grad():
+            F_x = source(c_in * x, torch.full((3,), c_noise), class_labels=labels, augment_labels=augment)
+            D = model(x, torch.full((3,), s), labels, augment_labels=augment)
+        assert torch.allclose(D, c_skip * x + c_out * F_x, rtol=1e-5, atol=1e-5), s
 
 
 def test_every_named_preset_validates_and_builds():
