@@ -42,13 +42,45 @@ def make_grid(images: torch.Tensor, ncol: int | None = None, pad: int = 2,
     return grid
 
 
-def save_images(images: torch.Tensor, out: str | Path, seeds: list[int], **grid_kwargs) -> None:
-    """A .png/.jpg path gets a grid; any other path is a folder of {seed:06d}.png files."""
+GRID_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def is_grid_path(out: str | Path) -> bool:
+    """A .png/.jpg path gets a grid; any other path is a folder of one PNG per seed."""
+    return Path(out).suffix.lower() in GRID_SUFFIXES
+
+
+def save_grid(images: torch.Tensor, out: str | Path, **grid_kwargs) -> None:
     out = Path(out)
-    if out.suffix.lower() in (".png", ".jpg", ".jpeg"):
-        out.parent.mkdir(parents=True, exist_ok=True)
-        make_grid(images, **grid_kwargs).save(out)
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    for img, seed in zip(images.cpu().numpy(), seeds):
-        _pil(img).save(out / f"{seed:06d}.png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    make_grid(images, **grid_kwargs).save(out)
+
+
+class FolderWriter:
+    """Writes images as {seed:06d}.png into a folder as each batch arrives (an interrupted run
+    keeps what it finished), and, for class-conditional samples, one `labels.csv` row per image
+    (file, seed, class, class name)."""
+
+    LABELS = "labels.csv"
+
+    def __init__(self, out: str | Path, class_names: list[str] | None = None):
+        self.out, self.class_names, self.count = Path(out), class_names or [], 0
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._labels = None
+
+    def __call__(self, images: torch.Tensor, seeds: list[int], labels: list[int] | None = None) -> None:
+        for img, seed in zip(images.cpu().numpy(), seeds):
+            _pil(img).save(self.out / f"{seed:06d}.png")
+        if labels is not None:
+            if self._labels is None:
+                self._labels = open(self.out / self.LABELS, "w")
+                self._labels.write("file,seed,class,class_name\n")
+            for seed, c in zip(seeds, labels):
+                name = self.class_names[c] if c < len(self.class_names) else ""
+                self._labels.write(f"{seed:06d}.png,{seed},{c},\"{name}\"\n")
+            self._labels.flush()
+        self.count += len(seeds)
+
+    def close(self) -> None:
+        if self._labels is not None:
+            self._labels.close()

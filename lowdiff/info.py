@@ -71,6 +71,14 @@ def describe(preset: Preset | str) -> dict:
     info["effective_nfe_flops"] = plan.effective_nfe(flops)
     info["effective_nfe_note"] = ("estimated from FLOPs per evaluation; `lowdiff bench` measures it from "
                                   "latency as in the paper's Appendix B")
+    t = preset.train
+    info["train"] = {"data": preset.data, "batch": t.batch, "lr": t.lr, "duration_kimg": t.duration_kimg,
+                     "lr_rampup_kimg": t.lr_rampup_kimg, "ema_halflife_kimg": t.ema_halflife_kimg,
+                     "precision": t.precision, "seed": t.seed, "checkpoint_kimg": t.checkpoint_kimg,
+                     "log_kimg": t.log_kimg}
+    if preset.latent is not None:
+        info["latent"] = {"image_resolution": preset.latent.image_resolution, "vae": preset.latent.vae or
+                          "recorded from the latent dataset at training (`lowdiff dataset encode --vae ...`)"}
     if preset.paper:
         info["paper"] = preset.paper
     return info
@@ -93,6 +101,12 @@ def format_info(info: dict) -> str:
                      f"{s['gflops_per_eval']:.3f}" + (f"  cfg {s['cfg_scale']:g}" if s.get("cfg_scale", 1) != 1 else ""))
     lines.append(f"  NFE             {info['nfe_total']} in total; effective NFE {info['effective_nfe_flops']} "
                  f"({info['effective_nfe_note']})")
+    t = info["train"]
+    lines.append(f"  training        data {t['data'] or '(pass --data)'}, batch {t['batch']}, lr {t['lr']:g}, "
+                 f"{t['duration_kimg']:g} kimg, EMA half-life {t['ema_halflife_kimg']:g} kimg, {t['precision']}, "
+                 f"seed {t['seed']}, states every {t['checkpoint_kimg']:g} kimg")
+    if "latent" in info:
+        lines.append(f"  latents         of {info['latent']['image_resolution']}px images; VAE: {info['latent']['vae']}")
     if "paper" in info:
         lines.append(f"  paper           {info['paper']}")
     return "\n".join(lines)

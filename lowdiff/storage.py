@@ -91,11 +91,17 @@ def save_pretrained(directory: str | Path, preset: Preset, state_dict: dict[str,
     write_json(d / CONFIG_FILE, preset.to_dict())
 
 
+RUN_CONFIG_FILE = "training_options.json"   # written when a run starts; config.json when it ends
+
+
 def load_config(directory: str | Path) -> Preset:
+    """The preset of a model directory, or of a run still training (its training_options.json)."""
     directory = Path(directory)
     path = directory / CONFIG_FILE
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: no such model directory")
+    if not path.is_file() and (directory / RUN_CONFIG_FILE).is_file() and state_files(directory):
+        path = directory / RUN_CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{directory} is not a lowdiff model directory: {CONFIG_FILE} is missing")
     try:
@@ -125,7 +131,11 @@ def from_pretrained(directory: str | Path) -> tuple[Preset, Denoiser, str]:
     preset = load_config(directory)
     model = Denoiser.from_preset(preset)
     state, source = load_weights(directory)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:                                  # a tensor of the wrong shape
+        first = str(e).split("\n\t")[1] if "\n\t" in str(e) else str(e)
+        raise CheckpointError(f"{directory}: weights do not match config.json ({first.strip()})") from None
     if missing or unexpected:
         raise CheckpointError(f"{directory}: weights do not match config.json "
                               f"(missing {missing[:3]}, unexpected {unexpected[:3]})")

@@ -54,7 +54,7 @@ def test_train_then_sample_then_resume(tmp_path, capsys):
     code, _, _ = run(capsys, "sample", "--checkpoint", str(out), "--num", "3", "--out", str(tmp_path / "pngs"),
                      "--random-class", "--no-progress")
     assert code == 0 and sorted(p.name for p in (tmp_path / "pngs").iterdir()) == [
-        "000000.png", "000001.png", "000002.png"]
+        "000000.png", "000001.png", "000002.png", "labels.csv"]
 
 
 def test_sample_errors(tmp_path, capsys):

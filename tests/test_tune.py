@@ -10,6 +10,7 @@ from lowdiff.cli import main
 from lowdiff.errors import ConfigError
 from lowdiff.diffusion.denoiser import Denoiser
 from lowdiff.eval.classifier import FashionClassifier
+from lowdiff.eval.features import ClassifierFeatures
 from lowdiff.eval.tune import CostModel, Trial, TuneOptions, coordinates, fit_budget, mark_pareto
 from lowdiff.diffusion.plan import StagePlan
 from lowdiff.storage import save_pretrained
@@ -26,8 +27,8 @@ def fixtures(tiny, tmp_path):
     save_file({k: v.contiguous() for k, v in clf.state_dict().items()}, str(tmp_path / "clf" / "classifier.safetensors"))
     (tmp_path / "clf" / "classifier.json").write_text(json.dumps({"arch": clf.arch()}))
     feats = np.random.default_rng(0).normal(size=(64, clf.feature_dim))
-    np.savez(tmp_path / "ref.npz", mu=feats.mean(0), sigma=np.cov(feats, rowvar=False),
-             feature_space=np.array("classifier"))
+    identity = ClassifierFeatures(clf).identity
+    np.savez(tmp_path / "ref.npz", mu=feats.mean(0), sigma=np.cov(feats, rowvar=False), **identity)
     return tmp_path
 
 

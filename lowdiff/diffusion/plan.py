@@ -245,7 +245,7 @@ class StagePlan(Sequence):
         """Read a plan file: {"stages": [...], ...} or a bare list of stages."""
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"plan {path}: {'a directory, not a file' if path.is_dir() else 'no such file'}")
+            raise ConfigError(f"{path}: {'a directory, not a plan file' if path.is_dir() else 'no such plan file'}")
         try:
             data = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:

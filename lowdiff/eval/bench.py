@@ -60,6 +60,19 @@ def prepare(variant: Variant, device: str) -> FastDenoiser:
     return FastDenoiser(model.to(device), variant.options, device)
 
 
+def prepare_all(variants: list[Variant], device: str) -> list[FastDenoiser]:
+    """One FastDenoiser per distinct (model, options): variants that differ only in their plan
+    share it, so a compiled network is compiled once for all its plans."""
+    shared: dict[tuple, FastDenoiser] = {}
+    out = []
+    for v in variants:
+        key = (id(v.model) if v.model is not None else v.preset.to_json(), repr(v.options))
+        if key not in shared:
+            shared[key] = prepare(v, device)
+        out.append(shared[key])
+    return out
+
+
 def _labels(preset: Preset, batch: int, device: torch.device) -> torch.Tensor | None:
     net = preset.network
     return torch.eye(net.label_dim, device=device)[torch.arange(batch) % net.label_dim] if net.label_dim else None
@@ -105,18 +118,24 @@ def time_sampling(model: FastDenoiser, preset: Preset, opts: BenchOptions, seed:
 
 def measure(variants: list[Variant], opts: BenchOptions, progress=None) -> list[dict]:
     """Latency, throughput, NFE and measured effective NFE of each variant, timed alternately."""
-    models = [prepare(v, opts.device) for v in variants]
-    for _ in range(opts.warmup):
+    models = prepare_all(variants, opts.device)
+
+    def tick(v: Variant, what: str) -> None:
+        if progress is not None:
+            progress.set_description_str(f"{what} {v.label}"[:60])
+            progress.update(1)
+
+    for _ in range(opts.warmup):                 # compiles (minutes on a CPU) happen here
         for v, m in zip(variants, models):
             time_sampling(m, v.preset, opts, stages=v.plan)
+            tick(v, "warm-up")
     times: list[list[float]] = [[] for _ in variants]
     nfe: list[dict[int, int]] = [{} for _ in variants]
     for rep in range(opts.repeats):
         for i, (v, m) in enumerate(zip(variants, models)):
             t, nfe[i] = time_sampling(m, v.preset, opts, seed=rep * opts.batch, stages=v.plan)
             times[i].append(t)
-            if progress is not None:
-                progress.update(1)
+            tick(v, "timing")
     rows = []
     for v, m, t, n in zip(variants, models, times, nfe):
         per_eval = time_evaluations(m, v.preset, opts)

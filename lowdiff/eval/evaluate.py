@@ -4,11 +4,14 @@ samples generated for a fixed, printed seed range.
 Feature spaces: 'inception' (the standard FID Inception-v3; its weight file must be on disk,
 see `lowdiff.eval.inception`) or 'classifier' (our Fashion-MNIST classifier, bundled or
 trained by `lowdiff eval train-classifier`, for offline checks). Statistics are float64 and saved as
-.npz with `mu` and `sigma` (plus the feature space's name, so mismatches are caught).
+.npz with `mu` and `sigma`, plus the identity of the extractor that made them (feature space,
+dimension, SHA-256 of its weights): an FID between statistics of different extractors is
+refused before any sample is made (`check_reference`).
 """
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +20,39 @@ import torch
 from tqdm import tqdm
 
 from ..data import open_dataset
+from ..errors import ConfigError
 from .metrics import FeatureStats, frechet_distance, inception_score, load_stats, save_stats
+
+IDENTITY_KEYS = ("feature_space", "feature_dim", "extractor_sha256")
+
+
+def stats_identity(path: str | Path) -> dict:
+    """The extractor identity recorded in a statistics file (keys missing in old files absent)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"statistics {path}: {'a folder, not a file' if path.is_dir() else 'no such file'}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if "mu" not in f or "sigma" not in f:
+                raise ConfigError(f"{path}: not FID statistics (needs arrays 'mu' and 'sigma')")
+            out = {k: f[k].item() for k in IDENTITY_KEYS if k in f}
+            out.setdefault("feature_dim", int(f["mu"].shape[0]))
+            return out
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: not a readable .npz statistics file ({e})") from None
+
+
+def check_reference(ref: str | Path, identity: dict) -> None:
+    """Refuse reference statistics made by another feature extractor than `identity`'s."""
+    found = stats_identity(ref)
+    for key in IDENTITY_KEYS:
+        if key in found and identity.get(key) and found[key] != identity[key]:
+            raise ConfigError(f"{ref} was made with another feature extractor ({key} {str(found[key])[:16]}, this "
+                              f"one {str(identity[key])[:16]}): an FID between them is meaningless; make the reference "
+                              "with the same --features / --classifier / --inception (`lowdiff eval ref`)")
+    if "extractor_sha256" not in found:
+        warnings.warn(f"{ref} does not record its feature extractor's weights (made by an older lowdiff); "
+                      "make it again with `lowdiff eval ref` so that a mismatch can be caught")
 
 
 def get_extractor(kind: str, path: str | None = None, device: str = "cpu"):
@@ -43,7 +78,7 @@ def reference_stats(data: str, out: str | Path, extractor, feature_space: str, s
     feats, logits = extract(extractor, ds.images, batch=batch, progress=progress)
     stats = FeatureStats(feats.shape[1])
     stats.update(feats)
-    save_stats(out, stats.mu, stats.sigma, feature_space=np.array(feature_space), num=np.array(stats.n))
+    write_stats(out, stats, extractor, data=ds.name)
     result = {"data": ds.name, "num": stats.n, "out": str(out), "feature_space": feature_space}
     if logits is not None:
         result["inception_score"] = inception_score(logits)
@@ -62,11 +97,8 @@ class Evaluation:
 
 def evaluate_pipeline(pipe, ref: str | Path, extractor, feature_space: str, num: int = 10_000, seed: int = 0,
                       stages=None, batch: int = 256, progress: bool = True) -> Evaluation:
-    """Generate seeds [seed, seed + num) and compare their features with `ref`."""
-    with np.load(ref, allow_pickle=False) as f:
-        ref_space = str(f["feature_space"]) if "feature_space" in f else None
-    if ref_space and ref_space != feature_space:
-        raise ValueError(f"{ref} holds {ref_space} statistics but features are {feature_space}")
+    """Generate seeds [seed, seed + num) and compare their features with `ref` (checked first)."""
+    check_reference(ref, {**extractor.identity, "feature_space": feature_space})
     mu_ref, sigma_ref = load_stats(ref)
     stats, logits, generation_s = None, [], 0.0
     for start in tqdm(range(seed, seed + num, batch), disable=not progress, desc="fid", unit="batch"):
@@ -83,6 +115,30 @@ def evaluate_pipeline(pipe, ref: str | Path, extractor, feature_space: str, num:
     fid = frechet_distance(stats.mu, stats.sigma, mu_ref, sigma_ref)
     score = inception_score(np.concatenate(logits)) if logits else None
     return Evaluation(fid, score, num, (seed, seed + num - 1), feature_space, generation_s)
+
+
+def write_stats(path: str | Path, stats: FeatureStats, extractor, **info) -> None:
+    """Statistics .npz with the extractor's identity and `info` (strings / numbers)."""
+    extra = {k: np.array(v) for k, v in {**extractor.identity, **info}.items()}
+    save_stats(path, stats.mu, stats.sigma, num=np.array(stats.n), **extra)
+
+
+def folder_stats(folder: str | Path, extractor, num: int | None = None, batch: int = 256,
+                 progress: bool = True) -> FeatureStats:
+    """Feature statistics of the images in a folder (e.g. `lowdiff sample --out DIR`)."""
+    from .features import extract
+    ds = open_dataset(str(folder), use_labels=False)
+    feats, _ = extract(extractor, ds.images[:num] if num else ds.images, batch=batch, progress=progress)
+    stats = FeatureStats(feats.shape[1])
+    stats.update(feats)
+    return stats
+
+
+def fid_between(stats_path: str | Path, ref: str | Path) -> float:
+    """FID between two statistics files, which must come from the same extractor."""
+    identity = stats_identity(stats_path)
+    check_reference(ref, identity)
+    return frechet_distance(*load_stats(stats_path), *load_stats(ref))
 
 
 def evaluate_autoencoder(vae_spec: str | Path, data: str, extractor, feature_space: str, num: int | None = None,

@@ -7,7 +7,9 @@ Two implementations wrap networks: `ClassifierFeatures` (our offline Fashion-MNI
 """
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -15,11 +17,32 @@ from torch import nn
 from tqdm import tqdm
 
 
+def weights_sha256(module: nn.Module) -> str:
+    """A fingerprint of a network's weights: SHA-256 over every state-dict entry (name, dtype,
+    shape, float32 values) in name order, so the same weights from any file give the same id."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update((t.float() if t.is_floating_point() else t).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 class FeatureExtractor(ABC):
     """(uint8 images (N, C, H, W)) -> (features (N, feature_dim), logits (N, K) or None)."""
 
     name: str
     feature_dim: int
+
+    @property
+    def identity(self) -> dict:
+        """What statistics files record of the extractor, so that FIDs are only ever computed
+        between statistics of the same network: its feature space, dimension and weights."""
+        return {"feature_space": self.name, "feature_dim": int(self.feature_dim), "extractor_sha256": self.sha256}
+
+    @property
+    def sha256(self) -> str:
+        return ""
 
     @abstractmethod
     def __call__(self, images_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -35,6 +58,10 @@ class _ModuleFeatures(FeatureExtractor):
 
     def __init__(self, model: nn.Module):
         self.model = model.eval()
+
+    @cached_property
+    def sha256(self) -> str:
+        return weights_sha256(self.model)
 
     @property
     def device(self) -> torch.device:

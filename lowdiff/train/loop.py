@@ -162,7 +162,8 @@ class _StopRequest:
 class Trainer:
     """Owns the model, EMA, optimizer, RNG state and data position of one run."""
 
-    def __init__(self, preset: Preset, dataset: ImageDataset, run_dir: str | Path, device: str = "cpu"):
+    def __init__(self, preset: Preset, dataset: ImageDataset, run_dir: str | Path, device: str = "cpu",
+                 restart: bool = False):
         preset.validate()
         check_dataset(preset, dataset)
         record_dataset(preset, dataset)
@@ -184,6 +185,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
         self.stream = DataStream(len(dataset), t.seed)
         self.step, self.nimg = 0, 0
+        self.restart, self.stopped_by = restart, None     # stopped_by: the signal that ended the run early
         torch.manual_seed(t.seed * 7919 + self.rank)      # dropout differs per rank, as in EDM
 
     @property
@@ -209,8 +211,16 @@ class Trainer:
                            keep=self.preset.train.keep_checkpoints)
 
     def try_resume(self) -> bool:
+        if self.restart:
+            if self.is_main:
+                discard_run(self.run_dir)
+            return False
         found = storage.load_latest_state(self.run_dir)
         if found is None:
+            finished = [n for n in (storage.MODEL_FILE, "log.jsonl") if (self.run_dir / n).is_file()]
+            if finished:
+                raise ConfigError(f"{self.run_dir} holds {' and '.join(finished)} but no training state to resume "
+                                  "from; pass --restart to train afresh (overwriting them) or use a new --out")
             return False
         tensors, meta = found
         if training_signature(Preset.from_dict(meta["preset"])) != training_signature(self.preset):
@@ -309,7 +319,7 @@ class Trainer:
         resumed = self.try_resume()
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "training_options.json").write_text(self.preset.to_json())
+            storage.write_json(self.run_dir / storage.RUN_CONFIG_FILE, self.preset.to_dict())
         log_every = max(1, round(t.log_kimg * 1000 / t.batch))
         ckpt_every = max(1, round(t.checkpoint_kimg * 1000 / t.batch))
         bar = tqdm(total=total, initial=min(self.nimg, total), unit="img", disable=not (progress and self.is_main),
@@ -330,6 +340,7 @@ class Trainer:
                         self.save_state()
                 self.save_state()
                 if stop.signal is not None:
+                    self.stopped_by = stop.signal
                     if self.is_main:
                         tqdm.write(f"received signal {stop.signal}: state saved at step {self.step}; "
                                    "re-run the same command to resume", file=sys.stderr)
@@ -367,6 +378,15 @@ def _tensorboard_writer(run_dir: Path):
         return None
     from torch.utils.tensorboard import SummaryWriter
     return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def discard_run(run_dir: Path) -> None:
+    """What --restart removes: the run's states, log, TensorBoard events and model."""
+    import shutil
+    for name in (storage.STATE_DIR, "tensorboard"):
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+    for name in (storage.MODEL_FILE, storage.CONFIG_FILE, "log.jsonl", storage.RUN_CONFIG_FILE):
+        (run_dir / name).unlink(missing_ok=True)
 
 
 def train(preset: Preset, dataset: ImageDataset, run_dir: str | Path, device: str = "cpu",

@@ -1,0 +1,85 @@
+"""Checks made before any work starts: numeric option values, seed lists, devices and output
+paths. Each failure is one line naming what to change (a ConfigError, or an argparse error
+for option values), never a traceback after minutes of sampling."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+
+from .errors import ConfigError
+
+
+def _number(kind, low: float, strict: bool):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low:g}, got {text}")
+        return value
+    parse.__name__ = kind.__name__          # argparse names the type in its messages
+    return parse
+
+
+positive_int = _number(int, 1, strict=False)
+nonnegative_int = _number(int, 0, strict=False)
+positive_float = _number(float, 0, strict=True)
+
+
+def seed_list(text: str) -> list[int]:
+    """'0-63,100' -> [0, ..., 63, 100] (argparse type)."""
+    seeds = []
+    for part in text.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        try:
+            first, last = int(lo), int(hi) if sep else int(lo)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected seeds like 0-63,100, got {text!r}") from None
+        if first < 0 or last < first:
+            raise argparse.ArgumentTypeError(f"seed range {part!r} must be A-B with 0 <= A <= B")
+        seeds += range(first, last + 1)
+    return seeds
+
+
+def check_device(name: str) -> torch.device:
+    """The torch device `name`, which must exist here."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r}: not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "this torch is a CPU build" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ConfigError(f"--device {name}: CUDA is not available ({build}); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {name}: MPS is not available here; use --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"--device {name}: unsupported device type {device.type!r}; use cpu or cuda")
+    return device
+
+
+def check_output(path: str | Path, option: str = "--out", directory: bool = False) -> Path:
+    """An output file (or, `directory`, a folder) that can be written: no file where a folder
+    must be, no folder where the file must be, and the nearest existing folder writable."""
+    path = Path(path)
+    if directory and path.is_file():
+        raise ConfigError(f"{option} {path}: is a file, not a folder")
+    if not directory and path.is_dir():
+        raise ConfigError(f"{option} {path}: is a folder; give a file name")
+    parent = path if directory else path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{option} {path}: {parent} is a file, so nothing can be written below it")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {path}: {parent} is not writable")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ConfigError(f"{option} {path}: not writable")
+    return path

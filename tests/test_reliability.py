@@ -1,0 +1,289 @@
+"""Never silently wrong, never lose finished work (issue 18): FID identity, checks before the
+work, corrupt states, one-line errors, interrupted runs, folder outputs, file hygiene."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import lowdiff.pipeline
+from lowdiff.cli import main
+from lowdiff.diffusion.denoiser import Denoiser
+from lowdiff.eval.classifier import FashionClassifier
+from lowdiff.storage import save_pretrained
+
+
+def run(capsys, *argv):
+    """(exit status, stdout, stderr) of `lowdiff ARGV`; argparse's own errors exit via SystemExit."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def model(tiny, tmp_path):
+    """A tiny class-conditional model directory (3 classes, random weights)."""
+    torch.manual_seed(0)
+    preset = tiny(label_dim=3)
+    preset.class_names = ["circle", "square", "ring"]
+    save_pretrained(tmp_path / "model", preset, Denoiser.from_preset(preset).state_dict())
+    return tmp_path / "model"
+
+
+@pytest.fixture
+def ref(tmp_path, capsys):
+    """Reference statistics of synthetic images in the bundled classifier's feature space."""
+    code, _, err = run(capsys, "eval", "ref", "--data", "synthetic:64:32", "--out", tmp_path / "ref.npz",
+                       "--no-progress")
+    assert code == 0, err
+    return tmp_path / "ref.npz"
+
+
+def other_classifier(path):
+    clf = FashionClassifier()
+    path.mkdir()
+    save_file({k: v.contiguous() for k, v in clf.state_dict().items()}, str(path / "classifier.safetensors"))
+    (path / "classifier.json").write_text(json.dumps({"arch": clf.arch()}))
+    return path
+
+
+def no_sampling(monkeypatch):
+    def fail(*a, **k):
+        raise AssertionError("sampled before the check")
+    monkeypatch.setattr(lowdiff.pipeline, "sample_cascade", fail)
+
+
+# --- 1. FID identity ---------------------------------------------------------------------
+
+def test_refs_record_the_extractor_and_a_mismatch_is_refused_before_sampling(model, ref, tmp_path, capsys,
+                                                                             monkeypatch):
+    with np.load(ref) as f:
+        assert str(f["feature_space"]) == "classifier" and int(f["feature_dim"]) == 128
+        assert len(str(f["extractor_sha256"])) == 64
+    no_sampling(monkeypatch)
+    code, _, err = run(capsys, "eval", "fid", "--checkpoint", model, "--ref", ref, "--classifier",
+                       other_classifier(tmp_path / "clf"), "--num", "10", "--no-progress")
+    assert code == 2 and "another feature extractor" in err and "Traceback" not in err
+    np.savez(tmp_path / "ref64.npz", mu=np.zeros(64), sigma=np.eye(64))           # wrong dimension
+    code, _, err = run(capsys, "eval", "fid", "--checkpoint", model, "--ref", tmp_path / "ref64.npz", "--num", "10")
+    assert code == 2 and "feature_dim" in err
+
+
+def test_fid_of_an_image_folder_and_between_two_stats_files(model, ref, tmp_path, capsys):
+    assert run(capsys, "sample", "--checkpoint", model, "--num", "6", "--random-class", "--out", tmp_path / "imgs",
+               "--no-progress")[0] == 0
+    code, out, err = run(capsys, "eval", "fid", "--images", tmp_path / "imgs", "--ref", ref, "--no-progress")
+    assert code == 0, err
+    assert json.loads(out)["num"] == 6 and json.loads(out)["fid"] > 0
+    code, out, _ = run(capsys, "eval", "fid", "--stats", ref, "--ref", ref)
+    assert code == 0 and abs(json.loads(out)["fid"]) < 1e-4             # rank-deficient covariance: rounding
+    code, _, err = run(capsys, "eval", "ref", "--data", "synthetic:64:32", "--out", tmp_path / "other.npz",
+                       "--classifier", other_classifier(tmp_path / "clf2"), "--no-progress")
+    code, _, err = run(capsys, "eval", "fid", "--stats", tmp_path / "other.npz", "--ref", ref)
+    assert code == 2 and "another feature extractor" in err
+
+
+# --- 2. checks before the work; finished batches kept ------------------------------------
+
+@pytest.mark.parametrize("argv", [
+    ["sample", "--out", "{file}/grid.png"],
+    ["eval", "ref", "--data", "synthetic:8:32", "--out", "{file}/ref.npz"],
+    ["tune", "--ref", "{ref}", "--budget-nfe", "9", "--out", "{file}/plan.json"],
+])
+def test_unwritable_outputs_fail_before_any_work(argv, model, ref, tmp_path, capsys, monkeypatch):
+    (tmp_path / "f").write_text("a file")
+    no_sampling(monkeypatch)
+    argv = [a.format(file=tmp_path / "f", ref=ref) for a in argv]
+    if argv[0] in ("sample", "tune"):
+        argv += ["--checkpoint", str(model)]
+    start = time.time()
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and "--out" in err and "is a file" in err and time.time() - start < 20
+
+
+def test_interrupted_folder_sampling_keeps_its_finished_batches(model, tmp_path, capsys, monkeypatch):
+    real, calls = lowdiff.pipeline.sample_cascade, []
+
+    def interrupt_second_batch(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(lowdiff.pipeline, "sample_cascade", interrupt_second_batch)
+    code, _, err = run(capsys, "sample", "--checkpoint", model, "--num", "6", "--batch", "3", "--out",
+                       tmp_path / "out", "--no-progress")
+    assert code == 130 and "the 3 images finished" in err
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["000000.png", "000001.png", "000002.png"]
+
+
+# --- 3. corrupt states never restart silently --------------------------------------------
+
+def test_all_states_corrupt_is_refused_until_restart(tiny, tmp_path, capsys):
+    spec = tmp_path / "preset.json"
+    spec.write_text(tiny().to_json())
+    out = tmp_path / "run"
+    args = ["train", "--preset", spec, "--data", "synthetic:16", "--out", out, "--no-progress", "--duration-kimg",
+            "0.032"]
+    assert run(capsys, *args)[0] == 0
+    model_bytes = (out / "model.safetensors").read_bytes()
+    for state in (out / "checkpoints").glob("state-*.safetensors"):
+        state.write_bytes(b"garbage")
+    with pytest.warns(UserWarning):
+        code, _, err = run(capsys, *args)
+    assert code == 2 and "every training state" in err and "--restart" in err and "state-" in err
+    assert (out / "model.safetensors").read_bytes() == model_bytes                     # nothing overwritten
+    for f in (out / "checkpoints").iterdir():
+        f.unlink()
+    code, _, err = run(capsys, *args)                                                  # a model but no state
+    assert code == 2 and "--restart" in err and (out / "model.safetensors").read_bytes() == model_bytes
+    code, _, err = run(capsys, *args, "--restart")
+    assert code == 0, err
+    assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+
+
+# --- 4. one-line errors, exit 2, naming the option ---------------------------------------
+
+BAD_INPUTS = [
+    (["sample", "--num", "0"], "--num"),
+    (["sample", "--num", "-4"], "--num"),
+    (["sample", "--num", "2"], "--num 2"),                      # fewer than the 3 classes of a labelled grid
+    (["sample", "--batch", "0"], "--batch"),
+    (["sample", "--seeds", "9-3"], "--seeds"),
+    (["sample", "--scale", "0"], "--scale"),
+    (["sample", "--class", "7"], "--class"),
+    (["sample", "--stage", "32:steps=abc"], "steps"),
+    (["sample", "--stage", "64:nfe=3"], "RES:key=value"),
+    (["sample", "--plan", "{tmp}"], "--plan"),
+    (["sample", "--plan", "{nostages}"], "stages"),
+    (["sample", "--plan", "{badvalue}"], "steps"),
+    (["sample", "--solver", "rk4"], "--solver"),
+    (["sample", "--checkpoint", "{wrongtype}"], "model_channels"),
+    (["sample", "--checkpoint", "{wrongshape}"], "weights do not match"),
+    (["sample", "--checkpoint", "{tmp}/absent"], "absent"),
+    (["eval", "fid", "--num", "0", "--ref", "{tmp}/r.npz"], "--num"),
+    (["eval", "fid", "--batch", "0", "--ref", "{tmp}/r.npz"], "--batch"),
+    (["bench", "--preset", "lowdiff-fashion-tiny", "--repeats", "0"], "--repeats"),
+    (["bench", "--preset", "lowdiff-fashion-tiny", "--batch", "-1"], "--batch"),
+    (["train", "--preset", "lowdiff-fashion-tiny", "--out", "{tmp}/r", "--batch", "0"], "--batch"),
+    (["train", "--preset", "lowdiff-fashion-tiny", "--out", "{tmp}/r", "--duration-kimg", "0"], "--duration-kimg"),
+    (["train", "--preset", "lowdiff-fashion-latent-tiny", "--out", "{tmp}/r"], "dataset encode"),
+    (["tune", "--ref", "{tmp}/r.npz", "--out", "{tmp}/p.json", "--trials", "0"], "--trials"),
+    (["tune", "--ref", "{tmp}/r.npz", "--out", "{tmp}/p.json", "--budget-nfe", "-2"], "--budget-nfe"),
+    (["vae", "train", "--data", "synthetic", "--out", "{tmp}/v", "--kimg", "0"], "--kimg"),
+    (["dataset", "info", "synthetic", "--pad-to", "0"], "--pad-to"),
+]
+if not torch.cuda.is_available():
+    BAD_INPUTS += [(["sample", "--device", "cuda"], "--device"), (["bench", "--preset", "lowdiff-fashion-tiny",
+                                                                   "--device", "cuda"], "--device"),
+                   (["train", "--preset", "lowdiff-fashion-tiny", "--out", "{tmp}/r", "--device", "cuda"], "--device")]
+
+
+@pytest.mark.parametrize("argv,named", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+def test_bad_input_is_one_line_exit_2_naming_the_option(argv, named, model, tmp_path, capsys):
+    (tmp_path / "nostages.json").write_text(json.dumps({"plan": []}))
+    stages = json.loads((model / "config.json").read_text())["stages"]
+    (tmp_path / "badvalue.json").write_text(json.dumps({"stages": [dict(s, steps="x") for s in stages]}))
+    for name, change in (("wrongtype", lambda c: c["network"].update(model_channels="16")),
+                         ("wrongshape", lambda c: c["network"].update(model_channels=24))):
+        (tmp_path / name).mkdir()
+        config = json.loads((model / "config.json").read_text())
+        change(config)
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+        (tmp_path / name / "model.safetensors").write_bytes((model / "model.safetensors").read_bytes())
+    argv = [a.format(tmp=tmp_path, nostages=tmp_path / "nostages.json", badvalue=tmp_path / "badvalue.json",
+                     wrongtype=tmp_path / "wrongtype", wrongshape=tmp_path / "wrongshape") for a in argv]
+    if argv[0] == "sample" and "--checkpoint" not in argv:
+        argv += ["--checkpoint", str(model)]
+    if argv[0] == "sample":
+        argv += ["--out", str(tmp_path / "g.png")]
+    code, _, err = run(capsys, *argv)
+    assert code == 2, err
+    assert named in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_an_absurd_sigma_max_warns(model, tmp_path, capsys):
+    with pytest.warns(UserWarning, match="sigma range .* far outside"):
+        code, _, err = run(capsys, "sample", "--checkpoint", model, "--num", "3", "--out", tmp_path / "g.png",
+                           "--stage", "32:sigma_max=1e6", "--no-progress")
+    assert code == 0
+
+
+# --- 5. interrupted training -------------------------------------------------------------
+
+def test_ctrl_c_saves_a_state_exits_130_and_the_run_samples_from_it(tiny, tmp_path):
+    spec = tmp_path / "preset.json"
+    p = tiny()
+    p.train.checkpoint_kimg = 100
+    spec.write_text(p.to_json())
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "lowdiff.cli", "train", "--preset", str(spec), "--data",
+                             "synthetic:32", "--out", str(run_dir), "--duration-kimg", "100", "--no-progress"],
+                            env=env, stderr=subprocess.PIPE, text=True)
+    log, deadline = run_dir / "log.jsonl", time.time() + 240
+    while (not log.exists() or not log.read_text()) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "state saved" in err
+    assert list((run_dir / "checkpoints").glob("state-*.json")) and not (run_dir / "model.safetensors").exists()
+    out = subprocess.run([sys.executable, "-m", "lowdiff.cli", "sample", "--checkpoint", str(run_dir), "--num", "2",
+                          "--out", str(tmp_path / "g.png"), "--no-progress"], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and "EMA of training state" in out.stderr and (tmp_path / "g.png").is_file()
+
+
+# --- 6. folder outputs of conditional models, seed lists ---------------------------------
+
+def test_folder_output_records_classes_and_by_class_and_seed_lists_work(model, tmp_path, capsys):
+    code, _, err = run(capsys, "sample", "--checkpoint", model, "--seeds", "0-2,10,20-21", "--out", tmp_path / "o",
+                       "--no-progress")
+    assert code == 0, err
+    rows = (tmp_path / "o" / "labels.csv").read_text().splitlines()
+    assert rows[0] == "file,seed,class,class_name"
+    assert [r.split(",")[:3] for r in rows[1:]] == [["000000.png", "0", "0"], ["000001.png", "1", "0"],
+                                                    ["000002.png", "2", "1"], ["000010.png", "10", "1"],
+                                                    ["000020.png", "20", "2"], ["000021.png", "21", "2"]]
+    assert rows[1].endswith('"circle"') and len(list((tmp_path / "o").glob("*.png"))) == 6
+    code, _, err = run(capsys, "sample", "--checkpoint", model, "--num", "5", "--random-class", "--out",
+                       tmp_path / "r", "--no-progress")
+    assert code == 0 and len((tmp_path / "r" / "labels.csv").read_text().splitlines()) == 6
+
+
+# --- 7. claims and file hygiene ----------------------------------------------------------
+
+def test_version_and_train_help_state_defaults(capsys):
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out.strip() == f"lowdiff {lowdiff.__version__}"
+    code, text, _ = run(capsys, "train", "--help")
+    assert "the preset's" in text and "TensorBoard" in text and "lowdiff info" in text
+
+
+def test_model_files_are_world_readable_json_is_finite_and_no_tmp_is_left(tiny, tmp_path, capsys):
+    spec = tmp_path / "preset.json"
+    spec.write_text(tiny().to_json())
+    out = tmp_path / "run"
+    assert run(capsys, "train", "--preset", spec, "--data", "synthetic:16", "--out", out, "--no-progress",
+               "--duration-kimg", "0.016")[0] == 0
+    files = [p for p in out.rglob("*") if p.is_file() and p.parent.name != "tensorboard"]
+    assert not [p for p in files if p.suffix == ".tmp"]
+    for name in ("model.safetensors", "config.json", "training_options.json"):
+        assert (out / name).stat().st_mode & 0o777 == 0o644, name
+    for p in files:
+        if p.suffix == ".json":
+            assert "Infinity" not in p.read_text() and "NaN" not in p.read_text(), p
+    assert json.loads((out / "config.json").read_text())["stages"][0]["S_max"] == "inf"
+
+
+def test_pipeline_returns_generated_images_as_the_readme_says(model):
+    out = lowdiff.load(model)(3, seed=0)
+    assert out.images.shape == (3, 1, 32, 32) and out.images.dtype == torch.uint8 and out.nfe == {8: 3, 16: 3, 32: 7}
