@@ -159,6 +159,8 @@ def test_missing_file_message(tmp_path):
 def test_find_inception_weights(tmp_path, monkeypatch):
     monkeypatch.delenv("LOWDIFF_INCEPTION", raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    assert find_inception_weights(None) == inc.fid_helper_weights()     # None unless lowdiff[fid] is installed
+    monkeypatch.setattr(inc, "fid_helper_weights", lambda: None)
     assert find_inception_weights(None) is None
     hub = tmp_path / "torch" / "hub" / "checkpoints"
     hub.mkdir(parents=True)
