@@ -151,7 +151,7 @@ def measure(variants: list[Variant], opts: BenchOptions, progress=None) -> list[
 
 
 def _header(opts: BenchOptions) -> dict:
-    return {"device": _device_name(opts.device), "batch": opts.batch, "repeats": opts.repeats}
+    return {"device": device_name(opts.device), "batch": opts.batch, "repeats": opts.repeats}
 
 
 def bench(preset: Preset | str, opts: BenchOptions, progress=None, stages: StagePlan | None = None,
@@ -196,10 +196,10 @@ def compare(variants: list[Variant], opts: BenchOptions, progress=None) -> dict:
     return {**_header(opts), "rows": rows}
 
 
-def _device_name(device: str) -> str:
+def device_name(device: str) -> str:
     d = torch.device(device)
     if d.type == "cuda":
-        return torch.cuda.get_device_name(d)
+        return torch.cuda.getdevice_name(d)
     import platform
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 

@@ -36,23 +36,31 @@ class VAEConfig:
     latent_channels: int = 4
     block_out_channels: tuple[int, ...] = (16, 32, 64)
     layers_per_block: int = 1
-    norm_num_groups: int = 16
+    norm_num_groups: int = 0                  # GroupNorm groups; 0 = the largest of 32, 16, ... dividing every width
     mid_attention: bool = True
 
     @property
     def factor(self) -> int:
         return 2 ** (len(self.block_out_channels) - 1)
 
+    @property
+    def groups(self) -> int:
+        if self.norm_num_groups:
+            return self.norm_num_groups
+        return next(g for g in (32, 16, 8, 4, 2, 1) if all(c % g == 0 for c in self.block_out_channels))
+
     def build(self):
-        if any(c % self.norm_num_groups for c in self.block_out_channels):
+        if len(self.block_out_channels) < 2:
+            raise ConfigError(f"block_out_channels {self.block_out_channels}: need at least two levels (one halving)")
+        if any(c % self.groups for c in self.block_out_channels):
             raise ConfigError(f"block_out_channels {self.block_out_channels} must be multiples of norm_num_groups "
-                              f"{self.norm_num_groups}")
+                              f"{self.groups}")
         n = len(self.block_out_channels)
         return _autoencoder_kl()(in_channels=self.in_channels, out_channels=self.in_channels,
                                  down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
                                  block_out_channels=tuple(self.block_out_channels),
                                  layers_per_block=self.layers_per_block, latent_channels=self.latent_channels,
-                                 norm_num_groups=self.norm_num_groups, mid_block_add_attention=self.mid_attention)
+                                 norm_num_groups=self.groups, mid_block_add_attention=self.mid_attention)
 
 
 @dataclass

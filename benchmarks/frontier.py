@@ -1,0 +1,271 @@
+"""The headline benchmark: FID-vs-throughput fronts of LowDiff and of its single-resolution
+baseline, both tuned with the same tools, and LowDiff's throughput at the baseline's best FID.
+
+Both families sample over a grid of stage plans (EDM's Heun sampler, few-step DPM-Solver++
+(2M) / (3M) plans, the plans `lowdiff tune` chose for each at the same budgets and cost
+model) under the same two sets of switches, eager fp32 and compile + bf16 + channels_last.
+Every point's FID uses the same seeds (held out from the tuner's) and `--num` samples in the
+bundled classifier's feature space; compilation and memory layout leave the samples unchanged
+up to rounding, so the fast rows take the FID of their precision's eager samples. FIDs are
+cached (docs/results/frontier-cache.json), so an interrupted run resumes. All rows are then
+timed alternately in one process (batch 64, mean of --repeats runs after warm-up).
+
+The FID noise is measured: the two best plans' FIDs on --noise-sets disjoint seed ranges; the
+page states their larger standard deviation. "Matched" means within that noise: the ratio is
+the throughput of LowDiff's fastest row with FID <= (the baseline's best FID + noise) over the
+baseline's fastest row with FID <= the same bound.
+
+    python benchmarks/frontier.py --ref runs/fashion-test-ref.npz \\
+        --lowdiff-plans docs/results/tuned-lowdiff-b13.json docs/results/tuned-lowdiff-b22.json \\
+        --baseline-plans docs/results/tuned-edm-b13.json docs/results/tuned-edm-b22.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+from lowdiff.diffusion.plan import StagePlan
+from lowdiff.eval.bench import BenchOptions, Variant, device_name, measure
+from lowdiff.eval.evaluate import evaluate_pipeline, get_extractor
+from lowdiff.inference import InferenceOptions
+from lowdiff.pipeline import Pipeline
+
+from _markdown import write_section
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / "docs" / "results" / "frontier-cache.json"
+SWITCHES = {"eager fp32": InferenceOptions(),
+            "compile+bf16+channels_last": InferenceOptions(compile=True, precision="bf16", channels_last=True)}
+NAMES = {"heun": "Heun", "euler": "Euler", "dpmpp2m": "DPM-Solver++(2M)", "dpmpp3m": "DPM-Solver++(3M)"}
+
+
+@dataclass
+class Row:
+    family: str                  # 'lowdiff' | 'baseline'
+    label: str
+    plan: StagePlan
+    switches: str
+    fid: float = float("nan")
+    images_per_s: float = float("nan")
+    effective_nfe: int = 0
+    front: bool = False
+
+
+def baseline_grid(plan: StagePlan, tuned: list[tuple[str, StagePlan]]) -> list[tuple[str, StagePlan]]:
+    """EDM's Heun sampler (the published 35 NFE and fewer steps), DPM-Solver++(2M) / (3M) at
+    17 / 11 / 7 NFE, and the tuned plans."""
+    rows = [(f"Heun {n} steps", plan.replace(0, steps=n)) for n in (18, 9, 6)]
+    rows += [(f"{NAMES[s]} {n} steps", plan.replace(0, solver=s, steps=n)) for s in ("dpmpp2m", "dpmpp3m")
+             for n in (17, 11, 7)]
+    return rows + tuned
+
+
+def lowdiff_grid(plan: StagePlan, tuned: list[tuple[str, StagePlan]]) -> list[tuple[str, StagePlan]]:
+    """The paper plan (Heun), its DPM-Solver++(3M) twin at equal NFE, the tuned plans, and the
+    best-budget tuned plan with one fewer and two more final-stage steps."""
+    rows = [("paper plan, Heun", plan), ("paper plan, DPM-Solver++(3M)", plan.with_solver("dpmpp3m"))]
+    rows += tuned
+    if tuned:
+        label, best = tuned[0]
+        for d in (-1, 2):
+            steps = best[-1].steps + d
+            if steps >= 1:
+                rows.append((f"{label}, final stage {steps} steps", best.replace(len(best) - 1, steps=steps)))
+    return rows
+
+
+def load_tuned(paths: list[str]) -> list[tuple[str, StagePlan]]:
+    out = []
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        budget = data.get("tuned", {}).get("budget_nfe")
+        out.append((f"tuned, budget {budget:g} eff. NFE" if budget else f"tuned ({Path(path).name})",
+                    StagePlan.load(path)))
+    return out
+
+
+def cached_fid(pipe: Pipeline, spec: str, plan: StagePlan, precision: str, seed: int, args, extractor) -> float:
+    """FID of `pipe` (its weights, sampled eagerly at `precision`) with `plan` on seeds [seed, seed + num)."""
+    key = json.dumps([spec, plan.to_list(), precision, args.num, seed, str(Path(args.ref).resolve())], sort_keys=True)
+    cache_file = Path(args.cache)
+    cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+    if key not in cache:
+        t = time.perf_counter()
+        eager = Pipeline(pipe.denoiser, pipe.preset, options=InferenceOptions(precision=precision))
+        ev = evaluate_pipeline(eager, args.ref, extractor, "classifier", num=args.num, seed=seed, stages=plan,
+                               batch=args.batch, progress=False)
+        cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+        cache[key] = ev.fid
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        cache_file.write_text(json.dumps(cache, indent=1))
+        print(f"  FID {ev.fid:.3f} ({precision}, seeds {seed}-{seed + args.num - 1}, "
+              f"{time.perf_counter() - t:.0f} s): {spec} {plan.nfe_per_stage}", file=sys.stderr, flush=True)
+    return cache[key]
+
+
+def pareto(rows: list[Row]) -> None:
+    for r in rows:
+        r.front = not any(o.fid <= r.fid and o.images_per_s >= r.images_per_s and
+                          (o.fid < r.fid or o.images_per_s > r.images_per_s) for o in rows)
+
+
+def matched(rows: list[Row], noise: float, switches: str | None) -> dict:
+    """LowDiff's throughput at the baseline's best FID (within `noise`), as a ratio."""
+    pick = [r for r in rows if switches is None or r.switches == switches]
+    base = [r for r in pick if r.family == "baseline"]
+    low = [r for r in pick if r.family == "lowdiff"]
+    best = min(base, key=lambda r: r.fid)
+    bound = best.fid + noise
+    b = max((r for r in base if r.fid <= bound), key=lambda r: r.images_per_s)
+    within = [r for r in low if r.fid <= bound]
+    out = {"switches": switches or "either", "baseline_best_fid": best.fid, "bound": bound,
+           "baseline": {"label": b.label, "switches": b.switches, "fid": b.fid, "images_per_s": b.images_per_s}}
+    if within:
+        lo = max(within, key=lambda r: r.images_per_s)
+        out["lowdiff"] = {"label": lo.label, "switches": lo.switches, "fid": lo.fid, "images_per_s": lo.images_per_s}
+        out["ratio"] = lo.images_per_s / b.images_per_s
+    return out
+
+
+def plot(rows: list[Row], path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    colours = {"baseline": "C1", "lowdiff": "C0"}
+    names = {"baseline": "EDM (single resolution)", "lowdiff": "LowDiff"}
+    for family in ("baseline", "lowdiff"):
+        for switches, marker in zip(SWITCHES, ("o", "s")):
+            pts = [r for r in rows if r.family == family and r.switches == switches]
+            ax.scatter([r.images_per_s for r in pts], [r.fid for r in pts], c=colours[family], marker=marker,
+                       s=22, alpha=0.55, label=f"{names[family]}, {switches}")
+        front = sorted((r for r in rows if r.family == family and r.front), key=lambda r: r.images_per_s)
+        ax.plot([r.images_per_s for r in front], [r.fid for r in front], "-", c=colours[family], lw=1.6,
+                label=f"{names[family]} Pareto front")
+    ax.set_xscale("log")
+    ax.set_xlabel("throughput (images / s, measured, batch 64)")
+    ax.set_ylabel("FID")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def markdown(rows, report, noise, noise_fids, headlines, args, command) -> str:
+    lines = ["## The headline: LowDiff against its tuned baseline, FID vs throughput", "",
+             f"Measured {date.today().isoformat()} on **{report['device']}**; batch {args.batch}, mean of "
+             f"{args.repeats} timed runs after {args.warmup} warm-up, all {len(rows)} rows timed alternately in one "
+             f"process. Models: `{args.lowdiff}` and `{args.baseline}` (class-conditional Fashion-MNIST, same width "
+             f"and image budget). FID: bundled classifier features, {args.num} samples per point, seeds "
+             f"{args.seed}-{args.seed + args.num - 1} (held out from the tuner's seeds 0-499), against "
+             f"`{Path(args.ref).name}` (the 10,000 test images). The fast rows take the FID of their precision's "
+             "eager samples (compilation and channels_last change samples only by rounding).", "",
+             f"Command: `{command}`", "",
+             f"FID noise: {noise:.3f} = the larger standard deviation of the two best plans' FIDs over "
+             f"{args.noise_sets} disjoint seed ranges of {args.num} ({noise_fids}).", ""]
+    for h in headlines:
+        if "ratio" in h:
+            lines.append(f"- **{h['switches']}**: the baseline's best FID {h['baseline_best_fid']:.3f}; within "
+                         f"{noise:.3f} of it the fastest baseline row is *{h['baseline']['label']}* "
+                         f"({h['baseline']['switches']}, {h['baseline']['images_per_s']:.1f} img/s, FID "
+                         f"{h['baseline']['fid']:.3f}) and the fastest LowDiff row *{h['lowdiff']['label']}* "
+                         f"({h['lowdiff']['switches']}, {h['lowdiff']['images_per_s']:.1f} img/s, FID "
+                         f"{h['lowdiff']['fid']:.3f}): **{h['ratio']:.2f}x**.")
+        else:
+            lines.append(f"- **{h['switches']}**: no LowDiff row reaches the baseline's best FID "
+                         f"{h['baseline_best_fid']:.3f} + noise.")
+    lines += ["", f"![FID vs throughput]({os.path.relpath(args.plot, Path(args.out).parent)})", "",
+              "| family | plan | solver | NFE per stage | eff. NFE | switches | img/s | FID | front |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r.family != "baseline", r.switches, -r.images_per_s)):
+        nfe = "/".join(str(v) for v in r.plan.nfe_per_stage.values())
+        solver = "/".join(s.solver for s in r.plan)
+        lines.append(f"| {'EDM' if r.family == 'baseline' else 'LowDiff'} | {r.label} | {solver} | {nfe} | "
+                     f"{r.effective_nfe} | {r.switches} | {r.images_per_s:.2f} | {r.fid:.3f} | "
+                     f"{'**P**' if r.front else ''} |")
+    lines += ["", "Effective NFE is measured (paper App. B): each stage's NFE weighted by its per-evaluation latency "
+              "relative to the target resolution, under that row's switches. P = on its family's Pareto front over "
+              "both switch sets."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--lowdiff", default="bundled:fashion-lowdiff-cond")
+    p.add_argument("--baseline", default="bundled:fashion-edm-cond")
+    p.add_argument("--lowdiff-plans", nargs="*", default=[], help="tuned plans of the LowDiff model, best budget first")
+    p.add_argument("--baseline-plans", nargs="*", default=[], help="tuned plans of the baseline")
+    p.add_argument("--ref", required=True, help="reference statistics (bundled classifier) of the test set")
+    p.add_argument("--num", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=100_000)
+    p.add_argument("--noise-sets", dest="noise_sets", type=int, default=3)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--only-fid", action="store_true", help="fill the FID cache and stop (no timing)")
+    p.add_argument("--family", choices=["lowdiff", "baseline"], help="with --only-fid: one family only")
+    p.add_argument("--cache", default=str(CACHE), help="FID cache (JSON)")
+    p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    p.add_argument("--json", default=str(ROOT / "docs" / "results" / "frontier.json"))
+    p.add_argument("--plot", default=str(ROOT / "docs" / "img" / "frontier.png"))
+    args = p.parse_args()
+    command = "python benchmarks/frontier.py " + " ".join(sys.argv[1:])
+
+    pipes = {"lowdiff": Pipeline.from_pretrained(args.lowdiff), "baseline": Pipeline.from_pretrained(args.baseline)}
+    specs = {"lowdiff": args.lowdiff, "baseline": args.baseline}
+    grids = {"lowdiff": lowdiff_grid(pipes["lowdiff"].preset.stages, load_tuned(args.lowdiff_plans)),
+             "baseline": baseline_grid(pipes["baseline"].preset.stages, load_tuned(args.baseline_plans))}
+    rows = [Row(f, label, plan, sw) for f, grid in grids.items() for label, plan in grid for sw in SWITCHES]
+    extractor = get_extractor("classifier")
+    for r in rows:
+        if args.family and r.family != args.family:
+            continue
+        r.fid = cached_fid(pipes[r.family], specs[r.family], r.plan, SWITCHES[r.switches].precision, args.seed,
+                           args, extractor)
+    eager = [r for r in rows if r.switches == "eager fp32" and (not args.family or r.family == args.family)]
+    noise_fids = {}
+    for family in sorted({r.family for r in eager}):
+        best = min((r for r in eager if r.family == family), key=lambda r: r.fid)
+        noise_fids[family] = [cached_fid(pipes[family], specs[family], best.plan, "fp32", args.seed + k * args.num,
+                                         args, extractor) for k in range(args.noise_sets)]
+    if args.only_fid:
+        return
+    noise = max(statistics.stdev(v) for v in noise_fids.values())
+
+    opts = BenchOptions(batch=args.batch, repeats=args.repeats, warmup=args.warmup, device="cpu")
+    variants = [Variant(f"{r.family}: {r.label} [{r.switches}]", pipes[r.family].preset, SWITCHES[r.switches],
+                        r.plan, pipes[r.family].denoiser) for r in rows]
+    from tqdm import tqdm
+    with tqdm(total=len(variants) * (args.warmup + args.repeats), unit="run", desc="timing") as bar:
+        timed = measure(variants, opts, bar)
+    for r, t in zip(rows, timed):
+        r.images_per_s, r.effective_nfe = t["images_per_s"], t["effective_nfe"]
+    for family in ("lowdiff", "baseline"):
+        pareto([r for r in rows if r.family == family])
+    headlines = [matched(rows, noise, s) for s in (*SWITCHES, None)]
+    report = {"device": device_name("cpu"), "rows": timed}
+    plot(rows, Path(args.plot), f"Fashion-MNIST 32x32 class-conditional: FID ({args.num} samples) vs throughput")
+    described = {f: ", ".join(f"{v:.3f}" for v in fids) for f, fids in noise_fids.items()}
+    text = markdown(rows, report, noise, "; ".join(f"{f}: {v}" for f, v in described.items()), headlines, args,
+                    command)
+    write_section(Path(args.out), "frontier", text)
+    Path(args.json).write_text(json.dumps({
+        "command": command, "noise": noise, "noise_fids": noise_fids, "headlines": headlines,
+        "rows": [{"family": r.family, "label": r.label, "switches": r.switches, "fid": r.fid,
+                  "images_per_s": r.images_per_s, "effective_nfe": r.effective_nfe, "front": r.front,
+                  "nfe": r.plan.nfe_per_stage, "plan": r.plan.to_list()} for r in rows],
+        "timing": timed}, indent=1, default=str))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
