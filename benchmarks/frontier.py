@@ -59,11 +59,11 @@ class Row:
 
 
 def baseline_grid(plan: StagePlan, tuned: list[tuple[str, StagePlan]]) -> list[tuple[str, StagePlan]]:
-    """EDM's Heun sampler (the published 35 NFE and fewer steps), DPM-Solver++(2M) / (3M) at
-    17 / 11 / 7 NFE, and the tuned plans."""
-    rows = [(f"Heun {n} steps", plan.replace(0, steps=n)) for n in (18, 9, 6)]
-    rows += [(f"{NAMES[s]} {n} steps", plan.replace(0, solver=s, steps=n)) for s in ("dpmpp2m", "dpmpp3m")
-             for n in (17, 11, 7)]
+    """EDM's Heun sampler (the published 35 NFE, and 17), DPM-Solver++(2M) at 13 and 7 NFE,
+    DPM-Solver++(3M) at 11, and the tuned plans."""
+    rows = [(f"Heun {n} steps", plan.replace(0, steps=n)) for n in (18, 9)]
+    rows += [(f"{NAMES['dpmpp2m']} {n} steps", plan.replace(0, solver="dpmpp2m", steps=n)) for n in (13, 7)]
+    rows += [(f"{NAMES['dpmpp3m']} 11 steps", plan.replace(0, solver="dpmpp3m", steps=11))]
     return rows + tuned
 
 

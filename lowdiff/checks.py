@@ -27,6 +27,7 @@ def _number(kind, low: float, strict: bool):
 
 
 positive_int = _number(int, 1, strict=False)
+at_least_2 = _number(int, 2, strict=False)          # sample counts of an FID (a covariance needs two)
 nonnegative_int = _number(int, 0, strict=False)
 positive_float = _number(float, 0, strict=True)
 

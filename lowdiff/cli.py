@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 from . import __version__
-from .checks import check_device, check_output, nonnegative_int, positive_float, positive_int, seed_list
+from .checks import at_least_2, check_device, check_output, nonnegative_int, positive_float, positive_int, seed_list
 from .errors import ConfigError, LowdiffError
 from .presets import PRESETS, get_preset
 
@@ -135,7 +135,7 @@ def cmd_sample(args) -> int | None:
             raise ConfigError(f"--class {args.class_label}: the model has classes 0..{label_dim - 1}")
         labels = args.class_label
     else:
-        labels = grid_labels(seeds, label_dim, args.by_class)
+        labels = grid_labels(seeds, label_dim, grid if args.by_class is None else args.by_class)
         seeds = seeds[:len(labels)] if labels else seeds
     names = preset.class_names or [str(c) for c in range(label_dim)]
     writer = None if grid else FolderWriter(args.out, names if label_dim else None)
@@ -146,11 +146,13 @@ def cmd_sample(args) -> int | None:
     except KeyboardInterrupt:
         if writer is not None:
             writer.close()
-            print(f"interrupted: the {writer.count} images finished are in {args.out}", file=sys.stderr)
+        print("lowdiff sample: interrupted; " + (f"the {writer.count} images finished are in {args.out}" if writer
+                                                  else "no grid written"), file=sys.stderr)
         return INTERRUPTED
     elapsed = time.time() - start
     if grid:
-        layout = dict(ncol=len(seeds) // label_dim, row_labels=names) if isinstance(labels, list) else {}
+        by_class = isinstance(labels, list) and args.class_label is None
+        layout = dict(ncol=len(seeds) // label_dim, row_labels=names) if by_class else {}
         save_grid(out.images, args.out, scale=args.scale, **layout)
     else:
         writer.close()
@@ -209,16 +211,18 @@ def extractor_of(args):
 def cmd_tune(args) -> None:
     from tqdm import tqdm
 
-    from .eval import evaluate
     from .eval.tune import Tuner, TuneOptions, format_table, mark_pareto, plot_front
     from .pipeline import load
     if args.budget_nfe is None and args.budget_latency is None:
         raise ConfigError("give a budget: --budget-nfe N (effective NFE) and/or --budget-latency SECONDS (per image)")
+    from .diffusion.solvers import SOLVERS
+    unknown = [name for name in args.solvers.split(",") if name not in SOLVERS]
+    if unknown:
+        raise ConfigError(f"--solvers: unknown solver(s) {', '.join(unknown)}; choose from {', '.join(SOLVERS)}")
     plot = args.plot or str(Path(args.out).with_suffix(".png"))
     check_output(args.out)
     check_output(plot, "--plot")
     extractor = extractor_of(args)
-    evaluate.check_reference(args.ref, {**extractor.identity, "feature_space": args.features})
     pipe = load(args.checkpoint, device=args.device, options=inference_options(args))
     opts = TuneOptions(budget_nfe=args.budget_nfe, budget_latency=args.budget_latency, trials=args.trials,
                        num=args.num, seed=args.seed, batch=args.batch, solvers=tuple(args.solvers.split(",")),
@@ -263,25 +267,32 @@ def cmd_eval(args) -> None:
                                           progress=not args.no_progress)
         print(json.dumps(result, indent=2))
         return
+    if args.images or args.stats:
+        sampling = [f"--{k.replace('_', '-')}" for k in ("plan", "solver", "stage", "seed", "compile", "channels_last",
+                                                        "cuda_graphs") if getattr(args, k)]
+        if sampling or args.precision != "fp32" or (args.stats and args.num):
+            extra = sampling + (["--precision"] if args.precision != "fp32" else []) + (["--num"] if args.stats and
+                                                                                       args.num else [])
+            raise ConfigError(f"{' '.join(extra)}: options of sampling a model, not of --images / --stats")
     if args.stats:
         print(json.dumps({"fid": evaluate.fid_between(args.stats, args.ref), "stats": args.stats, "ref": args.ref},
                          indent=2))
         return
     extractor = extractor_of(args)
-    evaluate.check_reference(args.ref, {**extractor.identity, "feature_space": args.features})
+    ref = evaluate.check_reference(args.ref, {**extractor.identity, "feature_space": args.features})
     if args.images:
-        from .eval.metrics import frechet_distance, load_stats
+        from .eval.metrics import frechet_distance
         stats = evaluate.folder_stats(args.images, extractor, num=args.num, batch=args.batch,
                                       progress=not args.no_progress)
-        print(json.dumps({"fid": frechet_distance(stats.mu, stats.sigma, *load_stats(args.ref)), "num": stats.n,
+        print(json.dumps({"fid": frechet_distance(stats.mu, stats.sigma, *ref), "num": stats.n,
                           "images": args.images, "feature_space": args.features}, indent=2))
         return
     from .pipeline import load
     pipe = load(args.checkpoint, device=args.device, options=inference_options(args))
     stages = sampling_plan(pipe.preset.stages, args)
-    num = args.num or 10_000
-    print(f"generating seeds {args.seed}-{args.seed + num - 1} with {pipe.preset.name}", file=sys.stderr)
-    ev = evaluate.evaluate_pipeline(pipe, args.ref, extractor, args.features, num=num, seed=args.seed,
+    num, seed = args.num or 10_000, args.seed or 0
+    print(f"generating seeds {seed}-{seed + num - 1} with {pipe.preset.name}", file=sys.stderr)
+    ev = evaluate.evaluate_pipeline(pipe, ref, extractor, args.features, num=num, seed=seed,
                                     stages=stages, batch=args.batch, progress=not args.no_progress)
     result = {"fid": ev.fid, "inception_score": ev.inception_score, "num": ev.num, "seeds": ev.seeds,
               "feature_space": ev.feature_space, "checkpoint": args.checkpoint or "bundled",
@@ -313,7 +324,7 @@ def cmd_dataset(args) -> None:
               f"{m['resolutions']} in {len(m['shards'])} shard(s) to {args.out}", file=sys.stderr)
 
 
-def cmd_vae(args) -> None:
+def cmd_vae(args) -> int | None:
     from .data import open_dataset
     check_device(args.device)
     if args.vae_command == "train":
@@ -327,9 +338,12 @@ def cmd_vae(args) -> None:
                         kl_weight=args.kl_weight, seed=args.seed)
         print(f"training a f{model.factor} VAE ({model.latent_channels} latent channels) on {ds.name} "
               f"({len(ds)} images) -> {args.out}", file=sys.stderr)
-        out = train_vae(ds, args.out, model, train, device=args.device, progress=not args.no_progress)
-        print(f"VAE written to {out} (use it with `lowdiff dataset encode DATA --vae {out}`)", file=sys.stderr)
-        return
+        trainer = train_vae(ds, args.out, model, train, device=args.device, progress=not args.no_progress)
+        if trainer.stopped_by is not None:
+            import signal
+            return INTERRUPTED if trainer.stopped_by == signal.SIGINT else 0
+        print(f"VAE written to {args.out} (use it with `lowdiff dataset encode DATA --vae {args.out}`)", file=sys.stderr)
+        return None
     from .eval import evaluate
     result = evaluate.evaluate_autoencoder(args.vae, args.data, extractor_of(args), args.features, num=args.num,
                                            batch=args.batch, device=args.device, progress=not args.no_progress)
@@ -404,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="run directory (checkpoints, logs, final model)")
     s.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     s.add_argument("--batch", type=positive_int, help="global batch size (default: the preset's)")
-    s.add_argument("--batch-gpu", dest="batch_gpu", type=positive_int,
+    s.add_argument("--batch-gpu", dest="batch_gpu", type=nonnegative_int,
                    help="per-process micro-batch, for gradient accumulation (default: no accumulation)")
     s.add_argument("--lr", type=positive_float, help="learning rate (default: the preset's)")
     s.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="mixed precision (default: the preset's)")
@@ -430,11 +444,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="grid.png, or a folder for one PNG per seed (plus labels.csv with each "
                    "image's class for class-conditional models)")
     s.add_argument("--class", dest="class_label", type=int, help="class index for every image (conditional models)")
-    s.add_argument("--by-class", action="store_true", default=True,
+    s.add_argument("--by-class", action="store_true", default=None,
                    help="conditional models: the classes in order, --num rounded down to a multiple of the class "
-                   "count (in a grid: one labelled row per class) (default)")
+                   "count (in a grid: one labelled row per class; the default for grids)")
     s.add_argument("--random-class", dest="by_class", action="store_false",
-                   help="conditional models: draw each image's class from its seed instead")
+                   help="conditional models: draw each image's class from its seed (the default for folders, as "
+                   "`eval fid` does)")
     s.add_argument("--batch", type=positive_int, default=64, help="images per batch (default 64)")
     s.add_argument("--scale", type=positive_int, default=2, help="pixel scale of grid tiles (default 2)")
     s.add_argument("--vae", help="latent models: the VAE to decode with (default: the one recorded at training)")
@@ -473,10 +488,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ref", required=True, help="reference statistics .npz (`lowdiff eval ref`)")
     source = e.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", help="model directory or bundled:NAME (default: the bundled model)")
-    source.add_argument("--images", help="a folder of PNG/JPG images instead of a model")
+    source.add_argument("--images", help="a folder of PNG/JPG images instead of a model (every image in it and "
+                        "its subfolders)")
     source.add_argument("--stats", help="a statistics .npz instead of a model (FID between two .npz files)")
-    e.add_argument("--num", type=positive_int, help="number of samples (default 10000; with --images: all)")
-    e.add_argument("--seed", type=nonnegative_int, default=0, help="first seed; seeds seed..seed+num-1 are used")
+    e.add_argument("--num", type=at_least_2, help="number of samples (default 10000; with --images: all)")
+    e.add_argument("--seed", type=nonnegative_int, help="first seed; seeds seed..seed+num-1 are used (default 0)")
     e.add_argument("--batch", type=positive_int, default=250, help="images per batch")
     add_speed_args(e)
     ev.set_defaults(func=cmd_eval)
@@ -570,7 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="predicted seconds per image at most (measured per-evaluation latency x NFE)")
     s.add_argument("--cost", default="latency", choices=["latency", "flops"],
                    help="per-evaluation cost behind effective NFE (default latency, measured here)")
-    s.add_argument("--num", type=positive_int, default=500, help="samples per FID (default 500)")
+    s.add_argument("--num", type=at_least_2, default=500, help="samples per FID (default 500)")
     s.add_argument("--seed", type=nonnegative_int, default=0, help="first seed; every plan uses seeds seed..seed+num-1")
     s.add_argument("--batch", type=positive_int, default=250, help="images per batch (default 250)")
     s.add_argument("--trials", type=positive_int, default=24, help="plans evaluated at most (default 24)")

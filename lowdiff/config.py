@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from .diffusion.denoiser import check_unified
 from .diffusion.plan import StageConfig, StagePlan
 from .diffusion.precond import PRECONDITIONINGS
 from .errors import ConfigError
@@ -97,14 +98,12 @@ class Preset:
     def validate(self) -> None:
         if self.precond not in PRECONDITIONINGS:
             raise ConfigError(f"precond {self.precond!r}: choose {', '.join(PRECONDITIONINGS)}")
-        if not self.stages:
-            raise ConfigError("a preset needs at least one stage")
+        self.check_plan(self.stages)
         if self.resolutions[-1] != self.network.img_resolution:
             raise ConfigError(f"the last stage ({self.resolutions[-1]}) must be the target resolution "
                               f"{self.network.img_resolution}")
-        self.check_plan(self.stages)
-        if self.unified and tuple(self.resolutions) != tuple(self.network.resolutions):
-            raise ConfigError(f"network resolutions {self.network.resolutions} do not match stages {self.resolutions}")
+        if self.unified:
+            check_unified(self.network, self.resolutions)
         for r in self.train.loss_weights:
             if r not in self.resolutions:
                 raise ConfigError(f"loss weight for resolution {r}, which is not a stage")

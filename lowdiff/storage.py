@@ -104,6 +104,8 @@ def load_config(directory: str | Path) -> Preset:
         path = directory / RUN_CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{directory} is not a lowdiff model directory: {CONFIG_FILE} is missing")
+    if '"_class_name"' in path.read_text()[:4096]:
+        raise CheckpointError(f"{directory} is a diffusers model (a VAE?), not a lowdiff model directory")
     try:
         return Preset.from_dict(json.loads(path.read_text()), str(path))
     except json.JSONDecodeError as e:

@@ -42,6 +42,23 @@ def test_training_sigma_distributions():
     assert vp.min() > 0.0009 and vp.max() < 152.2
 
 
+@pytest.mark.parametrize("kind", ["vp", "ve", "edm", "flow"])
+def test_training_noise_levels_keep_their_random_stream(kind):
+    """The draws behind p(sigma) are part of every run's reproducibility: VP, VE and EDM take
+    one uniform draw (EDM's unused) and EDM a normal one after it, flow one normal draw (the
+    stream of the runs behind the bundled models)."""
+    precond = get_preconditioning(kind)
+    g, ref = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    sigma = precond.sample_sigma(5, g)
+    u = torch.rand(5, 1, 1, 1, generator=ref) if kind != "flow" else None
+    z = torch.randn(5, 1, 1, 1, generator=ref) if kind in ("edm", "flow") else None
+    expect = {"vp": lambda: precond.sigma_of_t(1 + u * (precond.epsilon_t - 1)),
+              "ve": lambda: precond.sigma_min * (precond.sigma_max / precond.sigma_min) ** u,
+              "edm": lambda: (z * precond.P_std + precond.P_mean).exp(),
+              "flow": lambda: torch.sigmoid(-z)}[kind]()
+    assert torch.allclose(sigma, expect) and torch.equal(torch.rand(3, generator=g), torch.rand(3, generator=ref))
+
+
 def test_pyramid_down_up():
     x = torch.arange(16.0).reshape(1, 1, 4, 4)
     low = pyramid.downsample(x, 2)

@@ -246,7 +246,7 @@ def test_ctrl_c_saves_a_state_exits_130_and_the_run_samples_from_it(tiny, tmp_pa
 
 def test_folder_output_records_classes_and_by_class_and_seed_lists_work(model, tmp_path, capsys):
     code, _, err = run(capsys, "sample", "--checkpoint", model, "--seeds", "0-2,10,20-21", "--out", tmp_path / "o",
-                       "--no-progress")
+                       "--by-class", "--no-progress")
     assert code == 0, err
     rows = (tmp_path / "o" / "labels.csv").read_text().splitlines()
     assert rows[0] == "file,seed,class,class_name"
@@ -254,8 +254,8 @@ def test_folder_output_records_classes_and_by_class_and_seed_lists_work(model, t
                                                     ["000002.png", "2", "1"], ["000010.png", "10", "1"],
                                                     ["000020.png", "20", "2"], ["000021.png", "21", "2"]]
     assert rows[1].endswith('"circle"') and len(list((tmp_path / "o").glob("*.png"))) == 6
-    code, _, err = run(capsys, "sample", "--checkpoint", model, "--num", "5", "--random-class", "--out",
-                       tmp_path / "r", "--no-progress")
+    code, _, err = run(capsys, "sample", "--checkpoint", model, "--num", "5", "--out", tmp_path / "r",
+                       "--no-progress")                                    # folders: classes from the seeds
     assert code == 0 and len((tmp_path / "r" / "labels.csv").read_text().splitlines()) == 6
 
 

@@ -17,7 +17,6 @@ import torch
 from . import pyramid
 from .guidance import guided
 from .plan import StagePlan
-from .solvers import SOLVERS
 
 
 class PerImageGenerator:
@@ -77,9 +76,9 @@ def sample_cascade(denoiser, stages, rng: PerImageGenerator, channels: int,
                 progress.update(1)
             return out.to(dtype)
 
-        x, nfe, reached = SOLVERS[stage.solver](denoise, x, sigmas, max_nfe=plan.budget(i),
-                                                S_churn=stage.S_churn, S_min=stage.S_min, S_max=stage.S_max,
-                                                S_noise=stage.S_noise, noise_fn=rng.randn_like)
+        x, nfe, reached = plan.solver(i)(denoise, x, sigmas, max_nfe=plan.budget(i), S_churn=stage.S_churn,
+                                         S_min=stage.S_min, S_max=stage.S_max, S_noise=stage.S_noise,
+                                         noise_fn=rng.randn_like)
         result.stages.append(StageReport(stage.resolution, nfe, float(sigmas[0]), reached))
         if not plan.is_final(i):
             cond = pyramid.upsample(x, plan[i + 1].resolution).to(torch.float32)

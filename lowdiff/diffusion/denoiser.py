@@ -32,8 +32,7 @@ class Denoiser(nn.Module):
         self.precond = get_preconditioning(precond)
         self.cond_scaling = cond_scaling
         if unified:
-            if tuple(self.resolutions) != tuple(network.resolutions):
-                raise ConfigError(f"network resolutions {network.resolutions} do not match stages {self.resolutions}")
+            check_unified(network, self.resolutions)
             self.nets = nn.ModuleDict({"unified": build_network(network)})
         else:
             self.nets = nn.ModuleDict({res_key(r): build_network(dataclasses.replace(network, resolutions=(r,)))
@@ -44,14 +43,6 @@ class Denoiser(nn.Module):
         """The denoiser of a `lowdiff.config.Preset` (validated first)."""
         preset.validate()
         return cls(preset.network, preset.precond, preset.resolutions, preset.unified, preset.cond_scaling)
-
-    @property
-    def label_dim(self) -> int:
-        return self.network.label_dim
-
-    @property
-    def channels(self) -> int:
-        return self.network.in_channels
 
     def net_for(self, resolution: int):
         if "unified" in self.nets:
@@ -92,6 +83,12 @@ class Denoiser(nn.Module):
         F_x = net(c_in * x, c_noise.flatten(), class_labels=class_labels, augment_labels=augment_labels,
                   cond=cond_in, cond_noise_labels=cond_noise)
         return c_skip, c_out, F_x.to(torch.float32)
+
+
+def check_unified(network: NetworkConfig, resolutions) -> None:
+    """One unified network serves exactly the cascade's resolutions."""
+    if tuple(sorted(resolutions)) != tuple(network.resolutions):
+        raise ConfigError(f"network resolutions {network.resolutions} do not match stages {sorted(resolutions)}")
 
 
 def count_parameters(module: nn.Module) -> int:

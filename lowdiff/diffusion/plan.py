@@ -116,11 +116,19 @@ class StagePlan(Sequence):
 
     # --- schedules and costs -------------------------------------------------------------
     def sigmas(self, i: int) -> torch.Tensor:
+        if self[i].steps < 1:
+            raise ConfigError(f"stage {self[i].resolution}: steps must be >= 1, got {self[i].steps}")
         return stage_sigmas(self[i], self.is_final(i))
+
+    def solver(self, i: int):
+        """Stage i's solver (lowdiff.diffusion.solvers.Solver)."""
+        if self[i].solver not in SOLVERS:
+            raise ConfigError(f"stage {self[i].resolution}: solver {self[i].solver!r}, choose {', '.join(SOLVERS)}")
+        return SOLVERS[self[i].solver]
 
     def schedule_nfe(self, i: int) -> int:
         """Evaluations of stage i's whole schedule, by its solver's cost."""
-        return SOLVERS[self[i].solver].nfe(self.sigmas(i))
+        return self.solver(i).nfe(self.sigmas(i))
 
     def budget(self, i: int) -> int | None:
         """The solver's evaluation budget: the truncation point, None for the final stage."""
@@ -141,9 +149,8 @@ class StagePlan(Sequence):
 
     def truncation_sigma(self, i: int) -> float:
         """The noise level at which stage i hands over (where its schedule ends for the final stage)."""
-        stage = self[i]
-        _, _, reached = SOLVERS[stage.solver](lambda x, s: torch.zeros_like(x), torch.zeros(1, device="cpu"), self.sigmas(i),
-                                              max_nfe=self.budget(i))
+        _, _, reached = self.solver(i)(lambda x, s: torch.zeros_like(x), torch.zeros(1, device="cpu"), self.sigmas(i),
+                                       max_nfe=self.budget(i))
         return reached
 
     def effective_nfe(self, step_cost: dict[int, float]) -> int:
@@ -163,8 +170,7 @@ class StagePlan(Sequence):
 
     def _validate_stage(self, i: int, s: StageConfig, objective: str, conditional: bool) -> None:
         where, final = f"stage {s.resolution}", self.is_final(i)
-        if s.solver not in SOLVERS:
-            raise ConfigError(f"{where}: solver {s.solver!r}, choose {', '.join(SOLVERS)}")
+        self.solver(i)
         if s.schedule not in ("edm", "flow"):
             raise ConfigError(f"{where}: schedule {s.schedule!r}, choose edm or flow")
         if objective == "flow" or s.schedule != "edm":

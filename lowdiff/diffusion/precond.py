@@ -126,6 +126,9 @@ class EDM(Preconditioning):
                 1 / (sd ** 2 + sigma ** 2).sqrt(), sigma.log() / 4)
 
     def sample_sigma(self, n, generator=None, device=None):
+        # One uniform draw, unused, before the normal one: the random stream every EDM-preconditioned
+        # run (the bundled models among them) was trained with, so recorded commands stay bit-exact.
+        torch.rand(n, 1, 1, 1, generator=generator, device=device)
         z = torch.randn(n, 1, 1, 1, generator=generator, device=device)
         return (z * self.P_std + self.P_mean).exp()
 

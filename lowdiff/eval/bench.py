@@ -199,7 +199,7 @@ def compare(variants: list[Variant], opts: BenchOptions, progress=None) -> dict:
 def device_name(device: str) -> str:
     d = torch.device(device)
     if d.type == "cuda":
-        return torch.cuda.getdevice_name(d)
+        return torch.cuda.get_device_name(d)
     import platform
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from ..data import open_dataset
 from ..errors import ConfigError
-from .metrics import FeatureStats, frechet_distance, inception_score, load_stats, save_stats
+from .metrics import FeatureStats, frechet_distance, inception_score, load_stats, save_stats, statistics
 
 IDENTITY_KEYS = ("feature_space", "feature_dim", "extractor_sha256")
 
@@ -32,27 +32,33 @@ def stats_identity(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"statistics {path}: {'a folder, not a file' if path.is_dir() else 'no such file'}")
     try:
-        with np.load(path, allow_pickle=False) as f:
-            if "mu" not in f or "sigma" not in f:
-                raise ConfigError(f"{path}: not FID statistics (needs arrays 'mu' and 'sigma')")
-            out = {k: f[k].item() for k in IDENTITY_KEYS if k in f}
-            out.setdefault("feature_dim", int(f["mu"].shape[0]))
-            return out
+        f = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
         raise ConfigError(f"{path}: not a readable .npz statistics file ({e})") from None
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise ConfigError(f"{path}: a single array, not .npz statistics (`lowdiff eval ref` writes those)")
+    with f:
+        if "mu" not in f or "sigma" not in f:
+            raise ConfigError(f"{path}: not FID statistics (needs arrays 'mu' and 'sigma')")
+        out = {k: f[k].item() for k in IDENTITY_KEYS if k in f}
+        out.setdefault("feature_dim", int(f["mu"].shape[0]))
+        return out
 
 
-def check_reference(ref: str | Path, identity: dict) -> None:
-    """Refuse reference statistics made by another feature extractor than `identity`'s."""
+def check_reference(ref: str | Path, identity: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) of reference statistics, refused when made by another feature extractor
+    than `identity`'s."""
     found = stats_identity(ref)
     for key in IDENTITY_KEYS:
         if key in found and identity.get(key) and found[key] != identity[key]:
             raise ConfigError(f"{ref} was made with another feature extractor ({key} {str(found[key])[:16]}, this "
                               f"one {str(identity[key])[:16]}): an FID between them is meaningless; make the reference "
                               "with the same --features / --classifier / --inception (`lowdiff eval ref`)")
-    if "extractor_sha256" not in found:
-        warnings.warn(f"{ref} does not record its feature extractor's weights (made by an older lowdiff); "
-                      "make it again with `lowdiff eval ref` so that a mismatch can be caught")
+    for path, known in ((ref, found), (identity.get("path"), identity)):
+        if path is not None and not known.get("extractor_sha256"):
+            warnings.warn(f"{path} does not record its feature extractor's weights (made by an older lowdiff); "
+                          "make it again with `lowdiff eval ref` so that a mismatch can be caught")
+    return load_stats(ref)
 
 
 def get_extractor(kind: str, path: str | None = None, device: str = "cpu"):
@@ -95,11 +101,16 @@ class Evaluation:
     generation_s: float = 0.0            # time spent generating the samples (not extracting features)
 
 
-def evaluate_pipeline(pipe, ref: str | Path, extractor, feature_space: str, num: int = 10_000, seed: int = 0,
+def evaluate_pipeline(pipe, ref: str | Path | tuple, extractor, feature_space: str, num: int = 10_000, seed: int = 0,
                       stages=None, batch: int = 256, progress: bool = True) -> Evaluation:
-    """Generate seeds [seed, seed + num) and compare their features with `ref` (checked first)."""
-    check_reference(ref, {**extractor.identity, "feature_space": feature_space})
-    mu_ref, sigma_ref = load_stats(ref)
+    """Generate seeds [seed, seed + num) and compare their features with `ref`: a statistics
+    file (checked against the extractor first) or (mu, sigma) already checked."""
+    if num < 2:
+        raise ConfigError(f"an FID needs at least 2 samples, got num={num}")
+    if isinstance(ref, tuple):
+        mu_ref, sigma_ref = ref
+    else:
+        mu_ref, sigma_ref = check_reference(ref, {**extractor.identity, "feature_space": feature_space})
     stats, logits, generation_s = None, [], 0.0
     for start in tqdm(range(seed, seed + num, batch), disable=not progress, desc="fid", unit="batch"):
         seeds = list(range(start, min(start + batch, seed + num)))
@@ -126,8 +137,11 @@ def write_stats(path: str | Path, stats: FeatureStats, extractor, **info) -> Non
 def folder_stats(folder: str | Path, extractor, num: int | None = None, batch: int = 256,
                  progress: bool = True) -> FeatureStats:
     """Feature statistics of the images in a folder (e.g. `lowdiff sample --out DIR`)."""
+    from ..data import ImageDataset
     from .features import extract
     ds = open_dataset(str(folder), use_labels=False)
+    if not isinstance(ds, ImageDataset):
+        raise ConfigError(f"{folder}: holds {type(ds).__name__}, not images")
     feats, _ = extract(extractor, ds.images[:num] if num else ds.images, batch=batch, progress=progress)
     stats = FeatureStats(feats.shape[1])
     stats.update(feats)
@@ -136,43 +150,35 @@ def folder_stats(folder: str | Path, extractor, num: int | None = None, batch: i
 
 def fid_between(stats_path: str | Path, ref: str | Path) -> float:
     """FID between two statistics files, which must come from the same extractor."""
-    identity = stats_identity(stats_path)
-    check_reference(ref, identity)
-    return frechet_distance(*load_stats(stats_path), *load_stats(ref))
+    return frechet_distance(*load_stats(stats_path), *check_reference(ref, {**stats_identity(stats_path),
+                                                                          "path": stats_path}))
 
 
 def evaluate_autoencoder(vae_spec: str | Path, data: str, extractor, feature_space: str, num: int | None = None,
                          batch: int = 256, device: str = "cpu", progress: bool = True) -> dict:
     """Reconstruction quality of a VAE on a dataset (e.g. fashion-mnist:test): each image is
     encoded to its posterior mean and decoded; PSNR (dB, uint8 images, mean over images and
-    of the pooled MSE) and the FID of the reconstructions against the originals, both sets'
-    statistics taken in the same pass."""
+    of the pooled MSE) and the FID of the reconstructions against the originals."""
     from ..data.latents import _to_vae_input
     from ..data.vae import load_vae
     from ..images import to_uint8
+    from .features import extract
     ds = open_dataset(data)
     images = ds.images[:num] if num else ds.images
     vae = load_vae(vae_spec, device)
-    real = fake = None
-    psnrs, sq_err = [], 0.0
-    for start in tqdm(range(0, len(images), batch), disable=not progress, desc="vae eval", unit="batch"):
-        x = images[start:start + batch]
-        with torch.inference_mode():
-            z = vae.encode(_to_vae_input(x, vae.config.in_channels, device)).latent_dist.mode()
-            rec = to_uint8(vae.decode(z).sample).cpu()
-        if rec.shape[1] != x.shape[1]:
-            rec = rec[:, :x.shape[1]]
-        err = (rec.double() - torch.from_numpy(x).double()).pow(2).flatten(1).mean(1)
-        psnrs += (10 * torch.log10(255 ** 2 / err.clamp_min(1e-10))).tolist()
-        sq_err += float(err.sum())
-        f_real, _ = extractor(torch.from_numpy(x))
-        f_fake, _ = extractor(rec)
-        real = real or FeatureStats(f_real.shape[1])
-        fake = fake or FeatureStats(f_fake.shape[1])
-        real.update(f_real.double().cpu().numpy())
-        fake.update(f_fake.double().cpu().numpy())
-    return {"data": ds.name, "num": len(images), "vae": str(vae_spec), "latent_shape": list(z.shape[1:]),
-            "psnr_mean_db": float(np.mean(psnrs)), "psnr_pooled_db": float(10 * np.log10(255 ** 2 * len(images) /
-                                                                                        sq_err)),
-            "fid_reconstructions": frechet_distance(fake.mu, fake.sigma, real.mu, real.sigma),
+    recon = []
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(images), batch), disable=not progress, desc="reconstruct", unit="batch"):
+            x = _to_vae_input(images[start:start + batch], vae.config.in_channels, device)
+            recon.append(to_uint8(vae.decode(vae.encode(x).latent_dist.mode()).sample).cpu()[:, :images.shape[1]])
+    recon = torch.cat(recon)
+    err = (recon.double() - torch.from_numpy(images).double()).pow(2).flatten(1).mean(1)
+    real, _ = extract(extractor, images, batch=batch, progress=progress)
+    fake, _ = extract(extractor, recon, batch=batch, progress=progress)
+    return {"data": ds.name, "num": len(images), "vae": str(vae_spec),
+            "latent_shape": [vae.config.latent_channels] + [images.shape[-1] // 2 ** (len(vae.config.block_out_channels)
+                                                                                    - 1)] * 2,
+            "psnr_mean_db": float((10 * torch.log10(255 ** 2 / err.clamp_min(1e-10))).mean()),
+            "psnr_pooled_db": float(10 * torch.log10(255 ** 2 / err.mean())),
+            "fid_reconstructions": frechet_distance(*statistics(fake), *statistics(real)),
             "feature_space": feature_space}

@@ -26,7 +26,7 @@ from ..diffusion.plan import StageConfig, StagePlan
 from ..diffusion.solvers import SOLVERS
 from ..errors import ConfigError
 from .bench import BenchOptions, time_evaluations
-from .evaluate import evaluate_pipeline
+from .evaluate import check_reference, evaluate_pipeline
 
 
 @dataclass
@@ -190,7 +190,8 @@ class Tuner:
         unknown = [s for s in opts.solvers if s not in SOLVERS]
         if unknown:      # else every plan using them fails check_plan and is skipped without a word
             raise ConfigError(f"unknown solver(s) {', '.join(unknown)}: choose from {', '.join(SOLVERS)}")
-        self.pipe, self.ref, self.extractor, self.feature_space = pipe, ref, extractor, feature_space
+        self.pipe, self.extractor, self.feature_space = pipe, extractor, feature_space
+        self.ref = check_reference(ref, {**extractor.identity, "feature_space": feature_space})   # before any work
         self.opts, self.progress = opts, progress
         self.costs = measure_costs(pipe, opts)
         self.trials: dict[str, Trial] = {}

@@ -141,7 +141,23 @@ def close_distributed(barrier: bool = True) -> None:
         dist.destroy_process_group()
 
 
-class _StopRequest:
+def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """An optimizer's per-parameter state as flat tensors `optim.{index}.{name}` (safetensors keys)."""
+    return {f"optim.{i}.{k}": torch.as_tensor(v) for i, s in opt.state_dict()["state"].items() for k, v in s.items()}
+
+
+def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], param_groups,
+                   device: torch.device | str = "cpu") -> None:
+    """The inverse of `optimizer_tensors` (the step counters stay on the CPU, as Adam keeps them)."""
+    state: dict[int, dict] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, i, name = k.split(".", 2)
+            state.setdefault(int(i), {})[name] = v.to(device) if name != "step" else v
+    opt.load_state_dict({"state": state, "param_groups": param_groups})
+
+
+class StopRequest:
     """SIGTERM / SIGINT set a flag; the loop writes a state and exits at the next step."""
 
     def __init__(self):
@@ -196,8 +212,7 @@ class Trainer:
     def state_tensors(self) -> dict[str, torch.Tensor]:
         out = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         out |= {f"ema.{k}": v for k, v in self.ema.state_dict().items()}
-        for i, s in self.opt.state_dict()["state"].items():
-            out |= {f"optim.{i}.{k}": torch.as_tensor(v) for k, v in s.items()}
+        out |= optimizer_tensors(self.opt)
         out["rng.torch"] = torch.get_rng_state()
         return out
 
@@ -223,17 +238,15 @@ class Trainer:
                                   "from; pass --restart to train afresh (overwriting them) or use a new --out")
             return False
         tensors, meta = found
+        if "preset" not in meta:
+            raise ConfigError(f"{self.run_dir} holds training states of another kind (a `lowdiff vae train` run?); "
+                              "use a new --out directory")
         if training_signature(Preset.from_dict(meta["preset"])) != training_signature(self.preset):
             raise ConfigError(f"{self.run_dir} holds a run of a different configuration; use a new --out "
                               "directory or the same options as before")
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         self.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-        opt_state: dict[int, dict] = {}
-        for k, v in tensors.items():
-            if k.startswith("optim."):
-                _, i, name = k.split(".", 2)
-                opt_state.setdefault(int(i), {})[name] = v.to(self.device) if name != "step" else v
-        self.opt.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
+        load_optimizer(self.opt, tensors, meta["param_groups"], self.device)
         if meta.get("scaler"):
             self.scaler.load_state_dict(meta["scaler"])
         if self.world == 1:
@@ -329,7 +342,7 @@ class Trainer:
         log = open(self.run_dir / "log.jsonl", "a") if self.is_main else None
         self.tensorboard = _tensorboard_writer(self.run_dir) if self.is_main else None
         try:
-            with _StopRequest() as stop:
+            with StopRequest() as stop:
                 while self.nimg < total and stop.signal is None:
                     window.append(self.train_step())
                     bar.update(t.batch)
@@ -342,8 +355,9 @@ class Trainer:
                 if stop.signal is not None:
                     self.stopped_by = stop.signal
                     if self.is_main:
+                        how = "the same command without --restart" if self.restart else "the same command"
                         tqdm.write(f"received signal {stop.signal}: state saved at step {self.step}; "
-                                   "re-run the same command to resume", file=sys.stderr)
+                                   f"re-run {how} to resume", file=sys.stderr)
                     return self.run_dir
         finally:
             bar.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from ..data.base import ImageDataset
 from ..data.vae import _autoencoder_kl
 from ..errors import ConfigError
 from ..fields import jsonable
-from .loop import DataStream
+from .loop import DataStream, StopRequest, load_optimizer, optimizer_tensors
 
 
 @dataclass
@@ -92,7 +93,7 @@ class VAETrainer:
                  device: str = "cpu"):
         if dataset.channels != model.in_channels:
             raise ConfigError(f"dataset {dataset.name} has {dataset.channels} channel(s), the VAE takes "
-                              f"{model.in_channels} (--in-channels)")
+                              f"{model.in_channels}")
         if dataset.resolution % model.factor:
             raise ConfigError(f"{dataset.resolution}x{dataset.resolution} images do not divide by the VAE's "
                               f"factor {model.factor}")
@@ -105,7 +106,7 @@ class VAETrainer:
         self.vae = model.build().to(self.device).train()
         self.opt = torch.optim.Adam(self.vae.parameters(), lr=train.lr)
         self.stream = DataStream(len(dataset), train.seed)
-        self.step, self.nimg = 0, 0
+        self.step, self.nimg, self.stopped_by = 0, 0, None
 
     def signature(self) -> dict:
         """What must not change across a resume."""
@@ -115,9 +116,7 @@ class VAETrainer:
         return {"model": jsonable(self.model_cfg), "train": t, "data": self.ds.name}
 
     def save_state(self) -> None:
-        tensors = {f"model.{k}": v for k, v in self.vae.state_dict().items()}
-        for i, s in self.opt.state_dict()["state"].items():
-            tensors |= {f"optim.{i}.{k}": torch.as_tensor(v) for k, v in s.items()}
+        tensors = {f"model.{k}": v for k, v in self.vae.state_dict().items()} | optimizer_tensors(self.opt)
         meta = dict(nimg=self.nimg, epoch=self.stream.epoch, position=self.stream.position,
                     param_groups=self.opt.state_dict()["param_groups"], signature=self.signature())
         storage.save_state(self.out, self.step, tensors, meta, keep=self.cfg.keep_checkpoints)
@@ -127,15 +126,13 @@ class VAETrainer:
         if found is None:
             return False
         tensors, meta = found
-        if meta.get("signature") != json.loads(json.dumps(self.signature())):
+        if "signature" not in meta:
+            raise ConfigError(f"{self.out} holds the training states of a diffusion model (`lowdiff train`), not of "
+                              "a VAE; use a new --out directory")
+        if meta["signature"] != json.loads(json.dumps(self.signature())):
             raise ConfigError(f"{self.out} holds a VAE run with other settings; use a new --out or the same options")
         self.vae.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        state: dict[int, dict] = {}
-        for k, v in tensors.items():
-            if k.startswith("optim."):
-                _, i, name = k.split(".", 2)
-                state.setdefault(int(i), {})[name] = v
-        self.opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        load_optimizer(self.opt, tensors, meta["param_groups"], self.device)
         self.step, self.nimg = meta["step"], meta["nimg"]
         self.stream.epoch, self.stream.position = meta["epoch"], meta["position"]
         return True
@@ -167,8 +164,8 @@ class VAETrainer:
         bar = tqdm(total=total, initial=min(self.nimg, total), unit="img", disable=not progress,
                    desc="train vae" + (" (resumed)" if resumed else ""), smoothing=0.05)
         start, start_nimg, window = time.time(), self.nimg, []
-        with open(self.out / "log.jsonl", "a") as log:
-            while self.nimg < total:
+        with open(self.out / "log.jsonl", "a") as log, StopRequest() as stop:
+            while self.nimg < total and stop.signal is None:
                 window.append(self.train_step())
                 bar.update(c.batch)
                 if self.step % log_every == 0 or self.nimg >= total:
@@ -185,6 +182,11 @@ class VAETrainer:
                     self.save_state()
         bar.close()
         self.save_state()
+        self.stopped_by = stop.signal
+        if stop.signal is not None:                # SIGTERM / Ctrl-C: the state is saved, no model yet
+            tqdm.write(f"received signal {stop.signal}: state saved at step {self.step}; re-run the same command to "
+                       "resume", file=sys.stderr)
+            return self.out
         save_vae(self.vae, self.out)
         return self.out
 
@@ -197,9 +199,11 @@ def save_vae(vae, out: Path) -> None:
 
 
 def train_vae(dataset: ImageDataset, out: str | Path, model: VAEConfig | None = None,
-              train: VAETrainConfig | None = None, device: str = "cpu", progress: bool = True) -> Path:
+              train: VAETrainConfig | None = None, device: str = "cpu", progress: bool = True) -> VAETrainer:
     model = model or VAEConfig(in_channels=dataset.channels)
-    return VAETrainer(model, train or VAETrainConfig(), dataset, out, device).run(progress)
+    trainer = VAETrainer(model, train or VAETrainConfig(), dataset, out, device)
+    trainer.run(progress)
+    return trainer
 
 
 def replace(cfg, **changes):
