@@ -88,6 +88,21 @@ def test_fit_budget_and_search_space(tiny):
     assert [m[1][1].nfe for m in moves] == [1, 2, 4, 5]
 
 
+def test_fit_budget_orders(tiny):
+    """The three ways to fit a plan into a budget: from the costliest stage, from the lower
+    stages first (the final stage keeps its steps while it can), or in proportion."""
+    from lowdiff.eval.tune import FITS
+    stages = tiny().stages                                           # NFE 3 / 3 / 7, final Heun 4 steps
+    costs = CostModel({8: 0.1, 16: 0.3, 32: 1.0}, batch=1, weights={8: 0.1, 16: 0.3, 32: 1.0})
+    opts = TuneOptions(budget_nfe=6)
+    fits = {order: fit_budget(stages, costs, opts, order) for order in FITS}
+    assert all(costs.effective_nfe(p) <= 6 for p in fits.values())
+    assert fits[FITS[0]].nfe_per_stage == {8: 3, 16: 3, 32: 3}       # the final stage pays: 4 -> 2 steps
+    assert fits[FITS[1]][-1].steps == 3 and fits[FITS[1]].nfe(1) == 1  # the lower stages pay first
+    ratios = [fits[FITS[2]].nfe(i) / stages.nfe(i) for i in range(3)]
+    assert max(ratios) - min(ratios) < 0.5                          # every stage keeps a similar share
+
+
 def test_pareto_front():
     t = [Trial([], "", fid, 1, 1.0, ips) for fid, ips in ((1.0, 1.0), (2.0, 3.0), (2.5, 2.0), (0.5, 0.5))]
     front = mark_pareto(t)

@@ -248,7 +248,7 @@ def default_classifier_dir() -> Path:
 
 def load_classifier(directory: str | Path | None = None) -> FashionClassifier:
     """The trained classifier in `directory` (default: `default_classifier_dir()`), in eval mode, on CPU."""
-    d = Path(directory or default_classifier_dir()).expanduser()
+    d = bundled.resolve(directory or default_classifier_dir()).expanduser()
     weights, config = d / WEIGHTS_FILE, d / CONFIG_FILE
     missing = [p.name for p in (weights, config) if not p.is_file()]
     if missing:

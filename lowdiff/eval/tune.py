@@ -167,19 +167,31 @@ def coordinates(plan: StagePlan, solvers) -> list[tuple[str, Callable]]:
     return coords
 
 
-def fit_budget(plan: StagePlan, costs: CostModel, opts: TuneOptions) -> StagePlan:
-    """Shrink the plan until it fits: one NFE less at a time from the stage that costs most."""
+FITS = ("costliest stage first", "lower stages first", "in proportion")
+
+
+def fit_budget(plan: StagePlan, costs: CostModel, opts: TuneOptions, order: str = FITS[0]) -> StagePlan:
+    """Shrink the plan until it fits, one step (final stage) or one NFE (truncated stages) at a
+    time, taking it from: the stage that costs most ('costliest stage first'); the truncated
+    stages before the final one ('lower stages first'); or the stage that has kept the largest
+    share of its own NFE ('in proportion')."""
+    original = plan
+
+    def shrinkable(i):
+        return plan[i].steps > 1 if plan.is_final(i) else plan.nfe(i) > 1
+
     while not within_budget(plan, costs, opts):
-        spent = {i: plan.nfe(i) * costs.latency[s.resolution] for i, s in enumerate(plan)}
-        for i in sorted(spent, key=spent.get, reverse=True):
-            if plan.is_final(i) and plan[i].steps > 1:
-                plan = plan.replace(i, steps=plan[i].steps - 1)
-                break
-            if not plan.is_final(i) and plan.nfe(i) > 1:
-                plan = plan.replace(i, nfe=plan.nfe(i) - 1)
-                break
-        else:
+        candidates = [i for i in range(len(plan)) if shrinkable(i)]
+        if not candidates:
             raise ConfigError("the budget is smaller than the cheapest plan (one evaluation per stage); raise it")
+        if order == FITS[0]:
+            i = max(candidates, key=lambda i: plan.nfe(i) * costs.latency[plan[i].resolution])
+        elif order == FITS[1]:
+            lower = [i for i in candidates if not plan.is_final(i)]
+            i = max(lower or candidates, key=lambda i: plan.nfe(i) * costs.latency[plan[i].resolution])
+        else:
+            i = max(candidates, key=lambda i: plan.nfe(i) / original.nfe(i))
+        plan = (plan.replace(i, steps=plan[i].steps - 1) if plan.is_final(i) else plan.replace(i, nfe=plan.nfe(i) - 1))
     return plan
 
 
@@ -218,13 +230,20 @@ class Tuner:
         return trial
 
     def run(self) -> Trial:
-        start = fit_budget(self.pipe.preset.stages, self.costs, self.opts)
-        fitted = _key(start) != _key(self.pipe.preset.stages)
-        starts = [("model plan, fitted to the budget" if fitted else "model plan", start)]
-        starts += [(f"all stages {s}", start.with_solver(s)) for s in self.opts.solvers]
+        """Evaluate the model's plan fitted to the budget in each of the FITS orders (one start for a
+        single-stage model), then the best of them with every solver at equal NFE, then descend."""
+        model_plan = self.pipe.preset.stages
+        fits = {}
+        for order in FITS:
+            fits.setdefault(_key(p := fit_budget(model_plan, self.costs, self.opts, order)), (order, p))
+        starts = [("model plan" if _key(p) == _key(model_plan) else f"model plan fitted, {order}", p)
+                  for order, p in fits.values()]
         evaluated = [t for t in (self.evaluate(p, m) for m, p in starts) if t is not None]
         if not evaluated:
             raise ConfigError("no plan within the budget could be evaluated; raise the budget or --trials")
+        start = min(evaluated, key=_rank).stages
+        twins = [(f"all stages {s}", start.with_solver(s)) for s in self.opts.solvers]
+        evaluated += [t for t in (self.evaluate(p, m) for m, p in twins) if t is not None]
         best = min(evaluated, key=_rank)
         coords = coordinates(start, self.opts.solvers)
         improved = True
