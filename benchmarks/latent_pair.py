@@ -62,6 +62,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", default=str(ROOT / "docs" / "results" / "latent-pair.json"))
+    p.add_argument("--reuse-fid", dest="reuse_fid", action="store_true",
+                   help="take the FID rows from --json (a previous run) and measure only the throughput and grids")
     p.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
     args = p.parse_args()
     command = "python benchmarks/latent_pair.py " + " ".join(sys.argv[1:])
@@ -69,7 +71,9 @@ def main() -> None:
     pipes = {"baseline": Pipeline.from_pretrained(args.baseline), "lowdiff": Pipeline.from_pretrained(args.lowdiff)}
     extractor = get_extractor("classifier")
     rows = []
-    for name, pipe in pipes.items():
+    if args.reuse_fid:                                   # FIDs from the last run's JSON; timing and grids anew
+        rows = json.loads(Path(args.json).read_text())["rows"]
+    for name, pipe in pipes.items() if not rows else ():
         for scale in args.cfg:
             plan = guided(pipe.preset.stages, scale, args.cfg_sigma_max)
             t = time.perf_counter()

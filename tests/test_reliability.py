@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -93,6 +94,18 @@ def test_fid_of_an_image_folder_and_between_two_stats_files(model, ref, tmp_path
 
 
 # --- 2. checks before the work; finished batches kept ------------------------------------
+
+@pytest.mark.parametrize("argv", [
+    ["sample", "--num", "3", "--stage", "32:steps=1", "--out", "{new}/grid.png", "--no-progress"],
+    ["eval", "ref", "--data", "synthetic:8:32", "--out", "{new}/ref.npz", "--no-progress"],
+])
+def test_outputs_in_missing_folders_are_written(argv, model, tmp_path, capsys):
+    new = tmp_path / "not" / "yet"
+    argv = [a.format(new=new) for a in argv] + (["--checkpoint", str(model)] if argv[0] == "sample" else [])
+    code, _, err = run(capsys, *argv)
+    assert code == 0, err
+    assert (new / Path(argv[argv.index("--out") + 1]).name).stat().st_size > 0
+
 
 @pytest.mark.parametrize("argv", [
     ["sample", "--out", "{file}/grid.png"],

@@ -70,6 +70,8 @@ def inception_score(logits, splits: int = 10) -> tuple[float, float]:
 
 
 def save_stats(path: str | Path, mu: np.ndarray, sigma: np.ndarray, **extra) -> None:
+    """Write `mu`, `sigma` (and `extra` arrays) to an .npz, creating missing parent folders."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, mu=mu, sigma=sigma, **extra)
 
 
