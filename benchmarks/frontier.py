@@ -95,9 +95,14 @@ def load_tuned(paths: list[str]) -> list[tuple[str, StagePlan]]:
     return out
 
 
+def fid_key(spec: str, plan: StagePlan, precision: str, seed: int, args) -> str:
+    """The FID cache's key: model, plan, sampling precision, sample count, first seed, reference."""
+    return json.dumps([spec, plan.to_list(), precision, args.num, seed, str(Path(args.ref).resolve())], sort_keys=True)
+
+
 def cached_fid(pipe: Pipeline, spec: str, plan: StagePlan, precision: str, seed: int, args, extractor) -> float:
     """FID of `pipe` (its weights, sampled eagerly at `precision`) with `plan` on seeds [seed, seed + num)."""
-    key = json.dumps([spec, plan.to_list(), precision, args.num, seed, str(Path(args.ref).resolve())], sort_keys=True)
+    key = fid_key(spec, plan, precision, seed, args)
     cache_file = Path(args.cache)
     cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
     if key not in cache:
@@ -121,8 +126,7 @@ def measured_bf16_gaps(rows: list[Row], specs: dict, args) -> list[tuple[str, fl
     for r in rows:
         if r.switches != "eager fp32":
             continue
-        keys = [json.dumps([specs[r.family], r.plan.to_list(), prec, args.num, args.seed,
-                            str(Path(args.ref).resolve())], sort_keys=True) for prec in ("fp32", "bf16")]
+        keys = [fid_key(specs[r.family], r.plan, prec, args.seed, args) for prec in ("fp32", "bf16")]
         if all(k in cache for k in keys):
             out.append((f"{'EDM' if r.family == 'baseline' else 'LowDiff'}, {r.label}", cache[keys[1]] - cache[keys[0]]))
     return out
