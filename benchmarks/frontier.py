@@ -10,7 +10,7 @@ up to rounding, so a fast row takes the FID of eager samples at its precision (b
 `--fast-fid fp32` the fp32 FID of its plan (bf16 sampling is slow on CPUs without bf16 units;
 the page then lists the bf16 - fp32 differences measured so far). FIDs are cached
 (docs/results/frontier-cache.json), so an interrupted run resumes. All rows are then timed
-alternately in one process (batch 64, mean of --repeats runs after warm-up).
+alternately in one process (batch --batch, mean of --repeats runs after warm-up).
 
 The FID noise is measured on real data, where it costs no sampling: the standard deviation
 of the FID of --noise-sets disjoint subsets of --num training images against the same
@@ -169,10 +169,11 @@ def matched(rows: list[Row], noise: float, switches: str | None) -> dict:
     return out
 
 
-def plot(rows: list[Row], path: Path, title: str) -> None:
+def plot(rows: list[Row], path: Path, title: str, batch: int) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     colours = {"baseline": "C1", "lowdiff": "C0"}
     names = {"baseline": "EDM (single resolution)", "lowdiff": "LowDiff"}
@@ -185,7 +186,11 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
         ax.plot([r.images_per_s for r in front], [r.fid for r in front], "-", c=colours[family], lw=1.6,
                 label=f"{names[family]} Pareto front")
     ax.set_xscale("log")
-    ax.set_xlabel("throughput (images / s, measured, batch 64)")
+    ax.xaxis.set_major_locator(FixedLocator([0.1, 0.2, 0.3, 0.5, 1, 2, 3, 5, 10, 20, 30, 50, 100, 200, 500]))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel(f"throughput (images / s, measured, batch {batch})")
     ax.set_ylabel("FID")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3, which="both")
@@ -193,6 +198,18 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_title(num: int) -> str:
+    return f"Fashion-MNIST 32x32 class-conditional: FID ({num} samples) vs throughput"
+
+
+def replot(json_path: Path, plot_path: Path) -> None:
+    """Redraw the plot from a finished run's JSON (no sampling, no timing)."""
+    data = json.loads(json_path.read_text())
+    rows = [Row(r["family"], r["label"], None, r["switches"], r["fid"], r["fid_precision"], r["images_per_s"],
+                r["effective_nfe"], r["front"]) for r in data["rows"]]
+    plot(rows, plot_path, plot_title(data["num"]), data["batch"])
 
 
 def markdown(rows, report, noise, noise_fids, headlines, bf16_gaps, args, command) -> str:
@@ -245,7 +262,7 @@ def main() -> None:
     p.add_argument("--baseline", default="bundled:fashion-edm-cond")
     p.add_argument("--lowdiff-plans", nargs="*", default=[], help="tuned plans of the LowDiff model, best budget first")
     p.add_argument("--baseline-plans", nargs="*", default=[], help="tuned plans of the baseline")
-    p.add_argument("--ref", required=True, help="reference statistics (bundled classifier) of the test set")
+    p.add_argument("--ref", help="reference statistics (bundled classifier) of the test set")
     p.add_argument("--num", type=int, default=2000)
     p.add_argument("--seed", type=int, default=100_000)
     p.add_argument("--noise-sets", dest="noise_sets", type=int, default=10,
@@ -261,7 +278,12 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     p.add_argument("--json", default=str(ROOT / "docs" / "results" / "frontier.json"))
     p.add_argument("--plot", default=str(ROOT / "docs" / "img" / "frontier.png"))
+    p.add_argument("--replot", action="store_true", help="only redraw --plot from a finished run's --json")
     args = p.parse_args()
+    if args.replot:
+        return replot(Path(args.json), Path(args.plot))
+    if args.ref is None:
+        p.error("--ref (the FID reference statistics, `lowdiff eval ref`) is required unless --replot")
     command = "python benchmarks/frontier.py " + " ".join(sys.argv[1:])
 
     pipes = {"lowdiff": Pipeline.from_pretrained(args.lowdiff), "baseline": Pipeline.from_pretrained(args.baseline)}
@@ -293,12 +315,12 @@ def main() -> None:
         pareto([r for r in rows if r.family == family])
     headlines = [matched(rows, noise, s) for s in (*SWITCHES, None)]
     report = {"device": device_name("cpu"), "rows": timed}
-    plot(rows, Path(args.plot), f"Fashion-MNIST 32x32 class-conditional: FID ({args.num} samples) vs throughput")
+    plot(rows, Path(args.plot), plot_title(args.num), args.batch)
     text = markdown(rows, report, noise, ", ".join(f"{v:.3f}" for v in noise_fids), headlines, bf16_gaps, args,
                     command)
     write_section(Path(args.out), "frontier", text)
     Path(args.json).write_text(json.dumps({
-        "command": command, "noise": noise, "noise_fids": noise_fids, "headlines": headlines,
+        "command": command, "batch": args.batch, "num": args.num, "noise": noise, "noise_fids": noise_fids, "headlines": headlines,
         "bf16_minus_fp32_fid": bf16_gaps,
         "rows": [{"family": r.family, "label": r.label, "switches": r.switches, "fid": r.fid,
                   "fid_precision": r.fid_precision,
