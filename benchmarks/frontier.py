@@ -136,13 +136,13 @@ def real_data_noise(extractor, ref: str, num: int, sets: int, batch: int) -> lis
     """FIDs of `sets` disjoint subsets of `num` Fashion-MNIST training images against `ref`."""
     from lowdiff.data import open_dataset
     from lowdiff.eval.features import extract
-    from lowdiff.eval.metrics import frechet_distance, load_stats, statistics
+    from lowdiff.eval.metrics import frechet_distance, load_stats, statistics as feature_statistics
     train = open_dataset("fashion-mnist:train").images
     if sets * num > len(train):
         raise SystemExit(f"--noise-sets {sets} x --num {num} exceeds the {len(train)} training images")
     feats, _ = extract(extractor, train[: sets * num], batch=max(batch, 256), progress=False)
     mu, sigma = load_stats(ref)
-    return [frechet_distance(*statistics(feats[k * num:(k + 1) * num]), mu, sigma) for k in range(sets)]
+    return [frechet_distance(*feature_statistics(feats[k * num:(k + 1) * num]), mu, sigma) for k in range(sets)]
 
 
 def pareto(rows: list[Row]) -> None:

@@ -1,0 +1,56 @@
+"""The headline benchmark's arithmetic: Pareto fronts and the matched-FID ratio (benchmarks/frontier.py)."""
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def frontier():
+    sys.path.insert(0, str(BENCH))
+    try:
+        yield importlib.import_module("frontier")
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def row(frontier, family, fid, ips, switches="eager fp32"):
+    return frontier.Row(family, f"{family} {fid}", None, switches, fid=fid, images_per_s=ips)
+
+
+def test_pareto_marks_only_undominated_rows(frontier):
+    rows = [row(frontier, "lowdiff", 2.0, 1.0), row(frontier, "lowdiff", 3.0, 2.0),
+            row(frontier, "lowdiff", 3.5, 1.5), row(frontier, "lowdiff", 2.0, 0.5)]
+    frontier.pareto(rows)
+    assert [r.front for r in rows] == [True, True, False, False]
+
+
+def test_matched_ratio_uses_fastest_rows_within_noise_of_the_baseline_best(frontier):
+    rows = [row(frontier, "baseline", 2.70, 6.0), row(frontier, "baseline", 2.72, 8.0),
+            row(frontier, "baseline", 3.00, 9.0),
+            row(frontier, "lowdiff", 2.50, 4.0), row(frontier, "lowdiff", 2.74, 5.0),
+            row(frontier, "lowdiff", 2.80, 10.0)]
+    out = frontier.matched(rows, noise=0.05, switches=None)
+    assert out["bound"] == pytest.approx(2.75)
+    assert out["baseline"]["images_per_s"] == 8.0   # 2.72 is within the noise; 3.00 is not
+    assert out["lowdiff"]["images_per_s"] == 5.0    # 2.80 is outside the bound
+    assert out["ratio"] == pytest.approx(5.0 / 8.0)
+
+
+def test_matched_without_a_lowdiff_row_in_range_gives_no_ratio(frontier):
+    rows = [row(frontier, "baseline", 2.0, 6.0), row(frontier, "lowdiff", 3.0, 10.0)]
+    out = frontier.matched(rows, noise=0.1, switches="eager fp32")
+    assert "ratio" not in out and out["baseline"]["fid"] == 2.0
+
+
+def test_published_frontier_json_agrees_with_its_rows(frontier):
+    """docs/results/frontier.json: the quoted ratios follow from the rows it lists."""
+    data = json.loads((BENCH.parent / "docs" / "results" / "frontier.json").read_text())
+    rows = [row(frontier, r["family"], r["fid"], r["images_per_s"], r["switches"]) for r in data["rows"]]
+    for h in data["headlines"]:
+        switches = None if h["switches"] == "either" else h["switches"]
+        assert frontier.matched(rows, data["noise"], switches)["ratio"] == pytest.approx(h["ratio"])
