@@ -18,9 +18,11 @@ reference (finite-sample noise at the page's sample count). "Matched" means with
 noise: the ratio is the throughput of LowDiff's fastest row with FID <= (the baseline's best
 FID + noise) over the baseline's fastest row with FID <= the same bound.
 
-    python benchmarks/frontier.py --ref runs/fashion-test-ref.npz \\
-        --lowdiff-plans docs/results/tuned-lowdiff-b13.json docs/results/tuned-lowdiff-b22.json \\
-        --baseline-plans docs/results/tuned-edm-b13.json docs/results/tuned-edm-b22.json
+    lowdiff eval ref --data fashion-mnist:test --out runs/fashion-test.npz
+    python benchmarks/frontier.py --ref runs/fashion-test.npz --fast-fid fp32 --batch 32 --repeats 2 \\
+        --lowdiff-plans docs/results/tuned-lowdiff-b13.json docs/results/tuned-lowdiff-b9.json \\
+        --baseline-plans docs/results/tuned-edm-b13.json
+    python benchmarks/frontier.py --replot      # redraw docs/img/frontier.png from the JSON
 """
 from __future__ import annotations
 
