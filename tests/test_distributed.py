@@ -48,6 +48,19 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     assert_close(weights(single), weights(ddp), atol=1e-4)
 
 
+def test_ranks_agree_on_an_unresumable_out_dir(tmp_path):
+    """Every rank reads --out before rank 0 writes into it (a barrier), so all ranks see the
+    same folder: here all refuse it with the same message, and the launch ends without hanging."""
+    preset = preset_file(tmp_path, batch=8)
+    out = tmp_path / "ddp"
+    out.mkdir()
+    (out / "log.jsonl").write_text("")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        *train_cmd(preset, out, 0.008)], env=ENV, timeout=120, capture_output=True, text=True)
+    assert r.returncode != 0
+    assert r.stderr.count("no training state to resume from") == 2
+
+
 def test_gradient_accumulation_equals_full_batch(tiny, tmp_path):
     from lowdiff.data import make_synthetic
     from lowdiff.train.loop import Trainer

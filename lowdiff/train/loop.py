@@ -330,6 +330,8 @@ class Trainer:
         t = self.preset.train
         total = int((duration_kimg or t.duration_kimg) * 1000)
         resumed = self.try_resume()
+        if self.world > 1:
+            dist.barrier()      # every rank has read --out before rank 0 writes a file into it
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             storage.write_json(self.run_dir / storage.RUN_CONFIG_FILE, self.preset.to_dict())
