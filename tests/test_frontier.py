@@ -54,3 +54,9 @@ def test_published_frontier_json_agrees_with_its_rows(frontier):
     for h in data["headlines"]:
         switches = None if h["switches"] == "either" else h["switches"]
         assert frontier.matched(rows, data["noise"], switches)["ratio"] == pytest.approx(h["ratio"])
+
+
+def test_replot_redraws_the_published_plot_from_its_json(frontier, tmp_path):
+    out = tmp_path / "frontier.png"
+    frontier.replot(BENCH.parent / "docs" / "results" / "frontier.json", out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
