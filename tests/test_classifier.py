@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lowdiff.data import make_synthetic
-from lowdiff.eval.classifier import (ClassifierError, FashionClassifier, _augment, load_classifier, num_parameters,
+from lowdiff.eval.classifier import (ClassifierError, ImageClassifier, _augment, load_classifier, num_parameters,
                                      train_classifier)
 from lowdiff.eval.features import ClassifierFeatures, FeatureExtractor, InceptionFeatures, extract
 
@@ -64,7 +64,7 @@ def test_deterministic_training(tmp_path):
 
 
 def test_model_size_and_inputs():
-    model = FashionClassifier().eval()
+    model = ImageClassifier().eval()
     assert 100_000 <= num_parameters(model) <= 300_000 and model.feature_dim == 128
     gray = torch.randint(0, 256, (3, 1, 32, 32), dtype=torch.uint8)
     with torch.inference_mode():

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 import lowdiff.pipeline
 from lowdiff.cli import main
 from lowdiff.diffusion.denoiser import Denoiser
-from lowdiff.eval.classifier import FashionClassifier
+from lowdiff.eval.classifier import ImageClassifier
 from lowdiff.storage import save_pretrained
 
 
@@ -50,7 +50,7 @@ def ref(tmp_path, capsys):
 
 
 def other_classifier(path):
-    clf = FashionClassifier()
+    clf = ImageClassifier()
     path.mkdir()
     save_file({k: v.contiguous() for k, v in clf.state_dict().items()}, str(path / "classifier.safetensors"))
     (path / "classifier.json").write_text(json.dumps({"arch": clf.arch()}))

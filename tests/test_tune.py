@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 from lowdiff.cli import main
 from lowdiff.errors import ConfigError
 from lowdiff.diffusion.denoiser import Denoiser
-from lowdiff.eval.classifier import FashionClassifier
+from lowdiff.eval.classifier import ImageClassifier
 from lowdiff.eval.features import ClassifierFeatures
 from lowdiff.eval.tune import CostModel, Trial, TuneOptions, coordinates, fit_budget, mark_pareto
 from lowdiff.diffusion.plan import StagePlan
@@ -22,7 +22,7 @@ def fixtures(tiny, tmp_path):
     torch.manual_seed(0)
     preset = tiny(stages=(16, 32))
     save_pretrained(tmp_path / "model", preset, Denoiser.from_preset(preset).state_dict())
-    clf = FashionClassifier(width=4)
+    clf = ImageClassifier(width=4)
     (tmp_path / "clf").mkdir()
     save_file({k: v.contiguous() for k, v in clf.state_dict().items()}, str(tmp_path / "clf" / "classifier.safetensors"))
     (tmp_path / "clf" / "classifier.json").write_text(json.dumps({"arch": clf.arch()}))
@@ -107,3 +107,67 @@ def test_pareto_front():
     t = [Trial([], "", fid, 1, 1.0, ips) for fid, ips in ((1.0, 1.0), (2.0, 3.0), (2.5, 2.0), (0.5, 0.5))]
     front = mark_pareto(t)
     assert [x.fid for x in front] == [2.0, 1.0, 0.5] and not t[2].pareto
+
+
+class SleepyModel:
+    """A stand-in network whose evaluation takes a known time per resolution (and returns x)."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def __call__(self, x, sigma, class_labels=None, cond=None, sigma_cond=None):
+        import time
+        time.sleep(self.seconds[x.shape[-1]])
+        return x
+
+
+def test_cost_model_predicts_the_sampling_time_of_plans(tiny):
+    """Calibrated on one short plan, the cost model predicts other plans' measured times: the
+    network's latency per resolution and the time per step outside it are both measured."""
+    from types import SimpleNamespace
+
+    from lowdiff.eval.bench import BenchOptions, time_sampling
+    from lowdiff.eval.tune import measure_costs
+    preset = tiny()
+    fake = SleepyModel({8: 0.004, 16: 0.008, 32: 0.02})
+    pipe = SimpleNamespace(fast=fake, preset=preset, device=torch.device("cpu"))
+    costs = measure_costs(pipe, TuneOptions(budget_nfe=9, batch=4, screen_num=4))
+    assert costs.latency[32] == pytest.approx(0.02, rel=0.3) and costs.latency[8] < costs.latency[16] < costs.latency[32]
+    assert costs.step_overhead >= 0
+    for plan in (preset.stages, preset.stages.with_solver("dpmpp2m").replace(2, steps=12)):
+        measured = min(time_sampling(fake, preset, BenchOptions(batch=4), stages=plan)[0] for _ in range(2))
+        predicted = costs.latency_per_image(plan) * 4
+        assert predicted == pytest.approx(measured, rel=0.25), (predicted, measured)
+
+
+def test_few_step_starts_fit_the_budget_and_use_one_evaluation_solvers(tiny):
+    from lowdiff.eval.tune import few_step_plans
+    stages = tiny().stages
+    costs = CostModel({8: 0.1, 16: 0.35, 32: 1.0}, batch=1)
+    opts = TuneOptions(budget_nfe=9, solvers=("heun", "dpmpp2m", "ipndm"))
+    starts = few_step_plans(stages, costs, opts)
+    assert {p[0].solver for _, p in starts} == {"dpmpp2m", "ipndm"}
+    assert all(costs.effective_nfe(p) <= 9 and {s.solver for s in p} == {p[0].solver} for _, p in starts)
+    nfe = [p.nfe_per_stage for _, p in starts if p[0].solver == "dpmpp2m"]
+    assert {8: 6, 16: 4, 32: 7} in nfe and {8: 2, 16: 2, 32: 8} in nfe      # the budget buys final-stage steps
+    with pytest.raises(ConfigError, match=r"smaller than the cheapest plan \(one evaluation per stage: effective NFE"):
+        fit_budget(stages, costs, TuneOptions(budget_nfe=1))
+
+
+def test_warm_start_moves_are_valid_plans(tiny):
+    preset = tiny()
+    plan = preset.stages.with_solver("dpmpp2m").replace(1, nfe=6)      # 16x16 hands over at sigma 0.01
+    coords = dict(coordinates(plan, ("dpmpp2m",), warm_start=True))
+    assert "32:start" in coords and "16:start" in coords and "8:start" not in coords
+    moves = coords["32:start"](plan)
+    assert moves and all(p[2].start == "upsampled" for _, p in moves)
+    valid = []
+    for _, p in moves:
+        try:
+            preset.check_plan(p)
+            valid.append(p)
+        except ConfigError:
+            pass
+    assert {p[2].sigma_max for p in valid} >= {1.0, 2.0, 3.0, 5.0}
+    back = coords["32:start"](valid[0])
+    assert back[0][1][2].start == "noise" and back[0][1][2].sigma_max == plan[2].sigma_max

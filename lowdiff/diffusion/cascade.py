@@ -1,6 +1,7 @@
 """The cascaded, truncated sampler (paper Sec. 3.2, 3.4, Alg. 2).
 
-Stages run bottom-up. Each starts from pure noise at its own sigma_max; every stage above
+Stages run bottom-up. Each starts from pure noise at its own sigma_max (or, with the warm
+start `start='upsampled'`, from the stage below's output re-noised to it); every stage above
 the lowest is conditioned on the previous stage's output, upsampled by the pyramid, at
 the noise level where that stage was truncated. Only the last stage runs to sigma = 0.
 All randomness comes from one generator per image, so an image depends only on its seed.
@@ -11,6 +12,8 @@ flow schedule, each stage guided by classifier-free guidance when its cfg_scale 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import math
 
 import torch
 
@@ -42,6 +45,18 @@ class StageReport:
     nfe: int
     sigma_start: float
     truncation_sigma: float           # where the stage stopped (the end of its schedule for the final stage)
+    start: str = "noise"              # 'noise' or 'upsampled' (warm start from the stage below)
+
+
+def warm_start(upsampled: torch.Tensor, sigma_below: float, sigma: float, noise: torch.Tensor,
+               flow: bool = False) -> torch.Tensor:
+    """The upsampled state of the stage below, at noise level `sigma_below`, re-noised to `sigma`
+    (> sigma_below) with fresh unit noise `noise`. Nearest-neighbour upsampling keeps the noise
+    level per pixel (lowdiff/diffusion/pyramid.py), so for x = y + sigma n (EDM) the fresh noise
+    has std sqrt(sigma^2 - sigma_below^2); for the flow path x = (1 - sigma) y + sigma n the
+    state is first scaled by a = (1 - sigma) / (1 - sigma_below), then noised to sigma."""
+    a = (1 - sigma) / (1 - sigma_below) if flow else 1.0
+    return a * upsampled + math.sqrt(max(sigma ** 2 - (a * sigma_below) ** 2, 0.0)) * noise
 
 
 @dataclass
@@ -63,10 +78,15 @@ def sample_cascade(denoiser, stages, rng: PerImageGenerator, channels: int,
     inference options)."""
     plan = stages if isinstance(stages, StagePlan) else StagePlan(stages)
     result = CascadeResult(images=torch.empty(0))
-    cond, sigma_cond = None, None
+    cond, sigma_cond, below = None, None, None
     for i, stage in enumerate(plan):
         sigmas = plan.sigmas(i)
-        x = rng.randn((channels, stage.resolution, stage.resolution)).to(dtype) * sigmas[0].item()
+        noise = rng.randn((channels, stage.resolution, stage.resolution)).to(dtype)
+        if stage.start == "upsampled" and below is not None:
+            x = warm_start(pyramid.upsample(below[0], stage.resolution), below[1], sigmas[0].item(), noise,
+                           flow=stage.schedule == "flow")
+        else:
+            x = noise * sigmas[0].item()
 
         model = guided(denoiser, stage)
 
@@ -79,8 +99,9 @@ def sample_cascade(denoiser, stages, rng: PerImageGenerator, channels: int,
         x, nfe, reached = plan.solver(i)(denoise, x, sigmas, max_nfe=plan.budget(i), S_churn=stage.S_churn,
                                          S_min=stage.S_min, S_max=stage.S_max, S_noise=stage.S_noise,
                                          noise_fn=rng.randn_like)
-        result.stages.append(StageReport(stage.resolution, nfe, float(sigmas[0]), reached))
+        result.stages.append(StageReport(stage.resolution, nfe, float(sigmas[0]), reached, stage.start))
         if not plan.is_final(i):
+            below = (x, reached)
             cond = pyramid.upsample(x, plan[i + 1].resolution).to(torch.float32)
             sigma_cond = torch.full((x.shape[0],), reached, device=x.device)
     result.images = x.to(torch.float32)

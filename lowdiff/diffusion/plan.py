@@ -38,6 +38,10 @@ class StageConfig:
     the shifted grid runs from sigma_max to sigma_min; a final flow stage ends at sigma_min = 0.
     `cfg_scale` w guides with D_u + w (D_c - D_u) at noise levels <= `cfg_sigma_max` (the
     guidance interval; LightningDiT's cfg_interval_start t0 is cfg_sigma_max = 1 - t0).
+    `start='upsampled'` (a warm start, not in the paper, off by default): a stage above the lowest
+    starts at its sigma_max not from pure noise but from the stage below's output, upsampled and
+    re-noised to sigma_max (lowdiff/diffusion/cascade.py, `warm_start`); it still conditions on
+    that output as usual. Its sigma_max must lie above the noise level the stage below hands over.
     """
     resolution: int
     steps: int = 18
@@ -54,9 +58,11 @@ class StageConfig:
     shift: float = 1.0              # flow schedule: timestep shift s (1 = none)
     cfg_scale: float = 1.0          # classifier-free guidance scale w (1 = unguided)
     cfg_sigma_max: float = float("inf")   # guide only at noise levels <= this
+    start: str = "noise"            # 'noise' | 'upsampled': warm start from the stage below (see below)
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(StageConfig))
+STARTS = ("noise", "upsampled")
 
 
 def stage_sigmas(stage: StageConfig, final: bool) -> torch.Tensor:
@@ -173,6 +179,8 @@ class StagePlan(Sequence):
         self.solver(i)
         if s.schedule not in ("edm", "flow"):
             raise ConfigError(f"{where}: schedule {s.schedule!r}, choose edm or flow")
+        if s.start not in STARTS:
+            raise ConfigError(f"{where}: start {s.start!r}, choose {' or '.join(STARTS)}")
         if objective == "flow" or s.schedule != "edm":
             _validate_flow_stage(s, final, objective)
         elif s.steps < 1 or not (0 < s.sigma_min < s.sigma_max):
@@ -184,6 +192,8 @@ class StagePlan(Sequence):
                               "the edm schedule is shaped by rho")
         if not final and s.steps < 2:
             raise ConfigError(f"{where}: a truncated stage needs steps >= 2")
+        if s.start == "upsampled":
+            self._validate_warm_start(i)
         if s.nfe is not None:
             full = self.schedule_nfe(i)
             if final and s.nfe != full:
@@ -191,6 +201,17 @@ class StagePlan(Sequence):
             if not final and not 1 <= s.nfe <= full:
                 raise ConfigError(f"{where}: truncation after {s.nfe} NFE is past the last step of its "
                                   f"{s.steps}-step schedule ({full} NFE); raise steps or lower nfe")
+
+    def _validate_warm_start(self, i: int) -> None:
+        s = self[i]
+        if i == 0:
+            raise ConfigError(f"stage {s.resolution}: start=upsampled needs a stage below to start from; the lowest "
+                              "stage starts from noise")
+        below = self.truncation_sigma(i - 1)
+        if not s.sigma_max > below:
+            raise ConfigError(f"stage {s.resolution}: a warm start at sigma_max {s.sigma_max:g} must lie above the "
+                              f"noise level the {self[i - 1].resolution}x{self[i - 1].resolution} stage hands over "
+                              f"({below:.4g}); raise sigma_max or truncate stage {self[i - 1].resolution} later")
 
     # --- edits ---------------------------------------------------------------------------
     def replace(self, i: int, **changes) -> "StagePlan":
@@ -272,9 +293,9 @@ def _validate_flow_stage(s: StageConfig, final: bool, objective: str) -> None:
         raise ConfigError(f"{where}: a flow model samples with an ODE solver ({', '.join(SOLVERS)}) and no churn")
     if s.steps < 1 or not 0 <= s.sigma_min < s.sigma_max <= 1 or (s.schedule == "edm" and s.sigma_min == 0):
         raise ConfigError(f"{where}: flow noise levels need steps >= 1 and 0 <= sigma_min < sigma_max <= 1")
-    if s.sigma_max != 1:
-        raise ConfigError(f"{where}: a flow stage starts from pure noise (t = 0), so sigma_max must be 1; "
-                          "move the first steps with shift instead")
+    if s.sigma_max != 1 and s.start != "upsampled":
+        raise ConfigError(f"{where}: a flow stage starts from pure noise (t = 0), so sigma_max must be 1 unless it "
+                          "starts from the stage below (start=upsampled); move the first steps with shift instead")
     if s.schedule == "flow" and (s.shift <= 0 or (final and s.sigma_min != 0)):
         raise ConfigError(f"{where}: a flow schedule needs shift > 0, and the final stage sigma_min = 0")
 

@@ -1,6 +1,8 @@
 """ODE solvers as small functions over an explicit sigma array (k-diffusion style): Euler,
-EDM's Heun (Karras et al. 2022, Algorithm 2), and the multistep DPM-Solver++(2M) and (3M)
-(Lu et al. 2022, "DPM-Solver++"). The sigma arrays come from lowdiff/diffusion/schedules.py.
+EDM's Heun (Karras et al. 2022, Algorithm 2), the multistep DPM-Solver++(2M) and (3M)
+(Lu et al. 2022, "DPM-Solver++") and iPNDM (Zhang & Chen 2023, "Fast Sampling of Diffusion
+Models with Exponential Integrator", Sec. 4 / App. B). The sigma arrays come from
+lowdiff/diffusion/schedules.py.
 
 `denoise(x, sigma)` is any callable returning D(x; sigma). A sigma array ending at 0
 integrates to a clean sample; one ending at sigma > 0 stops there (truncation). `max_nfe`
@@ -108,9 +110,36 @@ def sample_dpmpp_3m(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, 
                       callback)
 
 
-def _multistep(denoise, x, sigmas, step, max_nfe, churn, noise_fn, callback):
-    """The loop of the one-evaluation multistep solvers: evaluate D once per step and let
-    `step(x, s, s_next, history)` move x, history = [(D_i, lambda_i), (D_{i-1}, ...), ...]."""
+def sample_ipndm(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, max_nfe: int | None = None,
+                 S_churn: float = 0.0, S_min: float = 0.0, S_max: float = float("inf"), S_noise: float = 1.0,
+                 noise_fn: NoiseFn | None = None, callback=None):
+    """iPNDM, one evaluation per step (NFE = N), up to fourth order.
+
+    The probability-flow ODE dx/dsigma = d(x, sigma) = (x - D(x; sigma)) / sigma (EDM Eq. 3 with
+    s = 1) is stepped with the Adams-Bashforth formulas over the derivatives of the last (up to)
+    four steps, whatever the step sizes, as in iPNDM (Zhang & Chen 2023, the "improved PNDM"):
+    PNDM (Liu et al. 2022) starts its linear multistep method with Runge-Kutta steps; iPNDM
+    starts it with the lower-order Adams-Bashforth steps instead, so every step costs one
+    evaluation:
+        x_next = x + h d_0                                          (first step: Euler)
+        x_next = x + h (3 d_0 - d_1) / 2
+        x_next = x + h (23 d_0 - 16 d_1 + 5 d_2) / 12
+        x_next = x + h (55 d_0 - 59 d_1 + 37 d_2 - 9 d_3) / 24,     h = sigma_next - sigma.
+    The step to sigma = 0 uses the same formula (d stays finite at the last sigma > 0).
+    """
+    return _multistep(denoise, x, sigmas, _ipndm_step, max_nfe, (S_churn, S_min, S_max, S_noise), noise_fn,
+                      callback, record=lambda x, denoised, s: ((x - denoised) / s, s), keep=4)
+
+
+def _record_denoised(x, denoised, s):
+    """What the DPM-Solver++ steps keep of an evaluation: D and lambda = -log sigma."""
+    return denoised, -math.log(s)
+
+
+def _multistep(denoise, x, sigmas, step, max_nfe, churn, noise_fn, callback, record=_record_denoised, keep=3):
+    """The loop of the one-evaluation multistep solvers: evaluate D once per step, keep
+    `record(x, D, sigma)` of the last `keep` evaluations, newest first, and let
+    `step(x, s, s_next, history)` move x."""
     if churn[0] > 0 and noise_fn is None:
         noise_fn = torch.randn_like
     sig = [float(s) for s in sigmas]
@@ -120,13 +149,23 @@ def _multistep(denoise, x, sigmas, step, max_nfe, churn, noise_fn, callback):
     for i in range(budget):
         x, s = _churn(x, sig[i], i, n_steps, *churn, noise_fn)
         s_next = sig[i + 1]
-        history = [(denoise(x, s), -math.log(s))] + history[:2]
+        history = [record(x, denoise(x, s), s)] + history[:keep - 1]
         nfe += 1
         x = step(x, s, s_next, history)
         reached = s_next
         if callback is not None:
             callback(i, x, reached, nfe)
     return x, nfe, reached
+
+
+# Adams-Bashforth coefficients by the number of derivatives available (newest first).
+_ADAMS_BASHFORTH = ((1.0,), (3 / 2, -1 / 2), (23 / 12, -16 / 12, 5 / 12), (55 / 24, -59 / 24, 37 / 24, -9 / 24))
+
+
+def _ipndm_step(x, s, s_next, history):
+    """x + h * sum_k c_k d_k over the stored derivatives d_k (see `sample_ipndm`)."""
+    slope = sum(c * d for c, (d, _) in zip(_ADAMS_BASHFORTH[len(history) - 1], history))
+    return x + (s_next - s) * slope
 
 
 def _dpmpp_2m_step(x, s, s_next, history):
@@ -186,4 +225,5 @@ SOLVERS = {s.name: s for s in (
     Solver("euler", sample_euler, 1, "1st-order Euler"),
     Solver("dpmpp2m", sample_dpmpp_2m, 1, "DPM-Solver++(2M), 2nd-order multistep"),
     Solver("dpmpp3m", sample_dpmpp_3m, 1, "DPM-Solver++(3M), 3rd-order multistep"),
+    Solver("ipndm", sample_ipndm, 1, "iPNDM, up to 4th-order Adams-Bashforth multistep"),
 )}

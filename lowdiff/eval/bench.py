@@ -103,15 +103,38 @@ def time_evaluations(model: FastDenoiser, preset: Preset, opts: BenchOptions, re
     return out
 
 
+class NetworkTimer:
+    """Wraps a denoiser (same call signature) and accumulates the time spent inside it per
+    resolution (synchronised on CUDA), so a sampling run splits into network time and the rest:
+    solver arithmetic, noise draws, hand-over between stages."""
+
+    def __init__(self, model, device: torch.device):
+        self.model, self.device = model, torch.device(device)
+        self.seconds: dict[int, float] = {}
+        self.calls: dict[int, int] = {}
+
+    def __call__(self, x, sigma, class_labels=None, cond=None, sigma_cond=None):
+        _sync(self.device)
+        start = time.perf_counter()
+        out = self.model(x, sigma, class_labels, cond=cond, sigma_cond=sigma_cond)
+        _sync(self.device)
+        r = x.shape[-1]
+        self.seconds[r] = self.seconds.get(r, 0.0) + time.perf_counter() - start
+        self.calls[r] = self.calls.get(r, 0) + 1
+        return out
+
+
 def time_sampling(model: FastDenoiser, preset: Preset, opts: BenchOptions, seed: int = 0,
-                  stages: StagePlan | None = None) -> tuple[float, dict[int, int]]:
+                  stages: StagePlan | None = None, timer: NetworkTimer | None = None) -> tuple[float, dict[int, int]]:
+    """Seconds to sample one batch with the plan, and its NFE per stage; with `timer` (wrapping
+    `model`), the network time is also accumulated there."""
     device = torch.device(opts.device)
     rng = PerImageGenerator(range(seed, seed + opts.batch), device)
     labels = _labels(preset, opts.batch, device)
     _sync(device)
     start = time.perf_counter()
-    result = sample_cascade(model, stages if stages is not None else preset.stages, rng, preset.network.in_channels,
-                            labels)
+    result = sample_cascade(timer or model, stages if stages is not None else preset.stages, rng,
+                            preset.network.in_channels, labels)
     _sync(device)
     return time.perf_counter() - start, result.nfe
 
@@ -131,22 +154,25 @@ def measure(variants: list[Variant], opts: BenchOptions, progress=None) -> list[
             tick(v, "warm-up")
     times: list[list[float]] = [[] for _ in variants]
     nfe: list[dict[int, int]] = [{} for _ in variants]
+    timers = [NetworkTimer(m, torch.device(opts.device)) for m in models]
     for rep in range(opts.repeats):
         for i, (v, m) in enumerate(zip(variants, models)):
-            t, nfe[i] = time_sampling(m, v.preset, opts, seed=rep * opts.batch, stages=v.plan)
+            t, nfe[i] = time_sampling(m, v.preset, opts, seed=rep * opts.batch, stages=v.plan, timer=timers[i])
             times[i].append(t)
             tick(v, "timing")
     rows = []
-    for v, m, t, n in zip(variants, models, times, nfe):
-        per_eval = time_evaluations(m, v.preset, opts)
+    for v, timer, t, n in zip(variants, timers, times, nfe):
+        calls = sum(timer.calls.values())                   # evaluations in all repeats (doubled batches count once)
+        per_eval = {r: timer.seconds[r] / timer.calls[r] for r in timer.calls}
         latency = sum(t) / len(t)
-        eval_time = sum(n[r] * per_eval[r] for r in n)
+        eval_time = sum(timer.seconds.values()) / len(t)
         rows.append({"label": v.label, "preset": v.preset.name, "options": asdict(v.options),
                      "solver": "/".join(s.solver for s in v.plan), "latency_s": latency,
                      "images_per_s": opts.batch / latency, "latency_runs_s": t, "nfe": n,
                      "eval_latency_s": per_eval, "effective_nfe": effective_nfe(n, per_eval),
-                     "stage_time_share": {r: n[r] * per_eval[r] / eval_time for r in n},
-                     "overhead": 1 - eval_time / latency})
+                     "stage_time_share": {r: timer.seconds[r] / sum(timer.seconds.values()) for r in timer.seconds},
+                     "overhead": 1 - eval_time / latency,
+                     "overhead_per_step_s": (sum(t) - sum(timer.seconds.values())) / max(calls, 1)})
     return rows
 
 

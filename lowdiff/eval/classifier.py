@@ -1,14 +1,17 @@
-"""An offline Fashion-MNIST classifier, the feature space for FID / IS where Inception weights can't be had.
+"""Offline image classifiers, the feature spaces for FID / IS where Inception weights can't be had.
 
-`FashionClassifier` is a small CNN (about 140k parameters) for 1x32x32 uint8 images (Fashion-MNIST zero-padded
-from 28x28, the layout of `open_dataset('fashion-mnist', pad_to=32)`). Its 128-d penultimate activations
-(global average pool after ReLU) are the FID features and its logits feed the Inception Score.
+`ImageClassifier` is a small VGG-style CNN for uint8 32x32 images, in one of two layouts (`ARCHS`):
+`fashion-cnn-v1` (about 140k parameters, grayscale, for Fashion-MNIST zero-padded from 28x28, the layout of
+`open_dataset('fashion-mnist', pad_to=32)`) and `cifar-cnn-v1` (one more level, RGB, for CIFAR-10). Its
+penultimate activations (global average pool after ReLU) are the FID features and its logits feed the
+Inception Score.
 
-`train_classifier` trains it deterministically on CPU (seeded init, shuffling, augmentation and dropout; deterministic
-algorithms) and writes `classifier.safetensors` + `classifier.json` (architecture, test accuracy, ...). Scores are only
-comparable between runs that use the same classifier file. The package bundles the one behind every FID in
-docs/results.md (`BUNDLED_CLASSIFIER_DIR`, 5 epochs, seed 0, one thread); `lowdiff eval train-classifier` writes a new
-one to `DEFAULT_CLASSIFIER_DIR` (or $LOWDIFF_CLASSIFIER), which then takes precedence (`default_classifier_dir`).
+`train_classifier` trains one deterministically on CPU (seeded init, shuffling, augmentation and dropout;
+deterministic algorithms) and writes `classifier.safetensors` + `classifier.json` (architecture, test accuracy,
+...). Scores are only comparable between runs that use the same classifier file. The package bundles the ones
+behind the FIDs in docs/results.md: `bundled:fashion-classifier` (5 epochs, seed 0, one thread) and
+`bundled:cifar-classifier`; `default_classifier_dir(channels)` picks one for 1- or 3-channel images, a
+classifier the user trained into the cache (or $LOWDIFF_CLASSIFIER) taking precedence.
 """
 from __future__ import annotations
 
@@ -32,11 +35,20 @@ from .. import bundled
 from ..errors import CheckpointError
 from ..storage import atomic_write
 
-DEFAULT_CLASSIFIER_DIR = Path(os.environ.get("LOWDIFF_CLASSIFIER", "~/.cache/lowdiff/fashion-classifier")).expanduser()
+CACHE = Path("~/.cache/lowdiff").expanduser()
+DEFAULT_CLASSIFIER_DIR = Path(os.environ.get("LOWDIFF_CLASSIFIER", CACHE / "fashion-classifier")).expanduser()
 BUNDLED_CLASSIFIER_DIR = bundled.ASSETS / "fashion-classifier"
 WEIGHTS_FILE, CONFIG_FILE = "classifier.safetensors", "classifier.json"
-ARCH_NAME = "fashion-cnn-v1"
 _HINT = "train one with `lowdiff eval train-classifier`"
+
+# The layouts: a width multiplier per 3x3 conv (+ BatchNorm + ReLU), "M" a 2x2 max-pool; then global average
+# pooling, dropout and a linear layer. The default input channels (1 gray, 3 RGB) and the bundled classifier of each.
+ARCHS: dict[str, tuple] = {
+    "fashion-cnn-v1": (1, 1, "M", 2, 2, "M", 4),
+    "cifar-cnn-v1": (1, "M", 2, 2, "M", 4, 4, "M", 8),
+}
+ARCH_FOR_CHANNELS = {1: "fashion-cnn-v1", 3: "cifar-cnn-v1"}
+BUNDLED_FOR_CHANNELS = {1: "fashion-classifier", 3: "cifar-classifier"}
 
 
 class ClassifierError(CheckpointError):
@@ -47,40 +59,57 @@ def _conv(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
-class FashionClassifier(nn.Module):
-    """conv(1->w) conv(w->w) pool | conv(w->2w) conv(2w->2w) pool | conv(2w->4w) GAP -> 4w features -> dropout -> fc.
+class ImageClassifier(nn.Module):
+    """The layout of `ARCHS[name]` at `width` channels -> GAP -> features -> dropout -> fc.
 
-    Inputs are uint8 images (N, 1, 32, 32) in [0, 255] (any dtype holding that range is accepted), scaled to [-1, 1]
-    inside; 3-channel images are converted to grayscale (ITU-R 601 luma).
+    fashion-cnn-v1: conv(1->w) conv(w->w) pool | conv(w->2w) conv(2w->2w) pool | conv(2w->4w) GAP (4w features).
+    cifar-cnn-v1:   conv(3->w) pool | conv(w->2w) conv(2w->2w) pool | conv(2w->4w) conv(4w->4w) pool | conv(4w->8w)
+                    GAP (8w features).
+    Inputs are uint8 images (N, C, 32, 32) in [0, 255] (any dtype holding that range is accepted), scaled to [-1, 1]
+    inside; a grayscale classifier converts 3-channel images to luma (ITU-R 601), an RGB one repeats a gray channel.
     """
 
-    def __init__(self, width: int = 32, num_classes: int = 10, resolution: int = 32, dropout: float = 0.2):
+    def __init__(self, width: int = 32, num_classes: int = 10, resolution: int = 32, dropout: float = 0.2,
+                 name: str = "fashion-cnn-v1", in_channels: int | None = None):
         super().__init__()
+        if name not in ARCHS:
+            raise ValueError(f"unknown classifier architecture {name!r} (this version reads {', '.join(ARCHS)})")
+        if in_channels is None:
+            in_channels = 3 if name == "cifar-cnn-v1" else 1
+        if in_channels not in (1, 3):
+            raise ValueError(f"a classifier takes 1 or 3 input channels, got {in_channels}")
+        self.name, self.in_channels = name, in_channels
         self.width, self.num_classes, self.resolution, self.dropout_p = width, num_classes, resolution, dropout
-        self.feature_dim = 4 * width
-        self.body = nn.Sequential(
-            _conv(1, width), _conv(width, width), nn.MaxPool2d(2),
-            _conv(width, 2 * width), _conv(2 * width, 2 * width), nn.MaxPool2d(2),
-            _conv(2 * width, 4 * width), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        layers, channels = [], in_channels
+        for item in ARCHS[name]:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers.append(_conv(channels, item * width))
+                channels = item * width
+        self.feature_dim = channels
+        self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(self.feature_dim, num_classes)
 
     def arch(self) -> dict[str, Any]:
-        return {"name": ARCH_NAME, "width": self.width, "num_classes": self.num_classes,
-                "resolution": self.resolution, "dropout": self.dropout_p, "in_channels": 1}
+        return {"name": self.name, "width": self.width, "num_classes": self.num_classes,
+                "resolution": self.resolution, "dropout": self.dropout_p, "in_channels": self.in_channels}
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 [0, 255] (N, C, H, W) -> float32 [-1, 1] (N, 1, H, W) on the model's device."""
+        """uint8 [0, 255] (N, C, H, W) -> float32 [-1, 1] (N, in_channels, H, W) on the model's device."""
         images = torch.as_tensor(images)
         if images.ndim != 4 or images.shape[1] not in (1, 3):
-            raise ValueError(f"FashionClassifier needs images (N, 1, H, W) or (N, 3, H, W), got {tuple(images.shape)}")
+            raise ValueError(f"the classifier needs images (N, 1, H, W) or (N, 3, H, W), got {tuple(images.shape)}")
         if images.shape[-2:] != (self.resolution, self.resolution):
-            raise ValueError(f"FashionClassifier was trained on {self.resolution}x{self.resolution} images, got "
+            raise ValueError(f"the classifier was trained on {self.resolution}x{self.resolution} images, got "
                              f"{images.shape[-1]}x{images.shape[-2]} (pad 28x28 Fashion-MNIST to 32, "
                              f"e.g. open_dataset(..., pad_to=32))")
         x = images.to(self.fc.weight.device, torch.float32) / 127.5 - 1
-        if x.shape[1] == 3:
+        if x.shape[1] == 3 and self.in_channels == 1:
             x = (x * x.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        elif x.shape[1] == 1 and self.in_channels == 3:
+            x = x.expand(-1, 3, -1, -1)
         return x
 
     def features_and_logits(self, images_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,11 +121,10 @@ class FashionClassifier(nn.Module):
         return self.features_and_logits(images_uint8)[1]
 
 
-def _build(arch: dict[str, Any]) -> FashionClassifier:
-    if arch.get("name") != ARCH_NAME:
-        raise ValueError(f"unknown classifier architecture {arch.get('name')!r} (this version reads {ARCH_NAME!r})")
-    return FashionClassifier(width=int(arch["width"]), num_classes=int(arch["num_classes"]),
-                             resolution=int(arch["resolution"]), dropout=float(arch["dropout"]))
+def _build(arch: dict[str, Any]) -> ImageClassifier:
+    return ImageClassifier(width=int(arch["width"]), num_classes=int(arch["num_classes"]),
+                           resolution=int(arch["resolution"]), dropout=float(arch["dropout"]), name=arch.get("name"),
+                           in_channels=int(arch.get("in_channels", 1)))
 
 
 def num_parameters(model: nn.Module) -> int:
@@ -142,7 +170,7 @@ def _lr_lambda(total: int, warmup: float = 0.05):
 
 
 @torch.no_grad()
-def evaluate_accuracy(model: FashionClassifier, images: np.ndarray | torch.Tensor, labels, batch: int = 1000) -> float:
+def evaluate_accuracy(model: ImageClassifier, images: np.ndarray | torch.Tensor, labels, batch: int = 1000) -> float:
     """Top-1 accuracy of `model` (switched to eval mode) on uint8 images."""
     model.eval()
     images, labels = torch.as_tensor(images), torch.as_tensor(labels)
@@ -178,30 +206,35 @@ def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, batch: int = 2
 
 
 def train_classifier(out_dir: str | Path, *, epochs: int = 5, batch: int = 128, lr: float = 2e-3, seed: int = 0,
-                     train=None, test=None, width: int = 32, progress: bool = True) -> dict[str, Any]:
-    """Train a FashionClassifier on CPU, deterministically; write classifier.{safetensors,json} to `out_dir`.
+                     train=None, test=None, width: int = 32, arch: str | None = None,
+                     progress: bool = True) -> dict[str, Any]:
+    """Train an ImageClassifier on CPU, deterministically; write classifier.{safetensors,json} to `out_dir`.
 
-    `train` / `test` are ImageDatasets (uint8 (N, 1, 32, 32) images with labels); by default the Fashion-MNIST
-    train and test splits, zero-padded to 32x32. Returns the metadata written to classifier.json.
+    `train` / `test` are ImageDatasets (uint8 (N, C, 32, 32) images with labels, C = 1 or 3); by default the
+    Fashion-MNIST train and test splits, zero-padded to 32x32. `arch` is a name in ARCHS (default: the one for
+    the data's channel count). Returns the metadata written to classifier.json.
     """
     from ..data import open_dataset
     if epochs < 1 or batch < 2:
         raise ValueError(f"train_classifier needs epochs >= 1 and batch >= 2, got epochs={epochs}, batch={batch}")
     train = open_dataset("fashion-mnist", split="train", pad_to=32) if train is None else train
     test = open_dataset("fashion-mnist:test", pad_to=32) if test is None else test
+    channels = train.images.shape[1]
     for name, ds in (("train", train), ("test", test)):
         if ds.labels is None:
             raise ValueError(f"train_classifier: the {name} dataset {ds.name} has no labels")
-        if ds.images.shape[1:] != (1, 32, 32):
+        if ds.images.shape[1:] != (channels, 32, 32) or channels not in ARCH_FOR_CHANNELS:
             raise ValueError(f"train_classifier: the {name} dataset {ds.name} has images of shape "
-                             f"{ds.images.shape[1:]}; need (1, 32, 32) (use pad_to=32 for Fashion-MNIST)")
+                             f"{ds.images.shape[1:]}; need (1, 32, 32) or (3, 32, 32), the same for train and test "
+                             "(use pad_to=32 for Fashion-MNIST)")
+    arch = arch or ARCH_FOR_CHANNELS[channels]
     num_classes = len(train.class_names) if train.class_names else int(max(train.labels.max(), test.labels.max())) + 1
     images, labels = torch.from_numpy(train.images), torch.from_numpy(train.labels)
     steps_per_epoch = len(images) // batch + (len(images) % batch >= 2)   # a last batch of 1 is dropped (BatchNorm)
     total = epochs * steps_per_epoch
     start_time = time.perf_counter()
     with _deterministic(seed):
-        model = FashionClassifier(width=width, num_classes=num_classes)
+        model = ImageClassifier(width=width, num_classes=num_classes, name=arch, in_channels=channels)
         gen = torch.Generator().manual_seed(seed)
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total))
@@ -232,28 +265,31 @@ def train_classifier(out_dir: str | Path, *, epochs: int = 5, batch: int = 128, 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_write(out / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata={"format": "pt", "arch": ARCH_NAME}))
+    atomic_write(out / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata={"format": "pt", "arch": arch}))
     atomic_write(out / CONFIG_FILE, lambda p: p.write_text(json.dumps(meta, indent=2)))
     return meta
 
 
 # ---------------------------------------------------------------------------------------------------- loading
 
-def default_classifier_dir() -> Path:
-    """$LOWDIFF_CLASSIFIER if set; else one trained into ~/.cache/lowdiff/fashion-classifier; else the bundled one."""
+def default_classifier_dir(channels: int = 1) -> Path:
+    """$LOWDIFF_CLASSIFIER if set; else one trained into ~/.cache/lowdiff/{fashion,cifar}-classifier; else the
+    bundled one, for grayscale (1) or RGB (3) images."""
     if os.environ.get("LOWDIFF_CLASSIFIER"):
         return Path(os.environ["LOWDIFF_CLASSIFIER"]).expanduser()
-    return DEFAULT_CLASSIFIER_DIR if (DEFAULT_CLASSIFIER_DIR / WEIGHTS_FILE).is_file() else BUNDLED_CLASSIFIER_DIR
+    name = BUNDLED_FOR_CHANNELS.get(channels, BUNDLED_FOR_CHANNELS[1])
+    cache = DEFAULT_CLASSIFIER_DIR if channels == 1 else CACHE / name
+    return cache if (cache / WEIGHTS_FILE).is_file() else bundled.ASSETS / name
 
 
-def load_classifier(directory: str | Path | None = None) -> FashionClassifier:
-    """The trained classifier in `directory` (default: `default_classifier_dir()`), in eval mode, on CPU."""
-    d = bundled.resolve(directory or default_classifier_dir()).expanduser()
+def load_classifier(directory: str | Path | None = None, channels: int = 1) -> ImageClassifier:
+    """The trained classifier in `directory` (default: `default_classifier_dir(channels)`), in eval mode, on CPU."""
+    d = bundled.resolve(directory or default_classifier_dir(channels)).expanduser()
     weights, config = d / WEIGHTS_FILE, d / CONFIG_FILE
     missing = [p.name for p in (weights, config) if not p.is_file()]
     if missing:
         where = "does not exist" if not d.is_dir() else f"has no {' or '.join(missing)}"
-        raise ClassifierError(f"no trained Fashion-MNIST classifier at {d} ({where}): {_HINT} "
+        raise ClassifierError(f"no trained classifier at {d} ({where}): {_HINT} "
                               f"(or set LOWDIFF_CLASSIFIER to the directory of one)")
     try:
         meta = json.loads(config.read_text())

@@ -61,12 +61,17 @@ def check_reference(ref: str | Path, identity: dict) -> tuple[np.ndarray, np.nda
     return load_stats(ref)
 
 
-def get_extractor(kind: str, path: str | None = None, device: str = "cpu"):
-    """A feature extractor: (uint8 images) -> (features, logits)."""
+def get_extractor(kind: str, path: str | None = None, device: str = "cpu", channels: int = 1,
+                  ref: str | Path | None = None):
+    """A feature extractor: (uint8 images) -> (features, logits). Without `path`, the classifier
+    is the default one for `channels`-channel images, or the default classifier of the other
+    channel count when it is the one that made the statistics `ref`."""
     from . import features
     if kind == "classifier":
         from .classifier import load_classifier
-        return features.ClassifierFeatures(load_classifier(path).to(device))
+        if path is None:
+            path = _default_classifier_for(channels, ref)
+        return features.ClassifierFeatures(load_classifier(path, channels).to(device))
     if kind == "inception":
         from .inception import find_inception_weights, load_inception
         weights = find_inception_weights(path)
@@ -77,10 +82,24 @@ def get_extractor(kind: str, path: str | None = None, device: str = "cpu"):
     raise ValueError(f"unknown feature space {kind!r}: choose classifier or inception")
 
 
-def reference_stats(data: str, out: str | Path, extractor, feature_space: str, split: str = "test",
+def _default_classifier_for(channels: int, ref: str | Path | None) -> Path:
+    """The default classifier directory for the images, unless `ref` names another default by its weights."""
+    from .classifier import WEIGHTS_FILE, default_classifier_dir, load_classifier
+    from .features import weights_sha256
+    first = default_classifier_dir(channels)
+    wanted = stats_identity(ref).get("extractor_sha256") if ref is not None and Path(ref).is_file() else None
+    if wanted:
+        for d in dict.fromkeys([first, default_classifier_dir(1), default_classifier_dir(3)]):
+            if (d / WEIGHTS_FILE).is_file() and weights_sha256(load_classifier(d)) == wanted:
+                return d
+    return first
+
+
+def reference_stats(data, out: str | Path, extractor, feature_space: str, split: str = "test",
                     batch: int = 256, progress: bool = True) -> dict:
+    """Write the feature statistics of a dataset (a spec for `open_dataset`, or an ImageDataset) to `out`."""
     from .features import extract
-    ds = open_dataset(data, split=split)
+    ds = open_dataset(data, split=split) if isinstance(data, str) else data
     feats, logits = extract(extractor, ds.images, batch=batch, progress=progress)
     stats = FeatureStats(feats.shape[1])
     stats.update(feats)

@@ -79,7 +79,7 @@ class _ModuleFeatures(FeatureExtractor):
 
 
 class ClassifierFeatures(_ModuleFeatures):
-    """Penultimate features and logits of a `FashionClassifier`."""
+    """Penultimate features and logits of a `ImageClassifier`."""
 
     name = "classifier"
 

@@ -5,15 +5,28 @@ budget and cost model, so that both families are compared at their best.
 
 The budget is an effective NFE (paper Appendix B: each stage's NFE weighted by its cost
 per evaluation relative to the target resolution, measured latency or FLOPs) and/or a
-predicted latency per image (the per-resolution evaluation latencies, measured once, times
-the NFE). The search is coordinate descent (a pattern search): starting from the model's
-own plan, and the same plan with every solver at equal NFE, it tries a few values of one
-coordinate at a time (a stage's solver, steps, truncation NFE, sigma_max, sigma_min, rho),
-keeps the best if FID improves (at equal FID, if the plan is cheaper), and cycles until a
-whole pass brings nothing or the trials are spent. Every FID uses the same seeds (common
-random numbers), so differences between plans are not sampling noise of the seed choice.
-All evaluated plans form the FID / throughput Pareto front; throughput is measured while
-generating.
+predicted latency per image. The cost model is measured on the device the tuner runs on:
+one calibration run of the sampler, timed inside and outside the network, gives the latency
+of an evaluation at each resolution and the time per solver step outside the network
+(solver arithmetic, noise, hand-over), so a plan's predicted time is
+sum_r NFE_r latency_r + steps * overhead.
+
+The search is global first, then local, with successive halving on the sample count:
+1. starts: the model's own plan fitted to the budget three ways (and with every solver at
+   equal NFE), plus a ladder of few-step plans with one one-evaluation solver (DPM-Solver++,
+   iPNDM) in every stage: cheap truncated low-resolution stages and as many final-stage steps
+   as the budget leaves;
+2. coordinate descent (a pattern search) from the best start: one coordinate at a time (a
+   stage's solver, steps, truncation NFE, a trade of final-stage steps against low-resolution
+   evaluations, sigma_max, sigma_min, rho, and the warm start of a stage from the one below
+   with its sigma), keeping the best move if the FID improves, until a pass brings nothing or
+   the trials are spent;
+3. every plan above is screened on the first `screen_num` seeds; the best `confirm` are
+   evaluated again on all `num` seeds and the lowest FID there is chosen.
+Every FID uses the same seeds (common random numbers: the screening seeds are the first
+of the confirmation seeds), so differences between plans are not sampling noise of the
+seed choice. All screened plans form the FID / throughput Pareto front; throughput is
+measured while generating.
 """
 from __future__ import annotations
 
@@ -25,7 +38,7 @@ from typing import Callable
 from ..diffusion.plan import StageConfig, StagePlan
 from ..diffusion.solvers import SOLVERS
 from ..errors import ConfigError
-from .bench import BenchOptions, time_evaluations
+from .bench import BenchOptions, NetworkTimer, time_sampling
 from .evaluate import check_reference, evaluate_pipeline
 
 
@@ -33,24 +46,28 @@ from .evaluate import check_reference, evaluate_pipeline
 class TuneOptions:
     budget_nfe: float | None = None          # effective NFE at most
     budget_latency: float | None = None      # predicted seconds per image at most
-    trials: int = 24                         # FID evaluations in all
-    num: int = 500                           # samples per FID
+    trials: int = 100                        # plans screened at most
+    num: int = 500                           # samples per FID of the confirmed plans
+    screen_num: int = 200                    # samples per FID when screening (the first of the num seeds)
+    confirm: int = 8                         # best screened plans evaluated again on num samples
     seed: int = 0                            # seeds seed .. seed + num - 1 for every plan
     batch: int = 250
-    solvers: tuple[str, ...] = ("heun", "dpmpp2m")
+    solvers: tuple[str, ...] = ("heun", "dpmpp2m", "ipndm")
     cost: str = "latency"                    # per-evaluation cost for effective NFE: latency | flops
+    warm_start: bool = True                  # search warm-started stages (start=upsampled) too
 
 
 @dataclass
 class Trial:
     stages: StagePlan
     move: str                                # what changed from the plan it came from
-    fid: float
+    fid: float                               # on the screening samples
     effective_nfe: int
-    latency_per_image_s: float               # predicted from per-evaluation latencies
+    latency_per_image_s: float               # predicted by the cost model
     images_per_s: float                      # measured while generating the FID samples
     nfe: dict[int, int] = field(default_factory=dict)
     pareto: bool = False
+    fid_confirmed: float | None = None       # on all num samples, for the confirmed plans
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -59,7 +76,8 @@ class Trial:
 
 
 def _stage_summary(s: StageConfig) -> dict:
-    return {k: getattr(s, k) for k in ("resolution", "solver", "steps", "nfe", "sigma_min", "sigma_max", "rho")}
+    return {k: getattr(s, k) for k in ("resolution", "solver", "steps", "nfe", "sigma_min", "sigma_max", "rho",
+                                       "start")}
 
 
 def _key(stages: StagePlan) -> str:
@@ -67,29 +85,54 @@ def _key(stages: StagePlan) -> str:
 
 
 class CostModel:
-    """Effective NFE and predicted latency of a plan from per-resolution evaluation costs."""
+    """Effective NFE and predicted latency of a plan from per-resolution evaluation costs and
+    the time per solver step outside the network."""
 
-    def __init__(self, latency: dict[int, float], batch: int, weights: dict[int, float] | None = None):
+    def __init__(self, latency: dict[int, float], batch: int, weights: dict[int, float] | None = None,
+                 step_overhead: float = 0.0):
         self.latency, self.batch = latency, batch          # seconds per evaluation of `batch` images
         self.weights = weights or latency                   # what effective NFE weighs by
+        self.step_overhead = step_overhead                  # seconds per evaluation outside the network
 
     def effective_nfe(self, plan: StagePlan) -> int:
         return plan.effective_nfe(self.weights)
 
     def latency_per_image(self, plan: StagePlan) -> float:
-        return sum(n * self.latency[r] for r, n in plan.nfe_per_stage.items()) / self.batch
+        nfe = plan.nfe_per_stage
+        return (sum(n * self.latency[r] for r, n in nfe.items()) + sum(nfe.values()) * self.step_overhead) / self.batch
+
+
+def calibration_plan(plan: StagePlan) -> StagePlan:
+    """A short plan with every resolution evaluated a few times: DPM-Solver++(2M), 4 evaluations
+    per truncated stage, 4 steps in the final one."""
+    cal = plan.with_solver("dpmpp2m")
+    for i in range(len(cal)):
+        cal = cal.replace(i, steps=4) if cal.is_final(i) else cal.replace(i, steps=max(cal[i].steps, 5), nfe=4)
+    return cal
 
 
 def measure_costs(pipe, opts: TuneOptions) -> CostModel:
-    batch = min(opts.batch, opts.num)
-    latency = time_evaluations(pipe.fast, pipe.preset, BenchOptions(batch=batch, device=str(pipe.device)))
+    """Time a calibration run (after one warm-up) at the screening batch size, inside and outside
+    the network (`NetworkTimer`); weights are those latencies, or FLOPs with cost='flops'."""
+    if opts.cost not in ("latency", "flops"):
+        raise ConfigError(f"cost {opts.cost!r}: choose latency or flops")
+    batch = min(opts.batch, opts.screen_num)
+    bench_opts = BenchOptions(batch=batch, device=str(pipe.device))
+    plan = calibration_plan(pipe.preset.stages)
+    time_sampling(pipe.fast, pipe.preset, bench_opts, stages=plan)
+    timer = NetworkTimer(pipe.fast, pipe.device)
+    total, _ = time_sampling(pipe.fast, pipe.preset, bench_opts, stages=plan, timer=timer)
+    latency = {r: timer.seconds[r] / timer.calls[r] for r in timer.calls}
+    overhead = max(total - sum(timer.seconds.values()), 0.0) / sum(timer.calls.values())
     weights = None
     if opts.cost == "flops":
         from ..info import flops_per_evaluation
         weights = flops_per_evaluation(pipe.preset)
-    elif opts.cost != "latency":
-        raise ValueError(f"cost {opts.cost!r}: choose latency or flops")
-    return CostModel(latency, batch, weights)
+    return CostModel(latency, batch, weights, overhead)
+
+
+def cost_text(plan: StagePlan, costs: CostModel) -> str:
+    return f"effective NFE {costs.effective_nfe(plan)}, {costs.latency_per_image(plan) * 1e3:.3g} ms per image predicted"
 
 
 def within_budget(stages, costs: CostModel, opts: TuneOptions) -> bool:
@@ -100,6 +143,9 @@ def within_budget(stages, costs: CostModel, opts: TuneOptions) -> bool:
 
 # --- the search space: coordinates and their candidate values ----------------------------
 
+ONE_EVAL_SOLVERS = ("dpmpp2m", "ipndm", "dpmpp3m", "euler")      # one evaluation per step: the few-step family
+
+
 def _solver_moves(plan: StagePlan, i: int, solvers):
     converted = {s: plan.with_solver(s)[i] for s in solvers if s != plan[i].solver}
     return [(f"{plan[i].resolution}: solver {s}, steps {c.steps}", plan.replace(i, solver=s, steps=c.steps))
@@ -107,9 +153,10 @@ def _solver_moves(plan: StagePlan, i: int, solvers):
 
 
 def _steps_moves(plan: StagePlan, i: int):
+    """The stage's schedule length; a truncated stage keeps its NFE (so its hand-over moves)."""
     s, final = plan[i], plan.is_final(i)
     out = []
-    for d in (-2, -1, 1, 2):
+    for d in ((-2, -1, 1, 2) if final else (-4, -2, -1, 1, 2, 4)):
         steps = s.steps + d
         if steps < (1 if final else 2):
             continue
@@ -121,10 +168,34 @@ def _steps_moves(plan: StagePlan, i: int):
 
 
 def _nfe_moves(plan: StagePlan, i: int):
+    """The truncation point of a low-resolution stage, in small and large moves; the schedule
+    grows with it when the point would pass its end."""
     s = plan[i]
-    top, current = plan.schedule_nfe(i), plan.nfe(i)
-    return [(f"{s.resolution}: truncate after {n} NFE", plan.replace(i, nfe=n))
-            for n in (current - 2, current - 1, current + 1, current + 2) if 1 <= n <= top]
+    current, out = plan.nfe(i), []
+    for n in sorted({current - 2, current - 1, current + 1, current + 2, current // 2, (3 * current + 1) // 2}):
+        if n < 1 or n == current:
+            continue
+        cand = plan.replace(i, nfe=n)
+        while cand.schedule_nfe(i) < n:
+            cand = cand.replace(i, steps=cand[i].steps + 1)
+        out.append((f"{s.resolution}: truncate after {n} NFE", cand))
+    return out
+
+
+def _trade_moves(plan: StagePlan, i: int):
+    """Final-stage steps against stage i's evaluations: one more final step for fewer low-resolution
+    evaluations, or the reverse, at about the same cost."""
+    last, s = len(plan) - 1, plan[i]
+    out = []
+    for d_final, d_low in ((1, -2), (-1, 2), (2, -4), (-2, 4)):
+        steps, n = plan[last].steps + d_final, plan.nfe(i) + d_low
+        if steps < 1 or n < 1:
+            continue
+        cand = plan.replace(last, steps=steps).replace(i, nfe=n)
+        while cand.schedule_nfe(i) < n:
+            cand = cand.replace(i, steps=cand[i].steps + 1)
+        out.append((f"{plan[last].resolution}: steps {steps}, {s.resolution}: truncate after {n} NFE", cand))
+    return out
 
 
 def _sigma_max_moves(plan: StagePlan, i: int):
@@ -144,18 +215,42 @@ def _rho_moves(plan: StagePlan, i: int):
     return [(f"{s.resolution}: rho {v:g}", plan.replace(i, rho=v)) for v in (s.rho - 2, s.rho + 2) if v >= 1]
 
 
-def coordinates(plan: StagePlan, solvers) -> list[tuple[str, Callable]]:
+WARM_SIGMAS = (1.0, 2.0, 3.0, 5.0)
+
+
+def _warm_moves(plan: StagePlan, i: int, cold_sigma_max: float):
+    """Stage i started from the stage below (at a few sigma_max, with its steps or one fewer), or,
+    when it already is, from noise again at its model plan's sigma_max."""
+    s = plan[i]
+    if s.start == "upsampled":
+        return [(f"{s.resolution}: start from noise", plan.replace(i, start="noise", sigma_max=cold_sigma_max))]
+    out = []
+    for sigma in WARM_SIGMAS:
+        if 2 * s.sigma_min < sigma:
+            for steps in sorted({s.steps, max(s.steps - 1, 1 if plan.is_final(i) else 2)}):
+                out.append((f"{s.resolution}: start from the stage below at sigma {sigma:g}, steps {steps}",
+                            plan.replace(i, start="upsampled", sigma_max=sigma, steps=steps)))
+    return out
+
+
+def coordinates(plan: StagePlan, solvers, warm_start: bool = False) -> list[tuple[str, Callable]]:
     """(name, plan -> [(move, plan)]) for plans shaped like `plan`, in search order: solvers,
-    the final stage's steps, truncation points, sigma_max, the final stage's sigma_min, rho,
-    then the low-resolution stages' steps. A single-resolution model has the same
-    coordinates but truncation and low-resolution steps; flow stages (which start from pure
-    noise and end at 0) have no sigma range or rho to move."""
+    the final stage's steps, truncation points, trades of final steps against low-resolution
+    evaluations, warm starts, sigma_max, the final stage's sigma_min, rho, then the
+    low-resolution stages' steps. A single-resolution model has the same coordinates but
+    those of the low-resolution stages; flow stages (which end at 0) have no sigma_min or rho
+    to move, and their sigma_max only moves once warm-started."""
     last = len(plan) - 1
     edm = [i for i, s in enumerate(plan) if s.schedule == "edm"]
     coords = [(f"{s.resolution}:solver", lambda p, i=i: _solver_moves(p, i, solvers)) for i, s in enumerate(plan)]
     coords.append((f"{plan[last].resolution}:steps", lambda p: _steps_moves(p, last)))
     for i, s in enumerate(plan[:-1]):
         coords.append((f"{s.resolution}:nfe", lambda p, i=i: _nfe_moves(p, i)))
+    for i, s in enumerate(plan[:-1]):
+        coords.append((f"{s.resolution}:trade", lambda p, i=i: _trade_moves(p, i)))
+    if warm_start:
+        for i, s in enumerate(plan[1:], start=1):
+            coords.append((f"{s.resolution}:start", lambda p, i=i, cold=s.sigma_max: _warm_moves(p, i, cold)))
     for i in edm:
         coords.append((f"{plan[i].resolution}:sigma_max", lambda p, i=i: _sigma_max_moves(p, i)))
     if last in edm:
@@ -165,6 +260,30 @@ def coordinates(plan: StagePlan, solvers) -> list[tuple[str, Callable]]:
     for i, s in enumerate(plan[:-1]):
         coords.append((f"{s.resolution}:steps", lambda p, i=i: _steps_moves(p, i)))
     return coords
+
+
+LADDER = (2, 3, 4, 6, 8)       # evaluations of the lowest stage in the few-step starts
+
+
+def few_step_plans(plan: StagePlan, costs: CostModel, opts: TuneOptions) -> list[tuple[str, StagePlan]]:
+    """Few-step starts: every stage with one one-evaluation solver; the lowest stage truncated after
+    n in LADDER evaluations of an (n + 2)-step schedule, each middle stage after max(2, 2n/3), over
+    the model plan's sigma ranges; the final stage takes as many steps as the budget leaves (a
+    single-stage model: the most steps that fit)."""
+    out = []
+    for solver in (s for s in opts.solvers if s in ONE_EVAL_SOLVERS):
+        base = plan.with_solver(solver)
+        for n in (LADDER if len(plan) > 1 else (0,)):
+            cand = base
+            for i in range(len(plan) - 1):
+                k = n if i == 0 else max(2, round(2 * n / 3))
+                cand = cand.replace(i, nfe=k, steps=k + 2)
+            for steps in range(60, 0, -1):
+                if within_budget(cand.replace(len(plan) - 1, steps=steps), costs, opts):
+                    nfe = "/".join(str(v) for v in cand.replace(len(plan) - 1, steps=steps).nfe_per_stage.values())
+                    out.append((f"few-step {solver} {nfe}", cand.replace(len(plan) - 1, steps=steps)))
+                    break
+    return out
 
 
 FITS = ("costliest stage first", "lower stages first", "in proportion")
@@ -183,7 +302,8 @@ def fit_budget(plan: StagePlan, costs: CostModel, opts: TuneOptions, order: str 
     while not within_budget(plan, costs, opts):
         candidates = [i for i in range(len(plan)) if shrinkable(i)]
         if not candidates:
-            raise ConfigError("the budget is smaller than the cheapest plan (one evaluation per stage); raise it")
+            raise ConfigError(f"the budget is smaller than the cheapest plan (one evaluation per stage: "
+                              f"{cost_text(plan, costs)}); raise it")
         if order == FITS[0]:
             i = max(candidates, key=lambda i: plan.nfe(i) * costs.latency[plan[i].resolution])
         elif order == FITS[1]:
@@ -202,14 +322,25 @@ class Tuner:
         unknown = [s for s in opts.solvers if s not in SOLVERS]
         if unknown:      # else every plan using them fails check_plan and is skipped without a word
             raise ConfigError(f"unknown solver(s) {', '.join(unknown)}: choose from {', '.join(SOLVERS)}")
+        if opts.screen_num < 2 or opts.confirm < 1 or opts.trials < 1:
+            raise ConfigError("tune needs screen_num >= 2, confirm >= 1 and trials >= 1")
         self.pipe, self.extractor, self.feature_space = pipe, extractor, feature_space
         self.ref = check_reference(ref, {**extractor.identity, "feature_space": feature_space})   # before any work
         self.opts, self.progress = opts, progress
         self.costs = measure_costs(pipe, opts)
         self.trials: dict[str, Trial] = {}
 
+    @property
+    def screen_num(self) -> int:
+        return min(self.opts.screen_num, self.opts.num)
+
+    def _fid(self, stages: StagePlan, num: int):
+        o = self.opts
+        return evaluate_pipeline(self.pipe, self.ref, self.extractor, self.feature_space, num=num, seed=o.seed,
+                                 stages=stages, batch=min(o.batch, num), progress=False)
+
     def evaluate(self, stages, move: str) -> Trial | None:
-        """FID of a plan (memoised); None when out of budget, invalid or out of trials."""
+        """Screening FID of a plan (memoised); None when out of budget, invalid or out of trials."""
         key = _key(stages)
         if key in self.trials:
             return self.trials[key]
@@ -219,33 +350,30 @@ class Tuner:
             self.pipe.preset.check_plan(stages)
         except ConfigError:
             return None
-        o = self.opts
-        ev = evaluate_pipeline(self.pipe, self.ref, self.extractor, self.feature_space, num=o.num, seed=o.seed,
-                               stages=stages, batch=min(o.batch, o.num), progress=False)
+        ev = self._fid(stages, self.screen_num)
         trial = Trial(stages, move, ev.fid, self.costs.effective_nfe(stages), self.costs.latency_per_image(stages),
-                      o.num / max(ev.generation_s, 1e-9), stages.nfe_per_stage)
+                      self.screen_num / max(ev.generation_s, 1e-9), stages.nfe_per_stage)
+        if self.screen_num == self.opts.num:
+            trial.fid_confirmed = ev.fid
         self.trials[key] = trial
         if self.progress is not None:
             self.progress(trial, len(self.trials))
         return trial
 
-    def run(self) -> Trial:
-        """Evaluate the model's plan fitted to the budget in each of the FITS orders (one start for a
-        single-stage model), then the best of them with every solver at equal NFE, then descend."""
+    def starts(self) -> list[tuple[str, StagePlan]]:
+        """The model's plan fitted to the budget in each of the FITS orders (one for a single-stage
+        model), then the few-step plans."""
         model_plan = self.pipe.preset.stages
         fits = {}
         for order in FITS:
             fits.setdefault(_key(p := fit_budget(model_plan, self.costs, self.opts, order)), (order, p))
         starts = [("model plan" if _key(p) == _key(model_plan) else f"model plan fitted, {order}", p)
                   for order, p in fits.values()]
-        evaluated = [t for t in (self.evaluate(p, m) for m, p in starts) if t is not None]
-        if not evaluated:
-            raise ConfigError("no plan within the budget could be evaluated; raise the budget or --trials")
-        start = min(evaluated, key=_rank).stages
-        twins = [(f"all stages {s}", start.with_solver(s)) for s in self.opts.solvers]
-        evaluated += [t for t in (self.evaluate(p, m) for m, p in twins) if t is not None]
-        best = min(evaluated, key=_rank)
-        coords = coordinates(start, self.opts.solvers)
+        return starts + few_step_plans(model_plan, self.costs, self.opts)
+
+    def descend(self, best: Trial) -> Trial:
+        """Coordinate descent from `best` until a pass brings nothing or the trials are spent."""
+        coords = coordinates(best.stages, self.opts.solvers, self.opts.warm_start)
         improved = True
         while improved and len(self.trials) < self.opts.trials:
             improved = False
@@ -256,8 +384,28 @@ class Tuner:
                     best, improved = candidate, True
                 if len(self.trials) >= self.opts.trials:
                     break
+        return best
+
+    def confirm(self) -> list[Trial]:
+        """The best screened plans evaluated on all num seeds, best first."""
+        ranked = sorted(self.trials.values(), key=_rank)[:self.opts.confirm]
+        for t in ranked:
+            if t.fid_confirmed is None:
+                t.fid_confirmed = self._fid(t.stages, self.opts.num).fid
+        return sorted(ranked, key=lambda t: (t.fid_confirmed, t.effective_nfe))
+
+    def run(self) -> Trial:
+        """Screen the starts, and the best start with every solver at equal NFE; descend from the
+        best; confirm the best screened plans on all seeds and return the lowest FID there."""
+        evaluated = [t for t in (self.evaluate(p, m) for m, p in self.starts()) if t is not None]
+        if not evaluated:
+            raise ConfigError("no plan within the budget could be evaluated; raise the budget")
+        start = min(evaluated, key=_rank).stages
+        twins = [(f"all stages {s}", start.with_solver(s)) for s in self.opts.solvers]
+        evaluated += [t for t in (self.evaluate(p, m) for m, p in twins) if t is not None]
+        self.descend(min(evaluated, key=_rank))
         mark_pareto(list(self.trials.values()))
-        return min(self.trials.values(), key=_rank)
+        return self.confirm()[0]
 
 
 def _rank(t: Trial) -> tuple[float, int]:
@@ -278,13 +426,18 @@ def mark_pareto(trials: list[Trial]) -> list[Trial]:
 
 def format_table(trials: list[Trial], chosen: Trial) -> str:
     rows = sorted(trials, key=lambda t: -t.images_per_s)
-    lines = [f"{'':2}{'FID':>9}{'eff. NFE':>9}{'img/s':>9}{'NFE per stage':>16}  {'solvers':<24}{'move'}"]
+    lines = [f"{'':2}{'FID':>9}{'confirmed':>10}{'eff. NFE':>9}{'img/s':>9}{'predicted':>10}{'NFE per stage':>16}  "
+             f"{'solvers':<24}{'move'}"]
     for t in rows:
         mark = ("*" if t is chosen else " ") + ("P" if t.pareto else " ")
         nfe = "/".join(str(v) for v in t.nfe.values())
         solvers = "/".join(s.solver for s in t.stages)
-        lines.append(f"{mark}{t.fid:>9.3f}{t.effective_nfe:>9}{t.images_per_s:>9.2f}{nfe:>16}  {solvers:<24}{t.move}")
-    lines.append("P = on the Pareto front (FID vs measured throughput), * = the chosen plan (lowest FID within budget)")
+        confirmed = f"{t.fid_confirmed:>10.3f}" if t.fid_confirmed is not None else f"{'':>10}"
+        lines.append(f"{mark}{t.fid:>9.3f}{confirmed}{t.effective_nfe:>9}{t.images_per_s:>9.2f}"
+                     f"{1 / t.latency_per_image_s:>10.2f}{nfe:>16}  {solvers:<24}{t.move}")
+    lines.append("FID on the screening seeds, confirmed = on all seeds; img/s measured, predicted by the cost model; "
+                 "P = on the Pareto front (screening FID vs measured throughput), * = the chosen plan (lowest "
+                 "confirmed FID within budget)")
     return "\n".join(lines)
 
 
