@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError
+from .seeds import Seeds
 
 
 def _number(kind, low: float, strict: bool):
@@ -32,19 +33,12 @@ nonnegative_int = _number(int, 0, strict=False)
 positive_float = _number(float, 0, strict=True)
 
 
-def seed_list(text: str) -> list[int]:
-    """'0-63,100' -> [0, ..., 63, 100] (argparse type)."""
-    seeds = []
-    for part in text.split(","):
-        lo, sep, hi = part.strip().partition("-")
-        try:
-            first, last = int(lo), int(hi) if sep else int(lo)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected seeds like 0-63,100, got {text!r}") from None
-        if first < 0 or last < first:
-            raise argparse.ArgumentTypeError(f"seed range {part!r} must be A-B with 0 <= A <= B")
-        seeds += range(first, last + 1)
-    return seeds
+def seed_list(text: str) -> Seeds:
+    """'0-63,100' -> Seeds (ranges, never materialised; argparse type)."""
+    try:
+        return Seeds.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def check_device(name: str) -> torch.device:

@@ -6,8 +6,10 @@ statistics); a problem is one line on stderr and exit status 2, never a tracebac
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 import time
 import warnings
@@ -17,6 +19,7 @@ from . import __version__
 from .checks import at_least_2, check_device, check_output, nonnegative_int, positive_float, positive_int, seed_list
 from .errors import ConfigError, LowdiffError
 from .presets import PRESETS, get_preset
+from .seeds import Seeds
 
 INTERRUPTED = 130                      # exit status after Ctrl-C (128 + SIGINT)
 
@@ -98,15 +101,22 @@ def sampling_plan(plan, args):
     return plan
 
 
-def seeds_of(args) -> list[int]:
-    """--seeds LIST, else --num images from --seed."""
-    return args.seeds if args.seeds else list(range(args.seed, args.seed + args.num))
+def seeds_of(args) -> Seeds:
+    """--seeds LIST, else --num images from --seed (ranges, never a list in memory)."""
+    return args.seeds if args.seeds else Seeds.count(args.seed, args.num)
 
 
-def grid_labels(seeds: list[int], label_dim: int, by_class: bool) -> list[int] | None:
+MAX_GRID = 10_000          # images in one grid PNG (100 x 100 tiles)
+MAX_LABELLED = 1_000_000   # images whose classes are laid out in blocks (--by-class)
+
+
+def grid_labels(seeds: Seeds, label_dim: int, by_class: bool) -> list[int] | None:
     """Class labels for a labelled grid: len(seeds) rounded down to a multiple of the classes."""
     if not (label_dim and by_class):
         return None
+    if len(seeds) > MAX_LABELLED:
+        raise ConfigError(f"--by-class lays out the classes of at most {MAX_LABELLED:,} images, got {len(seeds):,}; "
+                          "use --random-class (classes drawn from the seeds) or --class N")
     per = len(seeds) // label_dim
     if per == 0:
         raise ConfigError(f"--num {len(seeds)} is smaller than the {label_dim} classes of one labelled row each; "
@@ -117,17 +127,50 @@ def grid_labels(seeds: list[int], label_dim: int, by_class: bool) -> list[int] |
     return [c for c in range(label_dim) for _ in range(per)]
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (what torchrun sends every worker when one fails or is stopped) ends the command
+    like Ctrl-C: finished work is kept and the command says so."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:                   # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def cmd_sample(args) -> int | None:
+    from .distributed import World, close_distributed
     from .images import FolderWriter, is_grid_path, save_grid
     from .pipeline import load
     grid = is_grid_path(args.out)
     check_output(args.out, directory=not grid)
-    pipe = load(args.checkpoint, device=args.device, options=inference_options(args), vae=args.vae)
+    seeds = seeds_of(args)
+    if grid and len(seeds) > MAX_GRID:
+        raise ConfigError(f"--out {args.out}: a grid of {len(seeds):,} images is too large (at most {MAX_GRID:,}); "
+                          "give a folder (--out DIR/) for one PNG per seed")
+    check_device(args.device)
+    world = World.join(args.device)
+    try:
+        with sigterm_as_interrupt():
+            return _sample(args, world, grid, seeds, load, FolderWriter, save_grid)
+    finally:
+        close_distributed(barrier=False)
+
+
+def _sample(args, world, grid: bool, seeds: Seeds, load, FolderWriter, save_grid) -> int | None:
+    import torch
+    say = print if world.is_main else (lambda *a, **k: None)
+    pipe = load(args.checkpoint, device=world.device, options=inference_options(args), vae=args.vae)
     preset, label_dim = pipe.preset, pipe.preset.network.label_dim
     if pipe.source != "model.safetensors":
-        print(f"{args.checkpoint}: sampling {pipe.source}", file=sys.stderr)
+        say(f"{args.checkpoint}: sampling {pipe.source}", file=sys.stderr)
     stages = sampling_plan(preset.stages, args)
-    seeds = seeds_of(args)
     if args.class_label is not None:
         if not label_dim:
             raise ConfigError("--class: this model is unconditional")
@@ -138,37 +181,40 @@ def cmd_sample(args) -> int | None:
         labels = grid_labels(seeds, label_dim, grid if args.by_class is None else args.by_class)
         seeds = seeds[:len(labels)] if labels else seeds
     names = preset.class_names or [str(c) for c in range(label_dim)]
-    writer = None if grid else FolderWriter(args.out, names if label_dim else None)
-    start = time.time()
+    writer = FolderWriter(args.out, names if label_dim else None) if not grid and world.is_main else None
+    start, images, nfe, reports = time.time(), [], {}, []
     try:
-        out = pipe(seeds=seeds, class_labels=labels, stages=stages, batch=args.batch, progress=not args.no_progress,
-                   on_batch=writer)
+        for batch_images, chunk, _, reports in pipe.stream(seeds, labels, stages, args.batch, world,
+                                                           progress=not args.no_progress):
+            if grid:
+                images.append(batch_images)
+            else:
+                writer(batch_images, chunk, _)
     except KeyboardInterrupt:
         if writer is not None:
             writer.close()
-        print("lowdiff sample: interrupted; " + (f"the {writer.count} images finished are in {args.out}" if writer
-                                                  else "no grid written"), file=sys.stderr)
+        say("lowdiff sample: interrupted; " + (f"the {writer.count} images finished are in {args.out}" if writer
+                                                else "no grid written"), file=sys.stderr)
         return INTERRUPTED
     elapsed = time.time() - start
+    if not world.is_main:
+        return None
     if grid:
         by_class = isinstance(labels, list) and args.class_label is None
         layout = dict(ncol=len(seeds) // label_dim, row_labels=names) if by_class else {}
-        save_grid(out.images, args.out, scale=args.scale, **layout)
+        save_grid(torch.cat(images), args.out, scale=args.scale, **layout)
     else:
         writer.close()
-    trunc = ", ".join([f"{r}x{r} stops at sigma {s:.3g}" for r, s in out.truncation_sigma.items()] +
+    nfe = {r.resolution: r.nfe for r in reports}
+    trunc = ", ".join([f"{r.resolution}x{r.resolution} stops at sigma {r.truncation_sigma:.3g}" for r in reports[:-1]] +
                       [f"{s.resolution}x{s.resolution} starts from the stage below at sigma {s.sigma_max:g}"
                        for s in stages if s.start == "upsampled"])
-    print(f"wrote {len(out.seeds)} images (seeds {_seed_text(out.seeds)}) to {args.out} in {elapsed:.1f}s; "
-          f"NFE per stage {out.nfe}" + (f"; {trunc}" if trunc else "")
-          + (f"; classes in {Path(args.out) / FolderWriter.LABELS}" if writer is not None and label_dim else ""),
-          file=sys.stderr)
+    ranks = f" on {world.size} processes" if world.size > 1 else ""
+    say(f"wrote {len(seeds)} images (seeds {seeds.text()}) to {args.out} "
+        f"in {elapsed:.1f}s{ranks}; NFE per stage {nfe}" + (f"; {trunc}" if trunc else "")
+        + (f"; classes in {Path(args.out) / FolderWriter.LABELS}" if writer is not None and label_dim else ""),
+        file=sys.stderr)
     return None
-
-
-def _seed_text(seeds: list[int]) -> str:
-    contiguous = seeds == list(range(seeds[0], seeds[0] + len(seeds)))
-    return f"{seeds[0]}-{seeds[-1]}" if contiguous else ",".join(map(str, seeds[:8])) + ("..." if len(seeds) > 8 else "")
 
 
 def cmd_bench(args) -> None:
@@ -204,13 +250,14 @@ def _bench_compare(preset, stages, opts, args) -> None:
     print(json.dumps(report, indent=2, default=str) if args.json else format_comparison(report, preset.name))
 
 
-def extractor_of(args, channels: int = 1, ref: str | None = None):
+def extractor_of(args, channels: int = 1, ref: str | None = None, world=None):
     """The feature extractor the options name; the default classifier is chosen for `channels`-channel images,
     or by the weights that made the statistics `ref`."""
     from .eval import evaluate
     weights = args.inception if args.features == "inception" else args.classifier
-    extractor = evaluate.get_extractor(args.features, weights, str(check_device(args.device)), channels, ref)
-    if args.features == "classifier" and weights is None:
+    device = str(world.device) if world is not None else str(check_device(args.device))
+    extractor = evaluate.get_extractor(args.features, weights, device, channels, ref)
+    if args.features == "classifier" and weights is None and (world is None or world.is_main):
         model = extractor.model
         accuracy = f", test accuracy {model.test_accuracy:.1%}" if model.test_accuracy is not None else ""
         print(f"features: classifier {model.arch()['name']} ({model.in_channels}-channel{accuracy}); "
@@ -218,11 +265,23 @@ def extractor_of(args, channels: int = 1, ref: str | None = None):
     return extractor
 
 
-def cmd_tune(args) -> None:
-    from tqdm import tqdm
+@contextlib.contextmanager
+def joined(device: str):
+    """This process's `World` (the torchrun group, or one process), left at the end; SIGTERM
+    ends the work like Ctrl-C."""
+    from .distributed import World, close_distributed
+    check_device(device)
+    world = World.join(device)
+    ok = False
+    try:
+        with sigterm_as_interrupt():
+            yield world
+        ok = True
+    finally:
+        close_distributed(barrier=ok)
 
-    from .eval.tune import Tuner, TuneOptions, format_table, mark_pareto, plot_front
-    from .pipeline import load
+
+def cmd_tune(args) -> None:
     if args.budget_nfe is None and args.budget_latency is None:
         raise ConfigError("give a budget: --budget-nfe N (effective NFE) and/or --budget-latency SECONDS (per image)")
     from .diffusion.solvers import SOLVERS
@@ -232,21 +291,32 @@ def cmd_tune(args) -> None:
     plot = args.plot or str(Path(args.out).with_suffix(".png"))
     check_output(args.out)
     check_output(plot, "--plot")
-    pipe = load(args.checkpoint, device=args.device, options=inference_options(args))
-    extractor = extractor_of(args, pipe.image_channels, args.ref)
+    with joined(args.device) as world:
+        _tune(args, world, plot)
+
+
+def _tune(args, world, plot: str) -> None:
+    from tqdm import tqdm
+
+    from .eval.tune import Tuner, TuneOptions, format_table, mark_pareto, plot_front
+    from .pipeline import load
+    pipe = load(args.checkpoint, device=world.device, options=inference_options(args))
+    extractor = extractor_of(args, pipe.image_channels, args.ref, world)
     opts = TuneOptions(budget_nfe=args.budget_nfe, budget_latency=args.budget_latency, trials=args.trials,
                        num=args.num, screen_num=args.screen_num, confirm=args.confirm, seed=args.seed,
                        batch=args.batch, solvers=tuple(args.solvers.split(",")), cost=args.cost,
                        warm_start=args.warm_start)
-    bar = tqdm(total=opts.trials, unit="plan", desc="tune", disable=args.no_progress)
+    bar = tqdm(total=opts.trials, unit="plan", desc="tune", disable=args.no_progress or not world.is_main)
 
     def progress(trial, n):
         bar.update(1)
         bar.set_postfix_str(f"FID {trial.fid:.3f} at {trial.effective_nfe} eff. NFE ({trial.move})"[:90])
 
-    tuner = Tuner(pipe, args.ref, extractor, args.features, opts, progress)
+    tuner = Tuner(pipe, args.ref, extractor, args.features, opts, progress, world)
     chosen = tuner.run()
     bar.close()
+    if not world.is_main:
+        return
     trials = list(tuner.trials.values())
     front = mark_pareto(trials)
     print(format_table(trials, chosen))
@@ -297,10 +367,11 @@ def cmd_eval(args) -> None:
         check_output(args.out)
         from .data import open_dataset
         ds = open_dataset(args.data, split=args.split)
-        result = evaluate.reference_stats(ds, args.out, extractor_of(args, ds.channels), args.features,
-                                          split=args.split,
-                                          progress=not args.no_progress)
-        print(json.dumps(result, indent=2))
+        with joined(args.device) as world:
+            result = evaluate.reference_stats(ds, args.out, extractor_of(args, ds.channels, world=world),
+                                              args.features, progress=not args.no_progress, world=world)
+            if world.is_main:
+                print(json.dumps(result, indent=2))
         return
     if args.images or args.stats:
         sampling = [f"--{k.replace('_', '-')}" for k in ("plan", "solver", "stage", "seed", "compile", "channels_last",
@@ -313,28 +384,36 @@ def cmd_eval(args) -> None:
         print(json.dumps({"fid": evaluate.fid_between(args.stats, args.ref), "stats": args.stats, "ref": args.ref},
                          indent=2))
         return
-    pipe = None
-    if not args.images:
-        from .pipeline import load
-        pipe = load(args.checkpoint, device=args.device, options=inference_options(args))
-    extractor = extractor_of(args, pipe.image_channels if pipe else 1, args.ref)
-    ref = evaluate.check_reference(args.ref, {**extractor.identity, "feature_space": args.features})
     if args.images:
         from .eval.metrics import frechet_distance
+        extractor = extractor_of(args, 1, args.ref)
+        ref = evaluate.check_reference(args.ref, {**extractor.identity, "feature_space": args.features})
         stats = evaluate.folder_stats(args.images, extractor, num=args.num, batch=args.batch,
                                       progress=not args.no_progress)
         print(json.dumps({"fid": frechet_distance(stats.mu, stats.sigma, *ref), "num": stats.n,
                           "images": args.images, "feature_space": args.features}, indent=2))
         return
+    with joined(args.device) as world:
+        _eval_fid(args, world, evaluate)
+
+
+def _eval_fid(args, world, evaluate) -> None:
+    from .pipeline import load
+    pipe = load(args.checkpoint, device=world.device, options=inference_options(args))
+    extractor = extractor_of(args, pipe.image_channels, args.ref, world)
+    ref = evaluate.check_reference(args.ref, {**extractor.identity, "feature_space": args.features})
     stages = sampling_plan(pipe.preset.stages, args)
     num, seed = args.num or 10_000, args.seed or 0
-    print(f"generating seeds {seed}-{seed + num - 1} with {pipe.preset.name}", file=sys.stderr)
-    ev = evaluate.evaluate_pipeline(pipe, ref, extractor, args.features, num=num, seed=seed,
-                                    stages=stages, batch=args.batch, progress=not args.no_progress)
+    if world.is_main:
+        ranks = f" on {world.size} processes" if world.size > 1 else ""
+        print(f"generating seeds {seed}-{seed + num - 1} with {pipe.preset.name}{ranks}", file=sys.stderr)
+    ev = evaluate.evaluate_pipeline(pipe, ref, extractor, args.features, num=num, seed=seed, stages=stages,
+                                    batch=args.batch, progress=not args.no_progress, world=world)
     result = {"fid": ev.fid, "inception_score": ev.inception_score, "num": ev.num, "seeds": ev.seeds,
               "feature_space": ev.feature_space, "checkpoint": args.checkpoint or "bundled",
               "nfe_per_stage": stages.nfe_per_stage}
-    print(json.dumps(result, indent=2))
+    if world.is_main:
+        print(json.dumps(result, indent=2))
 
 
 def cmd_dataset(args) -> None:
@@ -475,7 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="generate images: a PNG grid or a folder of PNGs")
     s.add_argument("--checkpoint", help="model directory (an unfinished run samples its newest state's EMA), or "
                    "bundled:NAME (fashion-lowdiff-cond, fashion-edm-cond; default bundled:fashion-lowdiff-cond)")
-    s.add_argument("--num", type=positive_int, default=64, help="number of images (default 64)")
+    s.add_argument("-n", "--num", type=positive_int, default=64, help="number of images (default 64; write -n N "
+                   "under torchrun, whose own parser takes --num for its --numa-binding)")
     s.add_argument("--seed", type=nonnegative_int, default=0, help="first seed; image i uses seed+i (default 0)")
     s.add_argument("--seeds", type=seed_list, help="explicit seeds instead of --num/--seed, e.g. 0-63,100")
     s.add_argument("--out", required=True, help="grid.png, or a folder for one PNG per seed (plus labels.csv with each "
@@ -540,7 +620,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--images", help="a folder of PNG/JPG images instead of a model (every image in it and "
                         "its subfolders)")
     source.add_argument("--stats", help="a statistics .npz instead of a model (FID between two .npz files)")
-    e.add_argument("--num", type=at_least_2, help="number of samples (default 10000; with --images: all)")
+    e.add_argument("-n", "--num", type=at_least_2, help="number of samples (default 10000; with --images: all; "
+                   "-n N under torchrun)")
     e.add_argument("--seed", type=nonnegative_int, help="first seed; seeds seed..seed+num-1 are used (default 0)")
     e.add_argument("--batch", type=positive_int, default=250, help="images per batch")
     add_speed_args(e)
@@ -637,8 +718,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="predicted seconds per image at most (measured per-evaluation latency x NFE)")
     s.add_argument("--cost", default="latency", choices=["latency", "flops"],
                    help="per-evaluation cost behind effective NFE (default latency, measured here)")
-    s.add_argument("--num", type=at_least_2, default=500,
-                   help="samples per FID of the confirmed plans (default 500)")
+    s.add_argument("-n", "--num", type=at_least_2, default=500,
+                   help="samples per FID of the confirmed plans (default 500; -n N under torchrun)")
     s.add_argument("--screen-num", dest="screen_num", type=at_least_2, default=200,
                    help="samples per FID when screening, the first of the --num seeds (default 200)")
     s.add_argument("--confirm", type=positive_int, default=8,

@@ -18,9 +18,11 @@ from .config import Preset
 from .diffusion.cascade import PerImageGenerator, sample_cascade
 from .diffusion.denoiser import Denoiser
 from .diffusion.plan import StagePlan
+from .distributed import SINGLE, World
 from .errors import ConfigError
 from .images import to_uint8
 from .inference import FastDenoiser, InferenceOptions
+from .seeds import Seeds
 
 
 @dataclass
@@ -70,7 +72,7 @@ class Pipeline:
         latent = self.preset.latent
         return latent.image_channels if latent is not None else self.preset.network.in_channels
 
-    def __call__(self, num: int | None = None, seed: int = 0, seeds: list[int] | None = None,
+    def __call__(self, num: int | None = None, seed: int = 0, seeds=None,
                  class_labels: list[int] | int | None = None, stages: StagePlan | list | None = None,
                  batch: int = 64, progress: bool = False,
                  on_batch: Callable[[torch.Tensor, list[int], list[int] | None], None] | None = None) -> Generated:
@@ -79,39 +81,69 @@ class Pipeline:
         `on_batch(images, seeds, labels)` sees each batch as soon as it is made."""
         if num is not None and num < 1:
             raise ConfigError(f"num must be >= 1, got {num}")
+        seeds = Seeds.count(seed, num or 1) if seeds is None else seeds
+        images, labels_out, seeds_out, reports = [], [], [], []
+        for imgs, chunk, labels, reports in self.stream(seeds, class_labels, stages, batch, progress=progress):
+            images.append(imgs)
+            seeds_out += chunk
+            labels_out += labels or []
+            if on_batch is not None:
+                on_batch(imgs, chunk, labels)
+        return Generated(torch.cat(images), seeds_out, labels_out or None, {s.resolution: s.nfe for s in reports},
+                         {s.resolution: s.truncation_sigma for s in reports[:-1]})
+
+    def stream(self, seeds, class_labels: list[int] | int | None = None, stages: StagePlan | list | None = None,
+               batch: int = 64, world: World = SINGLE, progress: bool = False):
+        """Yield (uint8 images, seeds, class labels or None, per-stage reports) batch by batch in
+        seed order. Seeds are taken lazily (a `Seeds` range list or any sequence of ints). Under
+        torchrun (`world`), batch i is made by rank i mod N and rank 0 yields every batch in
+        order; the other ranks yield nothing."""
         if batch < 1:
             raise ConfigError(f"batch must be >= 1, got {batch}")
-        seeds = list(seeds) if seeds is not None else list(range(seed, seed + (num or 1)))
         plan = StagePlan(stages) if stages is not None else self.preset.stages
         self.preset.check_plan(plan)
-        label_dim = self.preset.network.label_dim
-        if class_labels is not None and not label_dim:
-            raise ConfigError("this model is unconditional: class labels are not accepted")
-        if isinstance(class_labels, int):
-            class_labels = [class_labels] * len(seeds)
-        if class_labels is not None:
-            if len(class_labels) != len(seeds) or not all(0 <= c < label_dim for c in class_labels):
-                raise ConfigError(f"need one class label in [0, {label_dim}) per image")
-        bar = tqdm(total=plan.total_nfe * ((len(seeds) + batch - 1) // batch), unit="nfe", disable=not progress,
+        self._check_labels(class_labels, len(seeds))
+        num_batches = (len(seeds) + batch - 1) // batch
+        bar = tqdm(total=plan.total_nfe * num_batches, unit="nfe", disable=not progress or not world.is_main,
                    desc="sample")
-        images, labels_out, result = [], [], None
-        for start in range(0, len(seeds), batch):
-            chunk = seeds[start:start + batch]
-            rng = PerImageGenerator(chunk, self.device)
-            onehot, labels = None, None
-            if label_dim:
-                labels = (torch.tensor(class_labels[start:start + batch], device=self.device)
-                          if class_labels is not None else rng.randint(label_dim))
-                onehot = F.one_hot(labels.long(), label_dim).float()
-                labels = labels.tolist()
-                labels_out += labels
-            result = sample_cascade(self.fast, plan, rng, self.preset.network.in_channels, onehot, progress=bar)
-            images.append(to_uint8(self.decode(result.images)).cpu())
-            if on_batch is not None:
-                on_batch(images[-1], chunk, labels)
+
+        def make(i: int):
+            chunk = list(seeds[i * batch:(i + 1) * batch])
+            labels = class_labels[i * batch:(i + 1) * batch] if isinstance(class_labels, list) else class_labels
+            images, labels, result = self.sample_batch(chunk, labels, plan, bar if world.size == 1 else None)
+            return images, chunk, labels, result.stages
+
+        for i in world.rounds(num_batches):
+            for item in world.gather(make(i) if i is not None else None) or []:
+                if item is not None:
+                    if world.size > 1:
+                        bar.update(plan.total_nfe)
+                    yield item
         bar.close()
-        return Generated(torch.cat(images), seeds, labels_out or None, result.nfe,
-                         {s.resolution: s.truncation_sigma for s in result.stages[:-1]})
+
+    def _check_labels(self, class_labels, num: int) -> None:
+        label_dim = self.preset.network.label_dim
+        if class_labels is None:
+            return
+        if not label_dim:
+            raise ConfigError("this model is unconditional: class labels are not accepted")
+        labels = [class_labels] if isinstance(class_labels, int) else class_labels
+        if (isinstance(class_labels, list) and len(labels) != num) or not all(0 <= c < label_dim for c in labels):
+            raise ConfigError(f"need one class label in [0, {label_dim}) per image")
+
+    def sample_batch(self, seeds: list[int], class_labels: list[int] | int | None, plan: StagePlan, progress=None):
+        """One batch: (uint8 images, class labels or None, the cascade's result). Class labels are
+        drawn from the seeds when not given."""
+        rng = PerImageGenerator(seeds, self.device)
+        onehot, labels = None, None
+        label_dim = self.preset.network.label_dim
+        if label_dim:
+            labels = (torch.tensor(class_labels if isinstance(class_labels, list) else [class_labels] * len(seeds),
+                                   device=self.device) if class_labels is not None else rng.randint(label_dim))
+            onehot = F.one_hot(labels.long(), label_dim).float()
+            labels = labels.tolist()
+        result = sample_cascade(self.fast, plan, rng, self.preset.network.in_channels, onehot, progress=progress)
+        return to_uint8(self.decode(result.images)).cpu(), labels, result
 
 
 def load(directory: str | Path | None = None, device: str = "cpu", options: InferenceOptions | None = None,

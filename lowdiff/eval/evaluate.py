@@ -2,8 +2,8 @@
 samples generated for a fixed, printed seed range.
 
 Feature spaces: 'inception' (the standard FID Inception-v3; its weight file must be on disk,
-see `lowdiff.eval.inception`) or 'classifier' (our Fashion-MNIST classifier, bundled or
-trained by `lowdiff eval train-classifier`, for offline checks). Statistics are float64 and saved as
+see `lowdiff.eval.inception`) or 'classifier' (our Fashion-MNIST or CIFAR-10 classifier,
+bundled or trained by `lowdiff eval train-classifier`, for offline checks). Statistics are float64 and saved as
 .npz with `mu` and `sigma`, plus the identity of the extractor that made them (feature space,
 dimension, SHA-256 of its weights): an FID between statistics of different extractors is
 refused before any sample is made (`check_reference`).
@@ -20,7 +20,10 @@ import torch
 from tqdm import tqdm
 
 from ..data import open_dataset
+from ..diffusion.plan import StagePlan
+from ..distributed import SINGLE, World
 from ..errors import ConfigError
+from ..seeds import Seeds
 from .metrics import FeatureStats, frechet_distance, inception_score, load_stats, save_stats, statistics
 
 IDENTITY_KEYS = ("feature_space", "feature_dim", "extractor_sha256")
@@ -96,17 +99,24 @@ def _default_classifier_for(channels: int, ref: str | Path | None) -> Path:
 
 
 def reference_stats(data, out: str | Path, extractor, feature_space: str, split: str = "test",
-                    batch: int = 256, progress: bool = True) -> dict:
-    """Write the feature statistics of a dataset (a spec for `open_dataset`, or an ImageDataset) to `out`."""
-    from .features import extract
+                    batch: int = 256, progress: bool = True, world: World = SINGLE) -> dict | None:
+    """Write the feature statistics of a dataset (a spec for `open_dataset`, or an ImageDataset) to
+    `out`, batch by batch (float64 running sums); under torchrun the ranks share the batches and
+    rank 0 writes (the other ranks return None)."""
     ds = open_dataset(data, split=split) if isinstance(data, str) else data
-    feats, logits = extract(extractor, ds.images, batch=batch, progress=progress)
-    stats = FeatureStats(feats.shape[1])
-    stats.update(feats)
+
+    def features_of(i: int):
+        with torch.inference_mode():
+            f, lg = extractor(ds.images[i * batch:(i + 1) * batch])
+        return f.double().cpu().numpy(), None if lg is None else lg.double().cpu().numpy()
+
+    stats = accumulate(world, (len(ds) + batch - 1) // batch, features_of, progress, "features")
+    if not world.is_main:
+        return None
     write_stats(out, stats, extractor, data=ds.name)
     result = {"data": ds.name, "num": stats.n, "out": str(out), "feature_space": feature_space}
-    if logits is not None:
-        result["inception_score"] = inception_score(logits)
+    if stats.logits:
+        result["inception_score"] = inception_score(np.concatenate(stats.logits))
     return result
 
 
@@ -117,34 +127,77 @@ class Evaluation:
     num: int
     seeds: tuple[int, int]
     feature_space: str
-    generation_s: float = 0.0            # time spent generating the samples (not extracting features)
+    generation_s: float = 0.0            # rank 0's time generating its samples (not extracting features)
+    generated: int = 0                   # the samples rank 0 generated (all of them in one process)
+
+    @property
+    def images_per_s(self) -> float:
+        """Generation throughput of one process."""
+        return self.generated / max(self.generation_s, 1e-9)
 
 
 def evaluate_pipeline(pipe, ref: str | Path | tuple, extractor, feature_space: str, num: int = 10_000, seed: int = 0,
-                      stages=None, batch: int = 256, progress: bool = True) -> Evaluation:
+                      stages=None, batch: int = 256, progress: bool = True, world: World = SINGLE) -> Evaluation:
     """Generate seeds [seed, seed + num) and compare their features with `ref`: a statistics
-    file (checked against the extractor first) or (mu, sigma) already checked."""
+    file (checked against the extractor first) or (mu, sigma) already checked. Under torchrun
+    (`world`) each rank makes and extracts every N-th batch and rank 0 accumulates the float64
+    statistics in batch order, so the FID equals one process's to the last digit; every rank
+    returns it."""
     if num < 2:
         raise ConfigError(f"an FID needs at least 2 samples, got num={num}")
     if isinstance(ref, tuple):
         mu_ref, sigma_ref = ref
     else:
         mu_ref, sigma_ref = check_reference(ref, {**extractor.identity, "feature_space": feature_space})
-    stats, logits, generation_s = None, [], 0.0
-    for start in tqdm(range(seed, seed + num, batch), disable=not progress, desc="fid", unit="batch"):
-        seeds = list(range(start, min(start + batch, seed + num)))
+    seeds = Seeds.count(seed, num)
+    plan = StagePlan(stages) if stages is not None else pipe.preset.stages
+    pipe.preset.check_plan(plan)
+    generation_s, generated = [0.0], [0]
+
+    def features_of(i: int):
         start_time = time.perf_counter()
-        images = pipe(seeds=seeds, stages=stages, batch=batch).images
-        generation_s += time.perf_counter() - start_time
+        images, _, _ = pipe.sample_batch(seeds.batch(i, batch), None, plan)
+        generation_s[0] += time.perf_counter() - start_time
+        generated[0] += len(images)
         with torch.inference_mode():
             f, lg = extractor(images)
-        stats = stats or FeatureStats(f.shape[1])
-        stats.update(f.double().cpu().numpy())
-        if lg is not None:
-            logits.append(lg.double().cpu().numpy())
-    fid = frechet_distance(stats.mu, stats.sigma, mu_ref, sigma_ref)
-    score = inception_score(np.concatenate(logits)) if logits else None
-    return Evaluation(fid, score, num, (seed, seed + num - 1), feature_space, generation_s)
+        return f.double().cpu().numpy(), None if lg is None else lg.double().cpu().numpy()
+
+    result = None
+    stats = accumulate(world, seeds.num_batches(batch), features_of, progress, "fid")
+    if world.is_main:
+        fid = frechet_distance(stats.mu, stats.sigma, mu_ref, sigma_ref)
+        score = inception_score(np.concatenate(stats.logits)) if stats.logits else None
+        result = Evaluation(fid, score, num, (seed, seed + num - 1), feature_space, generation_s[0], generated[0])
+    return world.broadcast(result)
+
+
+class _Stats(FeatureStats):
+    """Feature statistics and the logits seen, for the Inception Score."""
+
+    def __init__(self, dim: int):
+        super().__init__(dim)
+        self.logits: list[np.ndarray] = []
+
+
+def accumulate(world: World, num_batches: int, features_of, progress: bool, desc: str) -> _Stats | None:
+    """Feature statistics over batches 0 .. num_batches - 1, `features_of(i)` -> (features,
+    logits or None) float64: made by the ranks in turn, summed by rank 0 in batch order (None
+    on the other ranks)."""
+    stats = None
+    bar = tqdm(total=num_batches, disable=not progress or not world.is_main, desc=desc, unit="batch")
+    for i in world.rounds(num_batches):
+        for item in world.gather(features_of(i) if i is not None else None) or []:
+            if item is None:
+                continue
+            f, lg = item
+            stats = stats or _Stats(f.shape[1])
+            stats.update(f)
+            if lg is not None:
+                stats.logits.append(lg)
+            bar.update(1)
+    bar.close()
+    return stats
 
 
 def write_stats(path: str | Path, stats: FeatureStats, extractor, **info) -> None:

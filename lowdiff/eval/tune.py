@@ -37,6 +37,7 @@ from typing import Callable
 
 from ..diffusion.plan import StageConfig, StagePlan
 from ..diffusion.solvers import SOLVERS
+from ..distributed import SINGLE, World
 from ..errors import ConfigError
 from .bench import BenchOptions, NetworkTimer, time_sampling
 from .evaluate import check_reference, evaluate_pipeline
@@ -318,7 +319,12 @@ def fit_budget(plan: StagePlan, costs: CostModel, opts: TuneOptions, order: str 
 # --- the search ---------------------------------------------------------------------------
 
 class Tuner:
-    def __init__(self, pipe, ref, extractor, feature_space: str, opts: TuneOptions, progress=None):
+    """The search. Under torchrun (`world`) every rank runs it in step: each FID's samples are
+    shared by the ranks (`evaluate_pipeline`), and the cost model and FIDs are rank 0's, so
+    every rank takes the same decisions and one process's plan comes out."""
+
+    def __init__(self, pipe, ref, extractor, feature_space: str, opts: TuneOptions, progress=None,
+                 world: World = SINGLE):
         unknown = [s for s in opts.solvers if s not in SOLVERS]
         if unknown:      # else every plan using them fails check_plan and is skipped without a word
             raise ConfigError(f"unknown solver(s) {', '.join(unknown)}: choose from {', '.join(SOLVERS)}")
@@ -326,8 +332,8 @@ class Tuner:
             raise ConfigError("tune needs screen_num >= 2, confirm >= 1 and trials >= 1")
         self.pipe, self.extractor, self.feature_space = pipe, extractor, feature_space
         self.ref = check_reference(ref, {**extractor.identity, "feature_space": feature_space})   # before any work
-        self.opts, self.progress = opts, progress
-        self.costs = measure_costs(pipe, opts)
+        self.opts, self.progress, self.world = opts, progress, world
+        self.costs = world.broadcast(measure_costs(pipe, opts) if world.is_main else None)
         self.trials: dict[str, Trial] = {}
 
     @property
@@ -337,7 +343,7 @@ class Tuner:
     def _fid(self, stages: StagePlan, num: int):
         o = self.opts
         return evaluate_pipeline(self.pipe, self.ref, self.extractor, self.feature_space, num=num, seed=o.seed,
-                                 stages=stages, batch=min(o.batch, num), progress=False)
+                                 stages=stages, batch=min(o.batch, num), progress=False, world=self.world)
 
     def evaluate(self, stages, move: str) -> Trial | None:
         """Screening FID of a plan (memoised); None when out of budget, invalid or out of trials."""
@@ -352,11 +358,11 @@ class Tuner:
             return None
         ev = self._fid(stages, self.screen_num)
         trial = Trial(stages, move, ev.fid, self.costs.effective_nfe(stages), self.costs.latency_per_image(stages),
-                      self.screen_num / max(ev.generation_s, 1e-9), stages.nfe_per_stage)
+                      ev.images_per_s, stages.nfe_per_stage)
         if self.screen_num == self.opts.num:
             trial.fid_confirmed = ev.fid
         self.trials[key] = trial
-        if self.progress is not None:
+        if self.progress is not None and self.world.is_main:
             self.progress(trial, len(self.trials))
         return trial
 

@@ -32,6 +32,7 @@ from ..config import Preset
 from ..data import ImageDataset
 from ..diffusion.denoiser import Denoiser
 from ..diffusion.loss import BatchNoise, LossModule
+from ..distributed import close_distributed, init_distributed
 from ..errors import ConfigError
 from .ema import ema_beta, update_ema
 
@@ -116,29 +117,6 @@ def training_signature(preset: Preset) -> dict:
     for key in ("duration_kimg", "log_kimg", "checkpoint_kimg", "keep_checkpoints"):
         d["train"].pop(key)
     return {k: d[k] for k in ("network", "train", "precond", "unified", "cond_scaling")}
-
-
-def init_distributed(device: str) -> tuple[int, int, torch.device]:
-    """Join the torchrun process group when launched by torchrun; (rank, world, device)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    dev = torch.device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    if dist.is_initialized():
-        if dev.type == "cuda":
-            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(dev)
-        return dist.get_rank(), dist.get_world_size(), dev
-    return 0, 1, dev
-
-
-def close_distributed(barrier: bool = True) -> None:
-    """Leave the process group (after all ranks arrive), so that no gloo / NCCL thread is
-    still alive when the interpreter exits (which aborts the process)."""
-    if dist.is_initialized():
-        if barrier:
-            dist.barrier()
-        dist.destroy_process_group()
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
