@@ -4,7 +4,9 @@ for option values), never a traceback after minutes of sampling."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -13,15 +15,19 @@ from .errors import ConfigError
 from .seeds import Seeds
 
 
-def _number(kind, low: float, strict: bool):
+def _number(kind, low: float, strict: bool, high: float = math.inf):
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
                                              f"got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
         if value < low or (strict and value == low):
             raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low:g}, got {text}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high:,}, got {text}")
         return value
     parse.__name__ = kind.__name__          # argparse names the type in its messages
     return parse
@@ -31,6 +37,18 @@ positive_int = _number(int, 1, strict=False)
 at_least_2 = _number(int, 2, strict=False)          # sample counts of an FID (a covariance needs two)
 nonnegative_int = _number(int, 0, strict=False)
 positive_float = _number(float, 0, strict=True)
+MAX_BATCH = 65_536
+batch_size = _number(int, 1, strict=False, high=MAX_BATCH)     # images per batch: a bound before any allocation
+
+
+def in_range(where: str, value, low: float, high: float, integer: bool = False) -> None:
+    """A ConfigError unless `value` is a finite number (an integer with `integer`) in [low, high]."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if integer:
+        ok = ok and float(value).is_integer()
+    if not ok or not low <= value <= high:
+        kind = "an integer" if integer else "a finite number"
+        raise ConfigError(f"{where} must be {kind} in [{low:g}, {high:g}], got {value!r}")
 
 
 def seed_list(text: str) -> Seeds:
@@ -73,8 +91,23 @@ def check_output(path: str | Path, option: str = "--out", directory: bool = Fals
         parent = parent.parent
     if not parent.is_dir():
         raise ConfigError(f"{option} {path}: {parent} is a file, so nothing can be written below it")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"{option} {path}: {parent} is not writable")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise ConfigError(f"{option} {path}: not writable")
+    if any(len(part.encode()) > 255 for part in path.parts):
+        raise ConfigError(f"{option} {path}: a name in it is longer than 255 bytes")
+    _probe_write(parent, option, path)
+    if path.is_file():
+        try:
+            open(path, "ab").close()                      # opened for appending: nothing changes
+        except OSError as e:
+            raise ConfigError(f"{option} {path}: not writable ({e.strerror})") from None
     return path
+
+
+def _probe_write(folder: Path, option: str, path: Path) -> None:
+    """Create and remove a file in `folder`: permissions, read-only file systems and full disks
+    show here, before any work, rather than at the first write."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".lowdiff-write-test-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise ConfigError(f"{option} {path}: cannot write in {folder} ({e.strerror})") from None

@@ -16,7 +16,8 @@ import warnings
 from pathlib import Path
 
 from . import __version__
-from .checks import at_least_2, check_device, check_output, nonnegative_int, positive_float, positive_int, seed_list
+from .checks import (at_least_2, batch_size, check_device, check_output, nonnegative_int, positive_float,
+                     positive_int, seed_list)
 from .errors import ConfigError, LowdiffError
 from .presets import PRESETS, get_preset
 from .seeds import Seeds
@@ -48,6 +49,7 @@ def cmd_train(args) -> int | None:
         value = getattr(args, key)
         if value is not None:
             setattr(t, key, value)
+    preset.validate()                    # every number and size checked before the data are read
     data = args.data or preset.data
     if not data and preset.latent is None:
         raise ConfigError(f"preset {preset.name} has no default dataset: pass --data")
@@ -95,7 +97,8 @@ def sampling_plan(plan, args):
         plan = plan.with_solver(args.solver)
     plan = plan.override(getattr(args, "stage", None) or [])
     for s in plan:
-        if s.schedule == "edm" and (s.sigma_max > 500 or s.sigma_min < 1e-5):
+        if s.schedule == "edm" and 0 < s.sigma_min < s.sigma_max < float("inf") and (s.sigma_max > 500 or
+                                                                                      s.sigma_min < 1e-5):
             warnings.warn(f"stage {s.resolution}: sigma range [{s.sigma_min:g}, {s.sigma_max:g}] is far outside the "
                           "noise levels these models sample from (EDM: [0.002, 80]); expect poor images")
     return plan
@@ -146,10 +149,12 @@ def sigterm_as_interrupt():
 
 def cmd_sample(args) -> int | None:
     from .distributed import World, close_distributed
-    from .images import FolderWriter, is_grid_path, save_grid
+    from .images import FolderWriter, check_sample_folder, is_grid_path, save_grid
     from .pipeline import load
     grid = is_grid_path(args.out)
     check_output(args.out, directory=not grid)
+    if not grid:
+        check_sample_folder(args.out, args.overwrite)
     seeds = seeds_of(args)
     if grid and len(seeds) > MAX_GRID:
         raise ConfigError(f"--out {args.out}: a grid of {len(seeds):,} images is too large (at most {MAX_GRID:,}); "
@@ -171,6 +176,7 @@ def _sample(args, world, grid: bool, seeds: Seeds, load, FolderWriter, save_grid
     if pipe.source != "model.safetensors":
         say(f"{args.checkpoint}: sampling {pipe.source}", file=sys.stderr)
     stages = sampling_plan(preset.stages, args)
+    preset.check_plan(stages)
     if args.class_label is not None:
         if not label_dim:
             raise ConfigError("--class: this model is unconditional")
@@ -181,7 +187,8 @@ def _sample(args, world, grid: bool, seeds: Seeds, load, FolderWriter, save_grid
         labels = grid_labels(seeds, label_dim, grid if args.by_class is None else args.by_class)
         seeds = seeds[:len(labels)] if labels else seeds
     names = preset.class_names or [str(c) for c in range(label_dim)]
-    writer = FolderWriter(args.out, names if label_dim else None) if not grid and world.is_main else None
+    writer = (FolderWriter(args.out, names if label_dim else None, args.overwrite) if not grid and world.is_main
+              else None)
     start, images, nfe, reports = time.time(), [], {}, []
     try:
         for batch_images, chunk, _, reports in pipe.stream(seeds, labels, stages, args.batch, world,
@@ -533,7 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "a latent directory (`lowdiff dataset encode`), synthetic[:N[:RES]] (default: the preset's)")
     s.add_argument("--out", required=True, help="run directory (checkpoints, logs, final model)")
     s.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    s.add_argument("--batch", type=positive_int, help="global batch size (default: the preset's)")
+    s.add_argument("--batch", type=batch_size, help="global batch size (default: the preset's)")
     s.add_argument("--batch-gpu", dest="batch_gpu", type=nonnegative_int,
                    help="per-process micro-batch, for gradient accumulation (default: no accumulation)")
     s.add_argument("--lr", type=positive_float, help="learning rate (default: the preset's)")
@@ -560,6 +567,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", type=seed_list, help="explicit seeds instead of --num/--seed, e.g. 0-63,100")
     s.add_argument("--out", required=True, help="grid.png, or a folder for one PNG per seed (plus labels.csv with each "
                    "image's class for class-conditional models)")
+    s.add_argument("--overwrite", action="store_true", help="replace the images and labels.csv of an earlier run "
+                   "in the --out folder (without it such a folder is refused, so runs never mix)")
     s.add_argument("--class", dest="class_label", type=int, help="class index for every image (conditional models)")
     s.add_argument("--by-class", action="store_true", default=None,
                    help="conditional models: the classes in order, --num rounded down to a multiple of the class "
@@ -567,7 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--random-class", dest="by_class", action="store_false",
                    help="conditional models: draw each image's class from its seed (the default for folders, as "
                    "`eval fid` does)")
-    s.add_argument("--batch", type=positive_int, default=64, help="images per batch (default 64)")
+    s.add_argument("--batch", type=batch_size, default=64, help="images per batch (default 64)")
     s.add_argument("--scale", type=positive_int, default=2, help="pixel scale of grid tiles (default 2)")
     s.add_argument("--vae", help="latent models: the VAE to decode with (default: the one recorded at training)")
     s.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -623,7 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-n", "--num", type=at_least_2, help="number of samples (default 10000; with --images: all; "
                    "-n N under torchrun)")
     e.add_argument("--seed", type=nonnegative_int, help="first seed; seeds seed..seed+num-1 are used (default 0)")
-    e.add_argument("--batch", type=positive_int, default=250, help="images per batch")
+    e.add_argument("--batch", type=batch_size, default=250, help="images per batch")
     add_speed_args(e)
     ev.set_defaults(func=cmd_eval)
 
@@ -647,7 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
             d.add_argument("--image-resolution", dest="image_resolution", type=positive_int,
                            help="resize images to this size first (ADM box + bicubic; default: as stored)")
             d.add_argument("--lowest", type=positive_int, help="lowest latent resolution to store (default: top / 2)")
-            d.add_argument("--batch", type=positive_int, default=64, help="images per VAE batch (default 64)")
+            d.add_argument("--batch", type=batch_size, default=64, help="images per VAE batch (default 64)")
             d.add_argument("--shard-size", dest="shard_size", type=positive_int, default=10_000,
                            help="images per shard (default 10000)")
             d.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the posterior samples")
@@ -665,7 +674,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--split", default="train", help="train or test (default train)")
     v.add_argument("--out", required=True, help="output directory (diffusers layout + training states)")
     v.add_argument("--kimg", type=positive_float, help="training length in thousands of images (default 300)")
-    v.add_argument("--batch", type=positive_int, help="batch size (default 64)")
+    v.add_argument("--batch", type=batch_size, help="batch size (default 64)")
     v.add_argument("--lr", type=positive_float, help="Adam learning rate (default 1e-3)")
     v.add_argument("--kl-weight", dest="kl_weight", type=positive_float, help="weight of the KL term (default 1e-5)")
     v.add_argument("--latent-channels", dest="latent_channels", type=positive_int, help="latent channels (default 4)")
@@ -678,7 +687,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default bundled:fashion-vae)")
     v.add_argument("--data", default="fashion-mnist:test", help="dataset spec (default fashion-mnist:test)")
     v.add_argument("--num", type=positive_int, help="first N images only (default all)")
-    v.add_argument("--batch", type=positive_int, default=256, help="images per batch (default 256)")
+    v.add_argument("--batch", type=batch_size, default=256, help="images per batch (default 256)")
     add_features_args(v)
     v.add_argument("--device", default="cpu", help="cpu or cuda")
     v.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -687,7 +696,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("bench", help="sampling latency/throughput of a preset vs its single-resolution baseline "
                        "(paper protocol: batch 64, mean of repeated runs), and measured effective NFE")
     s.add_argument("--preset", required=True, help="preset name (its baseline is timed alongside)")
-    s.add_argument("--batch", type=positive_int, default=64, help="images per batch (default 64, as in the paper)")
+    s.add_argument("--batch", type=batch_size, default=64, help="images per batch (default 64, as in the paper)")
     s.add_argument("--repeats", type=positive_int, default=10, help="timed runs per model (default 10)")
     s.add_argument("--warmup", type=nonnegative_int, default=1, help="untimed warm-up runs (default 1)")
     s.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -725,7 +734,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--confirm", type=positive_int, default=8,
                    help="best screened plans evaluated again on --num samples (default 8)")
     s.add_argument("--seed", type=nonnegative_int, default=0, help="first seed; every plan uses seeds seed..seed+num-1")
-    s.add_argument("--batch", type=positive_int, default=250, help="images per batch (default 250)")
+    s.add_argument("--batch", type=batch_size, default=250, help="images per batch (default 250)")
     s.add_argument("--trials", type=positive_int, default=100, help="plans screened at most (default 100)")
     s.add_argument("--solvers", default="heun,dpmpp2m,ipndm", help="solvers to try, comma-separated (default "
                    "heun,dpmpp2m,ipndm; also euler, dpmpp3m)")
@@ -748,6 +757,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args) or 0
     except (LowdiffError, ValueError, OSError) as e:
         print(f"lowdiff {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:
+        if not isinstance(e, MemoryError) and "alloc" not in str(e) and "out of memory" not in str(e):
+            raise
+        print(f"lowdiff {args.command}: error: out of memory ({str(e).splitlines()[0][:120] or 'MemoryError'}); "
+              "lower --batch, or use a smaller model", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"lowdiff {args.command}: interrupted", file=sys.stderr)

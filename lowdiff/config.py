@@ -15,6 +15,7 @@ from typing import Any
 from .diffusion.denoiser import check_unified
 from .diffusion.plan import StageConfig, StagePlan
 from .diffusion.precond import PRECONDITIONINGS
+from .checks import MAX_BATCH, in_range
 from .errors import ConfigError
 from .fields import from_dict, jsonable
 from .nn import NETWORKS, NetworkConfig
@@ -45,6 +46,25 @@ class TrainConfig:
 
     def __post_init__(self):
         self.adam_betas = tuple(self.adam_betas)
+
+    def validate(self) -> None:
+        """Every number finite and in its meaningful range (a NaN or inf here would end in a traceback or a
+        silently wrong run)."""
+        in_range("train batch", self.batch, 1, MAX_BATCH, integer=True)
+        in_range("train batch_gpu", self.batch_gpu, 0, MAX_BATCH, integer=True)
+        in_range("train lr", self.lr, 1e-12, 10)
+        for name in ("lr_rampup_kimg", "ema_halflife_kimg"):
+            in_range(f"train {name}", getattr(self, name), 0, 1e9)
+        for name in ("duration_kimg", "log_kimg", "checkpoint_kimg"):
+            in_range(f"train {name}", getattr(self, name), 1e-6, 1e9)
+        if self.ema_rampup_ratio is not None:
+            in_range("train ema_rampup_ratio", self.ema_rampup_ratio, 0, 1e6)
+        in_range("train keep_checkpoints", self.keep_checkpoints, 1, 1000, integer=True)
+        in_range("train seed", self.seed, 0, 2 ** 63 - 1, integer=True)
+        for beta in self.adam_betas:
+            in_range("train adam_betas", beta, 0, 0.999999)
+        for r, w in self.loss_weights.items():
+            in_range(f"train loss_weights[{r}]", w, 0, 1e6)
 
 
 @dataclass
@@ -112,6 +132,7 @@ class Preset:
         if self.latent is not None and self.latent.norm not in ("channel", "scale"):
             raise ConfigError(f"latent norm {self.latent.norm!r}: choose channel or scale")
         self.network.validate()
+        self.train.validate()
 
     def check_plan(self, plan: StagePlan) -> None:
         """A stage plan must fit this model: the same resolutions, valid schedules."""

@@ -17,3 +17,7 @@ class DatasetError(LowdiffError, ValueError):
 
 class CheckpointError(LowdiffError, RuntimeError):
     """A model directory or training state that is missing, truncated or corrupt."""
+
+
+class MetricError(LowdiffError, ValueError):
+    """Statistics that cannot give a meaningful FID / IS (non-finite, not a covariance, mismatched)."""

@@ -70,6 +70,8 @@ def convert(value: Any, hint: Any, where: str) -> Any:
             return value
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if math.isnan(value):
+                raise ConfigError(f"{where}: NaN is not a value; give a number")
             return float(value)
         if value in ("inf", "-inf", "Infinity", "-Infinity"):
             return math.copysign(math.inf, -1 if value.startswith("-") else 1)

@@ -1,11 +1,14 @@
 """Image conversion and grids."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
+
+from .errors import ConfigError
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -56,15 +59,42 @@ def save_grid(images: torch.Tensor, out: str | Path, **grid_kwargs) -> None:
     make_grid(images, **grid_kwargs).save(out)
 
 
+SAMPLE_NAME = re.compile(r"^\d{6,}\.png$")          # what FolderWriter writes: {seed:06d}.png
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def check_sample_folder(out: str | Path, overwrite: bool = False) -> list[Path]:
+    """The files of an earlier sampling run in `out` (its PNGs and labels.csv), which `overwrite`
+    allows to replace; a ConfigError when the folder holds them without `overwrite`, or holds other
+    images (`eval fid --images` would measure a mixture)."""
+    out = Path(out)
+    if not out.is_dir():
+        return []
+    files = [p for p in out.iterdir() if p.is_file()]
+    ours = [p for p in files if SAMPLE_NAME.match(p.name) or p.name == FolderWriter.LABELS]
+    others = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES and not SAMPLE_NAME.match(p.name)]
+    if others:
+        raise ConfigError(f"--out {out}: holds other images ({others[0].name}, {len(others)} in all); sample into "
+                          "an empty folder")
+    if ours and not overwrite:
+        raise ConfigError(f"--out {out}: holds {len(ours)} files of an earlier run; pass --overwrite to replace "
+                          "them, or choose an empty folder")
+    return ours
+
+
 class FolderWriter:
     """Writes images as {seed:06d}.png into a folder as each batch arrives (an interrupted run
     keeps what it finished), and, for class-conditional samples, one `labels.csv` row per image
-    (file, seed, class, class name)."""
+    (file, seed, class, class name). The folder holds no earlier images (`check_sample_folder`;
+    with `overwrite` those of an earlier run are removed first), so labels.csv always lists
+    exactly the images in it."""
 
     LABELS = "labels.csv"
 
-    def __init__(self, out: str | Path, class_names: list[str] | None = None):
+    def __init__(self, out: str | Path, class_names: list[str] | None = None, overwrite: bool = False):
         self.out, self.class_names, self.count = Path(out), class_names or [], 0
+        for old in check_sample_folder(self.out, overwrite):
+            old.unlink()
         self.out.mkdir(parents=True, exist_ok=True)
         self._labels = None
 

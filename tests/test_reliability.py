@@ -194,11 +194,72 @@ BAD_INPUTS = [
     (["tune", "--ref", "{tmp}/r.npz", "--out", "{tmp}/p.json", "--budget-nfe", "-2"], "--budget-nfe"),
     (["vae", "train", "--data", "synthetic", "--out", "{tmp}/v", "--kimg", "0"], "--kimg"),
     (["dataset", "info", "synthetic", "--pad-to", "0"], "--pad-to"),
+    # round two, family 1: non-finite numbers never reach sampling, training or a metric
+    (["sample", "--stage", "32:rho=nan"], "rho must be a finite number"),
+    (["sample", "--stage", "8:sigma_max=inf"], "sigma_max must be a finite number"),
+    (["sample", "--stage", "32:S_churn=-1"], "S_churn must be >= 0"),
+    (["sample", "--plan", "{nanplan}"], "NaN is not a value"),
+    (["tune", "--ref", "{tmp}/r.npz", "--out", "{tmp}/p.json", "--budget-nfe", "nan"], "--budget-nfe"),
+    (["train", "--preset", "lowdiff-fashion-tiny", "--out", "{tmp}/r", "--duration-kimg", "inf"], "--duration-kimg"),
+    (["train", "--preset", "lowdiff-fashion-tiny", "--out", "{tmp}/r", "--lr", "nan"], "--lr"),
+    (["train", "--preset", "{nantrain}", "--data", "synthetic:8", "--out", "{tmp}/r"], "train lr"),
+    (["eval", "fid", "--stats", "{nanstats}", "--ref", "{okstats}"], "NaN or inf"),
+    (["eval", "fid", "--stats", "{okstats}", "--ref", "{npsd}"], "negative eigenvalues"),
+    (["eval", "fid", "--stats", "{okstats}", "--ref", "{asym}"], "not symmetric"),
+    # family 2: sizes are bounded before anything is allocated
+    (["sample", "--stage", "32:steps=1000000000"], "steps must be in [1, 10,000]"),
+    (["sample", "--checkpoint", "{hugeblocks}"], "num_blocks"),
+    (["sample", "--checkpoint", "{hugechannels}"], "model_channels"),
+    (["sample", "--batch", "100000000"], "--batch"),
+    (["sample", "--seeds", "0-9999999999"], "too large"),
+    (["eval", "fid", "--batch", "100000000", "--ref", "{tmp}/r.npz"], "--batch"),
+    # family 3: outputs never mix
+    (["sample", "--out", "{oldrun}"], "--overwrite"),
+    (["sample", "--out", "{foreign}"], "other images"),
+    # family 4: failing before the work
+    (["eval", "fid", "--ref", "{wrongmu}", "--num", "4"], "features but its mean"),
+    (["eval", "fid", "--ref", "{shortmu}", "--num", "4"], "need (D,) and (D, D)"),
+    # family 5: our own words, no traceback
+    (["eval", "fid", "--stats", "{truncated}", "--ref", "{okstats}"], "not a readable .npz"),
+    (["eval", "fid", "--stats", "{garbage}", "--ref", "{okstats}"], "not a readable .npz"),
 ]
 if not torch.cuda.is_available():
     BAD_INPUTS += [(["sample", "--device", "cuda"], "--device"), (["bench", "--preset", "lowdiff-fashion-tiny",
                                                                    "--device", "cuda"], "--device"),
                    (["train", "--preset", "lowdiff-fashion-tiny", "--out", "{tmp}/r", "--device", "cuda"], "--device")]
+
+
+def bad_files(model: Path, tmp: Path) -> dict[str, Path]:
+    """Files for the bad-input table: plans, presets, model configs, statistics, sample folders."""
+    paths = {}
+    stages = json.loads((model / "config.json").read_text())["stages"]
+    paths["nanplan"] = tmp / "nanplan.json"
+    paths["nanplan"].write_text(json.dumps({"stages": [dict(s, rho=float("nan")) for s in stages]}))
+    config = json.loads((model / "config.json").read_text())
+    paths["nantrain"] = tmp / "nantrain.json"
+    paths["nantrain"].write_text(json.dumps(dict(config, train=dict(config["train"], lr=float("inf")))))
+    for name, key, value in (("hugeblocks", "num_blocks", 10 ** 6), ("hugechannels", "model_channels", 10 ** 7)):
+        paths[name] = tmp / name
+        paths[name].mkdir()
+        (paths[name] / "config.json").write_text(json.dumps(dict(config, network=dict(config["network"],
+                                                                                         **{key: value}))))
+        (paths[name] / "model.safetensors").write_bytes((model / "model.safetensors").read_bytes())
+    identity = {"feature_space": "classifier", "feature_dim": 128}
+    for name, mu, sigma in (("okstats", np.zeros(128), np.eye(128)), ("nanstats", np.full(128, np.nan), np.eye(128)),
+                            ("npsd", np.zeros(128), -np.eye(128)), ("asym", np.zeros(128), np.triu(np.ones((128, 128)))),
+                            ("wrongmu", np.zeros(64), np.eye(64)), ("shortmu", np.zeros(127), np.eye(128))):
+        paths[name] = tmp / f"{name}.npz"
+        np.savez(paths[name], mu=mu, sigma=sigma, **(identity if name != "wrongmu" else dict(identity)))
+    paths["truncated"] = tmp / "truncated.npz"
+    paths["truncated"].write_bytes(paths["okstats"].read_bytes()[:200])
+    paths["garbage"] = tmp / "garbage.npz"
+    paths["garbage"].write_bytes(b"not statistics at all " * 20)
+    for name, files in (("oldrun", ["000000.png", "labels.csv"]), ("foreign", ["cat.jpg"])):
+        paths[name] = tmp / name
+        paths[name].mkdir()
+        for f in files:
+            (paths[name] / f).write_bytes(b"x")
+    return paths
 
 
 @pytest.mark.parametrize("argv,named", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
@@ -213,11 +274,12 @@ def test_bad_input_is_one_line_exit_2_naming_the_option(argv, named, model, tmp_
         change(config)
         (tmp_path / name / "config.json").write_text(json.dumps(config))
         (tmp_path / name / "model.safetensors").write_bytes((model / "model.safetensors").read_bytes())
+    paths = bad_files(model, tmp_path)
     argv = [a.format(tmp=tmp_path, nostages=tmp_path / "nostages.json", badvalue=tmp_path / "badvalue.json",
-                     wrongtype=tmp_path / "wrongtype", wrongshape=tmp_path / "wrongshape") for a in argv]
+                     wrongtype=tmp_path / "wrongtype", wrongshape=tmp_path / "wrongshape", **paths) for a in argv]
     if argv[0] == "sample" and "--checkpoint" not in argv:
         argv += ["--checkpoint", str(model)]
-    if argv[0] == "sample":
+    if argv[0] == "sample" and "--out" not in argv:
         argv += ["--out", str(tmp_path / "g.png")]
     code, _, err = run(capsys, *argv)
     assert code == 2, err

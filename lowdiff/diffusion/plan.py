@@ -176,6 +176,7 @@ class StagePlan(Sequence):
 
     def _validate_stage(self, i: int, s: StageConfig, objective: str, conditional: bool) -> None:
         where, final = f"stage {s.resolution}", self.is_final(i)
+        _validate_numbers(s)
         self.solver(i)
         if s.schedule not in ("edm", "flow"):
             raise ConfigError(f"{where}: schedule {s.schedule!r}, choose edm or flow")
@@ -282,6 +283,31 @@ class StagePlan(Sequence):
                 raise ConfigError(f"{path}: a plan file needs a 'stages' list")
             data = data["stages"]
         return cls.from_list(data, str(path))
+
+
+MAX_STEPS = 10_000          # schedule length: far beyond any sampler's (EDM's 1000-step ablations)
+FINITE_FIELDS = ("sigma_min", "sigma_max", "rho", "S_churn", "S_min", "S_noise", "shift", "cfg_scale")
+
+
+def _validate_numbers(s: StageConfig) -> None:
+    """Every number of a stage finite (S_max and cfg_sigma_max may be inf: no upper limit) and in its range."""
+    where = f"stage {s.resolution}"
+    for name in FINITE_FIELDS:
+        value = getattr(s, name)
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: {name} must be a finite number, got {value}")
+    for name in ("S_max", "cfg_sigma_max"):
+        if math.isnan(getattr(s, name)):
+            raise ConfigError(f"{where}: {name} must be a number (inf for no limit), got nan")
+    if not 1 <= s.steps <= MAX_STEPS:
+        raise ConfigError(f"{where}: steps must be in [1, {MAX_STEPS:,}], got {s.steps}")
+    if s.nfe is not None and not 1 <= s.nfe <= 2 * MAX_STEPS:
+        raise ConfigError(f"{where}: nfe must be in [1, {2 * MAX_STEPS:,}], got {s.nfe}")
+    if s.rho <= 0:
+        raise ConfigError(f"{where}: rho must be > 0, got {s.rho:g}")
+    for name in ("S_churn", "S_min", "S_noise", "cfg_scale"):
+        if getattr(s, name) < 0:
+            raise ConfigError(f"{where}: {name} must be >= 0, got {getattr(s, name):g}")
 
 
 def _validate_flow_stage(s: StageConfig, final: bool, objective: str) -> None:

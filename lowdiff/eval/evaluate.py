@@ -22,7 +22,7 @@ from tqdm import tqdm
 from ..data import open_dataset
 from ..diffusion.plan import StagePlan
 from ..distributed import SINGLE, World
-from ..errors import ConfigError
+from ..errors import ConfigError, MetricError
 from ..seeds import Seeds
 from .metrics import FeatureStats, frechet_distance, inception_score, load_stats, save_stats, statistics
 
@@ -30,22 +30,15 @@ IDENTITY_KEYS = ("feature_space", "feature_dim", "extractor_sha256")
 
 
 def stats_identity(path: str | Path) -> dict:
-    """The extractor identity recorded in a statistics file (keys missing in old files absent)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"statistics {path}: {'a folder, not a file' if path.is_dir() else 'no such file'}")
-    try:
-        f = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{path}: not a readable .npz statistics file ({e})") from None
-    if not isinstance(f, np.lib.npyio.NpzFile):
-        raise ConfigError(f"{path}: a single array, not .npz statistics (`lowdiff eval ref` writes those)")
-    with f:
-        if "mu" not in f or "sigma" not in f:
-            raise ConfigError(f"{path}: not FID statistics (needs arrays 'mu' and 'sigma')")
-        out = {k: f[k].item() for k in IDENTITY_KEYS if k in f}
-        out.setdefault("feature_dim", int(f["mu"].shape[0]))
-        return out
+    """The extractor identity recorded in a statistics file (keys missing in old files absent),
+    after `load_stats` has checked that the file holds usable statistics."""
+    mu, _ = load_stats(path)
+    with np.load(path, allow_pickle=False) as f:
+        out = {k: f[k].item() for k in IDENTITY_KEYS if k in f and f[k].ndim == 0}
+    out.setdefault("feature_dim", int(mu.shape[0]))
+    if out["feature_dim"] != mu.shape[0]:
+        raise MetricError(f"{path}: records {out['feature_dim']} features but its mean has {mu.shape[0]}")
+    return out
 
 
 def check_reference(ref: str | Path, identity: dict) -> tuple[np.ndarray, np.ndarray]:

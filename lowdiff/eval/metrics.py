@@ -9,9 +9,13 @@ Reference statistics are .npz files with `mu` and `sigma`, the layout of EDM's f
 """
 from __future__ import annotations
 
+import math
+import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from ..errors import MetricError
 
 
 class FeatureStats:
@@ -50,19 +54,46 @@ def _sqrt_psd(m: np.ndarray) -> np.ndarray:
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
-    s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+    """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2) (Heusel et al. 2017). Both sides
+    are checked first (`check_statistics`); a result that rounding makes slightly negative is 0,
+    a clearly negative or non-finite one is an error, never a figure."""
+    mu1, s1 = check_statistics(mu1, sigma1, "the first statistics")
+    mu2, s2 = check_statistics(mu2, sigma2, "the second statistics")
+    if mu1.shape != mu2.shape:
+        raise MetricError(f"statistics of {mu1.shape[0]} and {mu2.shape[0]} features cannot be compared")
     root1 = _sqrt_psd(s1)
     tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh(root1 @ s2 @ root1), 0, None)).sum()
-    return float(np.square(mu1 - mu2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
+    fid = float(np.square(mu1 - mu2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
+    scale = np.trace(s1) + np.trace(s2) + 1e-12
+    if not math.isfinite(fid) or fid < -1e-6 * scale:
+        raise MetricError(f"the FID came out as {fid:g}: the statistics are inconsistent")
+    return max(fid, 0.0)
+
+
+def check_statistics(mu, sigma, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) as float64 when they are a mean vector and a covariance matrix: finite, of matching
+    sizes, symmetric and positive semi-definite up to rounding; else a MetricError naming `where`."""
+    mu, sigma = np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
+    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise MetricError(f"{where}: mu has shape {mu.shape} and sigma {sigma.shape}; need (D,) and (D, D)")
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise MetricError(f"{where}: mu or sigma holds NaN or inf values")
+    scale = np.abs(sigma).max() + 1e-30
+    if np.abs(sigma - sigma.T).max() > 1e-6 * scale:
+        raise MetricError(f"{where}: sigma is not symmetric, so not a covariance matrix")
+    if np.linalg.eigvalsh((sigma + sigma.T) / 2).min() < -1e-6 * scale:
+        raise MetricError(f"{where}: sigma has negative eigenvalues, so not a covariance matrix")
+    return mu, sigma
 
 
 def inception_score(logits, splits: int = 10) -> tuple[float, float]:
     """IS from classifier logits (N, classes): mean and std over `splits` equal splits."""
     logits = np.asarray(logits, np.float64)
+    if logits.ndim != 2 or len(logits) < 1 or not np.isfinite(logits).all():
+        raise MetricError(f"the Inception Score needs finite logits (N, classes), got shape {logits.shape}")
     logp = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
     scores = []
-    for part in np.array_split(logp, splits):
+    for part in np.array_split(logp, min(splits, len(logp))):          # no empty split (its mean is NaN)
         p = np.exp(part)
         log_marginal = np.log(p.mean(0) + 1e-30)
         scores.append(np.exp((p * (part - log_marginal)).sum(1).mean()))
@@ -76,7 +107,21 @@ def save_stats(path: str | Path, mu: np.ndarray, sigma: np.ndarray, **extra) -> 
 
 
 def load_stats(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(path, allow_pickle=False) as f:
-        if "mu" not in f or "sigma" not in f:
-            raise ValueError(f"{path}: reference statistics need arrays 'mu' and 'sigma'")
-        return f["mu"], f["sigma"]
+    """(mu, sigma) of a statistics .npz, checked (`check_statistics`); one-line errors for files
+    that are missing, truncated, not .npz or not statistics."""
+    path = Path(path)
+    if not path.is_file():
+        raise MetricError(f"statistics {path}: {'a folder, not a file' if path.is_dir() else 'no such file'}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if not isinstance(f, np.lib.npyio.NpzFile):
+                raise MetricError(f"{path}: a single array, not .npz statistics (`lowdiff eval ref` writes those)")
+            if "mu" not in f or "sigma" not in f:
+                raise MetricError(f"{path}: not FID statistics (needs arrays 'mu' and 'sigma')")
+            mu, sigma = f["mu"], f["sigma"]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        if isinstance(e, MetricError):
+            raise
+        raise MetricError(f"{path}: not a readable .npz statistics file (truncated, or another format); make "
+                          "it again with `lowdiff eval ref`") from None
+    return check_statistics(mu, sigma, str(path))

@@ -37,10 +37,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import in_range
 from ..errors import ConfigError
 from .unet import res_key
 
 FREQ_DIM = 256          # time-frequency embedding width (spec 1.2 step 3)
+
+
+# Sizes beyond any published configuration (DiT-XL: width 1152, depth 28, 16 heads): refused
+# before anything is allocated.
+SIZE_BOUNDS = {"img_resolution": (1, 1024), "in_channels": (1, 1024), "out_channels": (1, 1024),
+               "label_dim": (0, 100_000), "hidden_size": (4, 8192), "depth": (1, 256), "num_heads": (1, 256),
+               "patch_size": (1, 64)}
 
 
 @dataclass
@@ -69,6 +77,10 @@ class DiTConfig:
             self.base_resolution = min(self.resolutions)
 
     def validate(self) -> None:
+        for name, (low, high) in SIZE_BOUNDS.items():
+            in_range(f"network {name}", getattr(self, name), low, high, integer=True)
+        in_range("network mlp_ratio", self.mlp_ratio, 0.25, 16)
+        in_range("network label_dropout", self.label_dropout, 0, 1)
         D, heads = self.hidden_size, self.num_heads
         if D % heads or D % 4 or (self.rope and (D // heads) % 4):
             raise ConfigError(f"hidden_size {D} must be divisible by 4 and by num_heads {heads}, and the head "

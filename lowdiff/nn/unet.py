@@ -29,11 +29,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import in_range
 from ..errors import ConfigError
 
 
 def _is_pow2(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
+
+
+# Sizes beyond any published configuration (EDM's largest U-Net has 256 channels, 4 blocks per
+# level): a config.json asking for more is refused before anything is allocated.
+SIZE_BOUNDS = {"img_resolution": (1, 4096), "in_channels": (1, 64), "out_channels": (1, 64),
+               "label_dim": (0, 100_000), "augment_dim": (0, 64), "model_channels": (1, 2048),
+               "channel_mult_emb": (1, 16), "channel_mult_noise": (1, 16), "num_blocks": (1, 32)}
 
 
 @dataclass
@@ -66,6 +74,14 @@ class UNetConfig:
             self.base_resolution = min(self.resolutions)
 
     def validate(self) -> None:
+        for name, (low, high) in SIZE_BOUNDS.items():
+            in_range(f"network {name}", getattr(self, name), low, high, integer=True)
+        if not 1 <= len(self.channel_mult) <= 10:
+            raise ConfigError(f"network channel_mult has {len(self.channel_mult)} levels; use 1 to 10")
+        for m in self.channel_mult:
+            in_range("network channel_mult entry", m, 1, 16, integer=True)
+        in_range("network dropout", self.dropout, 0, 0.99)
+        in_range("network label_dropout", self.label_dropout, 0, 1)
         R = self.img_resolution
         if not _is_pow2(R):
             raise ConfigError(f"img_resolution {R} is not a power of two")
