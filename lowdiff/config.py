@@ -69,7 +69,7 @@ class TrainConfig:
 
 @dataclass
 class LatentConfig:
-    """How a latent-space preset's data relate to images (spec lightningdit 2.3, 4).
+    """How a latent-space preset's data relate to images (LightningDiT Sec. 4: latents normalised per channel).
 
     A VAE maps images of `image_resolution` to latents of the preset's img_resolution.
     Training data are normalised per resolution: z_n = (z - mean_r) / std_r * multiplier
@@ -95,7 +95,7 @@ class Preset:
     train: TrainConfig = field(default_factory=TrainConfig)
     precond: str = "edm"                     # 'edm' | 'vp' | 've' | 'flow' (rectified flow)
     unified: bool = True                     # False = CDM, one independent network per stage
-    cond_scaling: bool = True                # scale the condition by c_in(sigma_cond) (DESIGN 1.2)
+    cond_scaling: bool = True                # scale the condition by c_in(sigma_cond) (docs/architecture.md)
     data: str = ""                           # default dataset for `lowdiff train`
     baseline: str = ""                       # the single-resolution preset it is compared with
     paper: dict[str, Any] = field(default_factory=dict)   # the paper's figures, for reports

@@ -37,7 +37,7 @@ FASHION_NET = dict(img_resolution=32, in_channels=1, out_channels=1, model_chann
 FASHION_TRAIN = dict(batch=64, lr=1e-3, lr_rampup_kimg=10, ema_halflife_kimg=20, ema_rampup_ratio=0.1,
                      duration_kimg=80, log_kimg=1, checkpoint_kimg=10, xflip=False)
 
-# Latent space (paper Sec. 4.1, Tab. 4; specs/lightningdit-spec.md 1-3): LightningDiT-B/1 on
+# Latent space (paper Sec. 4.1, Tab. 4; LightningDiT Sec. 4-5): LightningDiT-B/1 on
 # VA-VAE f16d32 latents of ImageNet 256 (16x16x32), rectified flow, Euler with timestep shift
 # 0.3. Recipe: AdamW lr 2e-4, betas (0.9, 0.95), no decay or warm-up, batch 1024, EMA 0.9999
 # per step (half-life 1024 ln(0.5)/ln(0.9999) images), class dropout 0.1, cosine loss on;

@@ -1,5 +1,5 @@
 """Colour emoji from Noto Color Emoji as a small real RGB dataset (the FFHQ-64 analogue of
-our CPU experiments; see ../shared/specs/offline-data.md).
+our CPU experiments, from the Debian packages fonts-noto-color-emoji and unicode-data).
 
 Every fully-qualified emoji of Unicode's emoji-test.txt is rendered with the font's colour
 bitmaps (Pillow with RAQM shaping, so ZWJ sequences and flags are one glyph), cropped to

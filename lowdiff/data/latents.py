@@ -1,4 +1,4 @@
-"""VAE latents for the latent-space presets (specs/lightningdit-spec.md 2.3 and 4); the
+"""VAE latents for the latent-space presets (LightningDiT Sec. 4: VA-VAE latents, normalised per channel); the
 autoencoders themselves are in lowdiff/data/vae.py.
 
 - `encode_dataset` (`lowdiff dataset encode`): every image and its horizontal mirror are
@@ -36,7 +36,7 @@ FORMAT = "lowdiff-latents/1"
 
 
 # ---------------------------------------------------------------------------------------
-# Normalisation (spec 2.3): per resolution, per channel.
+# Normalisation (LightningDiT's latent statistics): per resolution, per channel.
 
 def _affine(latent: LatentConfig, resolution: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, scale) with z_n = (z - mean) * scale."""

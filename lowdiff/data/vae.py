@@ -63,7 +63,7 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 def ldm_vae_config(state: dict[str, torch.Tensor], norm_num_groups: int = 32) -> dict:
     """AutoencoderKL keyword arguments for an LDM-layout state dict: widths per level,
-    blocks per level, attention levels, latent channels (spec 4.3)."""
+    blocks per level, attention levels, latent channels (the LDM / diffusers AutoencoderKL layout)."""
     levels = sorted({int(k.split(".")[2]) for k in state if k.startswith("encoder.down.")})
     widths = [state[f"encoder.down.{i}.block.0.conv2.weight"].shape[0] for i in levels]
     blocks = len({k.split(".")[4] for k in state if k.startswith("encoder.down.0.block.")})
@@ -84,7 +84,7 @@ _MID = {"block_1": "resnets.0", "block_2": "resnets.1", "attn_1": "attentions.0"
 
 
 def _ldm_key(key: str, levels: int) -> str:
-    """One LDM key -> diffusers (spec 4.3): down.i.block.j -> down_blocks.i.resnets.j,
+    """One LDM key -> diffusers (the two public layouts of AutoencoderKL): down.i.block.j -> down_blocks.i.resnets.j,
     up.i -> up_blocks.(L-1-i), mid.block_1/2 and attn_1, norm_out -> conv_norm_out,
     nin_shortcut -> conv_shortcut, attention norm/q/k/v/proj_out -> group_norm/to_q/..."""
     parts = key.split(".")

@@ -24,7 +24,7 @@ class Denoiser(nn.Module):
         """`network`: the (host) network's config; `precond`: vp, ve, edm or flow;
         `resolutions`: the cascade's stages (default: the network's); `unified`: one network
         for all of them, else one per stage (CDM); `cond_scaling`: scale the condition by
-        c_in(sigma_cond) (DESIGN 1.2)."""
+        c_in(sigma_cond) (docs/architecture.md, "The unified network")."""
         super().__init__()
         network.validate()
         self.network = network

@@ -1,4 +1,5 @@
-"""Classifier-free guidance with a guidance interval (spec lightningdit 3.2), on all channels."""
+"""Classifier-free guidance (Ho & Salimans 2022) with a guidance interval (Kynkaanniemi et al. 2024, as
+LightningDiT samples), on all channels."""
 from __future__ import annotations
 
 import torch

@@ -2,8 +2,8 @@
 Sec. 3 and 4.1: LightningDiT-B/1 with resolution-specific input/output layers and a
 resolution embedding).
 
-Clean-room re-implementation from the formulas in specs/lightningdit-spec.md (Sec. 1 and
-5); no DiT / LightningDiT code is used. With one resolution and no condition the network
+Clean-room re-implementation from the formulas of DiT (Peebles & Xie 2023, Sec. 3) and
+LightningDiT (Yao et al. 2025, Sec. 4); no DiT / LightningDiT code is used. With one resolution and no condition the network
 has LightningDiT's layout, parameter for parameter (B/1: 130,556,192, the paper's 130.56M).
 
 Layout, for each served latent side r with patch p (grid g = r/p, T = g^2 tokens,
@@ -18,13 +18,14 @@ row-major), width D:
                      qk-norm), SwiGLU
   final.{r}x{r}      adaLN (shift, scale) -> RMSNorm -> Linear(D, p^2 C_out)
 
-The conditioning vector is c = t_emb + y_emb + r_emb (spec 1.2 step 5, plus LowDiff's
+The conditioning vector is c = t_emb + y_emb + r_emb (DiT Sec. 3.2, adaLN-Zero, plus LowDiff's
 resolution embedding, one-hot -> Linear). The condition's noise level enters as its own
 frequency embedding, projected (Linear, no bias) and added to the time frequencies before
-the time MLP, the way UnifiedUNet adds it before its mapping network (DESIGN 1.1).
+the time MLP, the way UnifiedUNet adds it before its mapping network (our addition to the
+paper's Sec. 3.3 condition; docs/architecture.md, "The unified network").
 
 Positions are functions of the grid size alone: token (h, w) of any grid gets the same
-sin-cos vector and RoPE angles (index positions, spec 5.2 option 1); the resolution
+sin-cos vector and RoPE angles (index positions; RoFormer, Su et al. 2021, in 2-D); the resolution
 embedding tells the blocks the scale.
 """
 from __future__ import annotations
@@ -41,7 +42,7 @@ from ..checks import in_range
 from ..errors import ConfigError
 from .unet import res_key
 
-FREQ_DIM = 256          # time-frequency embedding width (spec 1.2 step 3)
+FREQ_DIM = 256          # time-frequency embedding width (DiT's TimestepEmbedder)
 
 
 # Sizes beyond any published configuration (DiT-XL: width 1152, depth 28, 16 heads): refused
@@ -53,7 +54,7 @@ SIZE_BOUNDS = {"img_resolution": (1, 1024), "in_channels": (1, 1024), "out_chann
 
 @dataclass
 class DiTConfig:
-    """LightningDiT-style transformer hyper-parameters (spec lightningdit 1); sides are latent sides."""
+    """LightningDiT-style transformer hyper-parameters (LightningDiT Sec. 4, Tab. 1); sides are latent sides."""
     arch: ClassVar[str] = "dit"
     img_resolution: int = 16                 # target latent side
     in_channels: int = 32                    # latent channels (the condition adds as many)
@@ -69,7 +70,7 @@ class DiTConfig:
     rope: bool = True                        # 2-D rotary position embedding in attention
     resolutions: tuple[int, ...] = (16,)     # latent sides this network generates at
     base_resolution: int = 0                 # lowest cascade side (unconditional); 0 = min(resolutions)
-    cond_noise_embedding: bool = True        # embed the condition's noise level (DESIGN 1.1)
+    cond_noise_embedding: bool = True        # embed the condition's noise level (docs/architecture.md)
 
     def __post_init__(self):
         self.resolutions = tuple(sorted(self.resolutions))
@@ -94,7 +95,7 @@ class DiTConfig:
 
 
 # ---------------------------------------------------------------------------------------
-# Position and time encodings (spec 1.2 steps 2-3, 1.3 RoPE). Pure functions of the grid.
+# Position and time encodings (DiT Sec. 3.2; RoPE as in LightningDiT Sec. 4). Pure functions of the grid.
 
 def timestep_frequencies(t: torch.Tensor, dim: int = FREQ_DIM, max_period: float = 10_000.0) -> torch.Tensor:
     """[cos(t w_k), sin(t w_k)], w_k = exp(-ln(max_period) k / (dim/2)); t is the continuous
@@ -142,7 +143,7 @@ def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------
-# Layers (spec 1.3).
+# Layers (LightningDiT Sec. 4: SwiGLU, RMSNorm, RoPE, optional qk-norm).
 
 class RMSNorm(nn.Module):
     """x / sqrt(mean(x^2) + eps) * weight, computed in float32."""

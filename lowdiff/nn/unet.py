@@ -1,8 +1,7 @@
 """Unified multi-resolution U-Net: EDM's SongUNet (DDPM++) whose inner levels double as
 the whole network for lower resolutions (LowDiff paper, Sec. 3.3, Fig. 2 and 4).
 
-Clean-room re-implementation from the architecture description in specs/edm-spec.md
-(Song et al. 2021, "Score-based generative modeling through SDEs", DDPM++; Karras et al.
+Clean-room re-implementation from the published architecture descriptions (Song et al. 2021, "Score-based generative modeling through SDEs", DDPM++; Karras et al.
 2022, EDM, Appendix F.2). With a single resolution and no condition the network is
 parameter-for-parameter the EDM SongUNet (see `EDM_KEY_MAP` for loading EDM weights).
 
@@ -64,7 +63,7 @@ class UNetConfig:
     eps: float = 1e-6                        # GroupNorm epsilon
     resolutions: tuple[int, ...] = (32,)     # resolutions this network generates at
     base_resolution: int = 0                 # lowest cascade resolution (unconditional); 0 = min(resolutions)
-    cond_noise_embedding: bool = True        # embed the condition's noise level (DESIGN 1.1)
+    cond_noise_embedding: bool = True        # embed the condition's noise level (docs/architecture.md)
 
     def __post_init__(self):
         self.channel_mult = tuple(self.channel_mult)
