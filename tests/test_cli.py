@@ -110,3 +110,26 @@ def test_labelled_grid_says_when_it_rounds_num(tmp_path, capsys):
     code, _, err = run(capsys, "sample", "--num", "12", "--out", str(tmp_path / "g.png"), "--no-progress",
                        "--stage", "32:steps=2")
     assert code == 0 and "--num 12 -> 10: 1 per class" in err and "wrote 10 images" in err
+
+
+def test_every_command_lists_the_recorded_options():
+    """`lowdiff --help` and every `lowdiff COMMAND --help` keep their options (tests/data/cli_options.json
+    records them; additions are recorded there on purpose)."""
+    import argparse
+    from pathlib import Path
+
+    from lowdiff.cli import build_parser
+
+    def walk(p, prefix=""):
+        opts = sorted(o for a in p._actions for o in a.option_strings)
+        opts += sorted(f"<{a.dest}>" for a in p._actions
+                       if not a.option_strings and not isinstance(a, argparse._SubParsersAction))
+        out = {prefix or "lowdiff": opts}
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, sub in a.choices.items():
+                    out.update(walk(sub, f"{prefix} {name}".strip()))
+        return out
+
+    recorded = json.loads((Path(__file__).parent / "data" / "cli_options.json").read_text())
+    assert walk(build_parser()) == recorded
