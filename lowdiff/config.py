@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,7 +53,7 @@ class TrainConfig:
         silently wrong run)."""
         in_range("train batch", self.batch, 1, MAX_BATCH, integer=True)
         in_range("train batch_gpu", self.batch_gpu, 0, MAX_BATCH, integer=True)
-        in_range("train lr", self.lr, 1e-12, 10)
+        in_range("train lr", self.lr, 0, math.inf)
         for name in ("lr_rampup_kimg", "ema_halflife_kimg"):
             in_range(f"train {name}", getattr(self, name), 0, 1e9)
         for name in ("duration_kimg", "log_kimg", "checkpoint_kimg"):

@@ -21,7 +21,7 @@ from .idx import load_fashion_mnist, load_idx_dataset, read_idx, write_idx
 from .synthetic import make_synthetic
 
 __all__ = ["DatasetError", "ImageDataset", "SPEC_FORMS", "load_cifar10", "load_fashion_mnist", "load_image_folder",
-           "make_synthetic", "open_dataset", "read_idx", "save_image_folder", "write_idx"]
+           "make_synthetic", "open_dataset", "read_idx", "save_image_folder", "test_split", "write_idx"]
 
 SPEC_FORMS = ("'fashion-mnist' or 'fashion-mnist:test'",
               "a cifar-10-python.tar.gz file or cifar-10-batches-py directory",
@@ -56,6 +56,15 @@ def _open_path(path: Path, split: str, use_labels: bool) -> ImageDataset:
     if path.is_dir() or name.endswith(".zip"):
         return load_image_folder(path, use_labels)
     raise _spec_error(str(path), "unrecognised dataset file")
+
+
+def test_split(spec: str) -> str:
+    """The held-out split of a dataset spec that has one (fashion-mnist, a CIFAR archive); else an error."""
+    if spec.partition(":")[0] == "fashion-mnist":
+        return "fashion-mnist:test"
+    if Path(spec).exists() and is_cifar(Path(spec)):
+        return spec
+    raise DatasetError(f"--data {spec} has no test split of its own: pass --test-data (e.g. the test zip)")
 
 
 def open_dataset(spec: str, *, split: str = "train", pad_to: int | None = None,

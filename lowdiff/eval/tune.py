@@ -414,6 +414,23 @@ class Tuner:
         return self.confirm()[0]
 
 
+def save_tuned_plan(path, tuner: Tuner, chosen: Trial, checkpoint: str, **provenance) -> None:
+    """The plan file `lowdiff tune` writes: the chosen plan's stages, then what was searched and
+    measured (budget, cost model, seeds, FIDs, throughput; `provenance`: model, reference, ...)
+    and the Pareto front of the screened plans."""
+    o, trials = tuner.opts, list(tuner.trials.values())
+    front = mark_pareto(trials)
+    tuned = {"fid": chosen.fid_confirmed, "fid_screen": chosen.fid, "screen_num": tuner.screen_num,
+             "effective_nfe": chosen.effective_nfe, "images_per_s": chosen.images_per_s,
+             "latency_per_image_s": chosen.latency_per_image_s, "budget_nfe": o.budget_nfe,
+             "budget_latency": o.budget_latency, "cost": o.cost, "num": o.num, "seeds": [o.seed, o.seed + o.num - 1],
+             "trials": len(trials), **provenance,
+             "cost_model": {"latency_s": tuner.costs.latency, "batch": tuner.costs.batch,
+                            "step_overhead_s": tuner.costs.step_overhead}}
+    chosen.stages.save(path, preset=tuner.pipe.preset.name, checkpoint=checkpoint, tuned=tuned,
+                       pareto_front=[t.to_dict() for t in front])
+
+
 def _rank(t: Trial) -> tuple[float, int]:
     """Lower FID first; at equal FID, the cheaper plan."""
     return t.fid, t.effective_nfe

