@@ -15,7 +15,7 @@ from typing import Any
 
 from .diffusion.denoiser import check_unified
 from .diffusion.plan import StageConfig, StagePlan
-from .diffusion.precond import PRECONDITIONINGS
+from .diffusion.precond import EDM, Preconditioning, preconditioning_from
 from .checks import MAX_BATCH, in_range
 from .errors import ConfigError
 from .fields import from_dict, jsonable
@@ -94,7 +94,7 @@ class Preset:
     network: NetworkConfig                   # nn.UNetConfig or nn.DiTConfig
     stages: StagePlan                        # a list of StageConfig is converted
     train: TrainConfig = field(default_factory=TrainConfig)
-    precond: str = "edm"                     # 'edm' | 'vp' | 've' | 'flow' (rectified flow)
+    precond: Preconditioning = field(default_factory=EDM)   # 'edm' | 'vp' | 've' | 'flow', or {"kind": .., settings}
     unified: bool = True                     # False = CDM, one independent network per stage
     cond_scaling: bool = True                # scale the condition by c_in(sigma_cond) (docs/architecture.md)
     data: str = ""                           # default dataset for `lowdiff train`
@@ -106,19 +106,14 @@ class Preset:
     def __post_init__(self):
         if not isinstance(self.stages, StagePlan):
             self.stages = StagePlan(self.stages)
+        self.precond = preconditioning_from(self.precond)
 
     @property
     def resolutions(self) -> list[int]:
         return self.stages.resolutions
 
-    @property
-    def objective(self) -> str:
-        """'flow' (velocity on the linear path) or 'edm' (denoiser with EDM's loss)."""
-        return "flow" if self.precond == "flow" else "edm"
-
     def validate(self) -> None:
-        if self.precond not in PRECONDITIONINGS:
-            raise ConfigError(f"precond {self.precond!r}: choose {', '.join(PRECONDITIONINGS)}")
+        self.precond = preconditioning_from(self.precond)      # a kind assigned after construction
         self.check_plan(self.stages)
         if self.resolutions[-1] != self.network.img_resolution:
             raise ConfigError(f"the last stage ({self.resolutions[-1]}) must be the target resolution "
@@ -128,7 +123,7 @@ class Preset:
         for r in self.train.loss_weights:
             if r not in self.resolutions:
                 raise ConfigError(f"loss weight for resolution {r}, which is not a stage")
-        if self.train.cosine_loss and self.objective != "flow":
+        if self.train.cosine_loss and self.precond.kind != "flow":
             raise ConfigError("cosine_loss belongs to the flow objective (precond 'flow')")
         if self.latent is not None and self.latent.norm not in ("channel", "scale"):
             raise ConfigError(f"latent norm {self.latent.norm!r}: choose channel or scale")
@@ -141,13 +136,14 @@ class Preset:
         if plan.resolutions != self.stages.resolutions:
             raise ConfigError(f"the stage plan has resolutions {plan.resolutions}, the model "
                               f"{self.stages.resolutions}")
-        plan.validate(self.objective, conditional=bool(self.network.label_dim))
+        plan.validate(preconditioning_from(self.precond), conditional=bool(self.network.label_dim))
 
     # --- (de)serialisation -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = jsonable(self)
         d["network"] = {"arch": self.network.arch, **d["network"]}
         d["stages"] = self.stages.to_list()
+        d["precond"] = self.precond.to_config()
         return d
 
     def to_json(self) -> str:
@@ -163,7 +159,9 @@ class Preset:
         train = from_dict(TrainConfig, d.pop("train", {}), f"{where}.train")
         latent = d.pop("latent", None)
         latent = from_dict(LatentConfig, latent, f"{where}.latent") if latent is not None else None
-        return from_dict(cls, {**d, "network": network, "stages": stages, "train": train, "latent": latent}, where)
+        precond = preconditioning_from(d.pop("precond", "edm"), f"{where}.precond")
+        return from_dict(cls, {**d, "network": network, "stages": stages, "train": train, "latent": latent,
+                               "precond": precond}, where)
 
     def replace(self, **changes) -> "Preset":
         return dataclasses.replace(copy.deepcopy(self), **changes)

@@ -45,7 +45,7 @@ def describe(preset: Preset | str) -> dict:
     preset.validate()
     model = meta_denoiser(preset)
     params = count_parameters(model)
-    info = {"name": preset.name, "description": preset.description, "precond": preset.precond,
+    info = {"name": preset.name, "description": preset.description, "precond": preset.precond.to_config(),
             "arch": preset.network.arch,
             "unified": preset.unified, "resolutions": preset.resolutions, "parameters": params,
             "parameters_m": round(params / 1e6, 2)}

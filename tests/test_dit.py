@@ -227,4 +227,4 @@ def test_latent_preset_round_trips_through_json():
     from lowdiff.config import Preset
     p = get_preset("imagenet256")
     q = Preset.from_dict(__import__("json").loads(p.to_json()))
-    assert q.to_dict() == p.to_dict() and q.latent.image_resolution == 256 and q.objective == "flow"
+    assert q.to_dict() == p.to_dict() and q.latent.image_resolution == 256 and q.precond.kind == "flow"

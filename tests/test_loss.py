@@ -188,3 +188,28 @@ def test_the_loss_uses_each_objectives_own_perturbation_and_term(tiny, kind):
     if kind != "flow":
         with pytest.raises(ConfigError, match="cosine"):
             multires_loss(model, y, cosine=True)
+
+
+def test_the_preconditioning_is_a_configured_object_that_reads_bare_kinds(tiny):
+    """A preset's precond is its kind ("edm", as every config.json so far has it) or its kind with
+    settings; settings reach the denoiser, defaults write back as the bare kind, and plans are
+    validated against the preconditioning's own range and kind."""
+    import json
+
+    from lowdiff.config import Preset
+    from lowdiff.diffusion.denoiser import Denoiser
+    from lowdiff.errors import ConfigError
+    p = tiny()
+    assert p.precond.kind == "edm" and json.loads(p.to_json())["precond"] == "edm"
+    d = json.loads(p.to_json())
+    d["precond"] = {"kind": "edm", "sigma_data": 0.25}
+    q = Preset.from_dict(d)
+    assert q.precond.sigma_data == 0.25 and json.loads(q.to_json())["precond"] == {"kind": "edm", "sigma_data": 0.25}
+    c_skip = Denoiser.from_preset(q).precond.coefficients(torch.ones(1, 1, 1, 1))[0]
+    assert torch.allclose(c_skip, torch.tensor(0.25 ** 2 / (1 + 0.25 ** 2)))
+    for bad, message in (({"kind": "edm", "sigma_data": float("nan")}, "NaN"), ({"kind": "ddpm"}, "ddpm"),
+                         ({"kind": "edm", "sigmadata": 1}, "sigmadata")):
+        with pytest.raises(ConfigError, match=message):
+            Preset.from_dict(dict(d, precond=bad))
+    with pytest.raises(ConfigError, match=r"outside the noise levels of the edm preconditioning \(0.002, 80\]"):
+        p.check_plan(p.stages.replace(2, start="upsampled", sigma_max=200.0))

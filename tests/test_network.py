@@ -141,7 +141,7 @@ def test_paper_baselines_are_edm_preconditioned_and_edm_weights_give_edmprecond(
     network is the preset's, narrowed (model_channels 16, one block) to keep the test small."""
     import dataclasses
     preset = get_preset(name)
-    assert preset.precond == "edm" and describe(name)["precond"] == "edm"
+    assert preset.precond.kind == "edm" and describe(name)["precond"] == "edm"
     preset.network = dataclasses.replace(preset.network, model_channels=16, num_blocks=1)
     R = preset.network.img_resolution
     torch.manual_seed(0)

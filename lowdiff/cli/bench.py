@@ -33,7 +33,7 @@ def run(args) -> None:
     opts = BenchOptions(batch=args.batch, repeats=args.repeats, warmup=args.warmup, device=args.device,
                         inference=inference_options(args))
     preset = get_preset(args.preset)
-    stages = sampling_plan(preset.stages, args)
+    stages = sampling_plan(preset.stages, args, preset.precond)
     preset.check_plan(stages)
     if args.compare_options:
         return compare_options(preset, stages, opts, args)

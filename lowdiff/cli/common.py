@@ -76,9 +76,11 @@ def inference_options(args):
     return options
 
 
-def sampling_plan(plan, args):
-    """A command's stage plan: the model's or --plan FILE, then --solver, then --stage overrides."""
+def sampling_plan(plan, args, precond=None):
+    """A command's stage plan: the model's or --plan FILE, then --solver, then --stage overrides; a
+    warning when a stage's sigma range lies far outside `precond`'s sampling range (EDM's by default)."""
     from ..diffusion.plan import StagePlan
+    from ..diffusion.precond import EDM
     if getattr(args, "plan", None):
         try:
             plan = StagePlan.load(args.plan)
@@ -87,11 +89,12 @@ def sampling_plan(plan, args):
     if getattr(args, "solver", None):
         plan = plan.with_solver(args.solver)
     plan = plan.override(getattr(args, "stage", None) or [])
+    low, high = (precond or EDM()).sampling_range
     for s in plan:
-        if s.schedule == "edm" and 0 < s.sigma_min < s.sigma_max < float("inf") and (s.sigma_max > 500 or
-                                                                                      s.sigma_min < 1e-5):
+        if s.schedule == "edm" and 0 < s.sigma_min < s.sigma_max < float("inf") and (s.sigma_max > 6 * high or
+                                                                                      s.sigma_min < low / 200):
             warnings.warn(f"stage {s.resolution}: sigma range [{s.sigma_min:g}, {s.sigma_max:g}] is far outside the "
-                          "noise levels these models sample from (EDM: [0.002, 80]); expect poor images")
+                          f"noise levels these models sample from ([{low:g}, {high:g}]); expect poor images")
     return plan
 
 

@@ -137,7 +137,7 @@ def _fid_of_model(args, world, evaluate) -> None:
     pipe = load(args.checkpoint, device=world.device, options=inference_options(args))
     extractor = extractor_of(args, pipe.image_channels, args.ref, world)
     ref = evaluate.check_reference(args.ref, {**extractor.identity, "feature_space": args.features})
-    stages = sampling_plan(pipe.preset.stages, args)
+    stages = sampling_plan(pipe.preset.stages, args, pipe.preset.precond)
     num, seed = args.num or 10_000, args.seed or 0
     if world.is_main:
         ranks = f" on {world.size} processes" if world.size > 1 else ""

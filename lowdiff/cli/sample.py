@@ -101,7 +101,7 @@ def _sample(args, world, grid: bool, seeds: Seeds) -> int | None:
     preset, label_dim = pipe.preset, pipe.preset.network.label_dim
     if pipe.source != "model.safetensors":
         say(f"{args.checkpoint}: sampling {pipe.source}", file=sys.stderr)
-    stages = sampling_plan(preset.stages, args)
+    stages = sampling_plan(preset.stages, args, preset.precond)
     preset.check_plan(stages)
     labels, seeds = _labels(args, seeds, label_dim, grid)
     names = preset.class_names or [str(c) for c in range(label_dim)]

@@ -22,6 +22,7 @@ import torch
 
 from ..errors import ConfigError
 from ..fields import convert, from_dict, jsonable
+from .precond import EDM, Preconditioning
 from .schedules import edm_sigmas, flow_sigmas
 from .solvers import SOLVERS
 
@@ -163,18 +164,20 @@ class StagePlan(Sequence):
         return effective_nfe(self.nfe_per_stage, step_cost)
 
     # --- validation ----------------------------------------------------------------------
-    def validate(self, objective: str = "edm", conditional: bool = False) -> None:
-        """Check every stage: resolutions doubling, schedules, truncation points, solvers;
-        `objective` 'flow' for rectified-flow models; `conditional` whether guidance can work."""
+    def validate(self, precond: Preconditioning | None = None, conditional: bool = False) -> None:
+        """Check every stage: resolutions doubling, schedules, truncation points, solvers, warm
+        starts, against the model's preconditioning (default EDM's; Flow for rectified-flow
+        models); `conditional` whether guidance can work."""
+        precond = precond or EDM()
         if not self._stages:
             raise ConfigError("a stage plan needs at least one stage")
         for lo, hi in zip(self.resolutions, self.resolutions[1:]):
             if hi != 2 * lo:
                 raise ConfigError(f"stage resolutions must double from one stage to the next, got {lo} -> {hi}")
         for i, s in enumerate(self._stages):
-            self._validate_stage(i, s, objective, conditional)
+            self._validate_stage(i, s, precond, conditional)
 
-    def _validate_stage(self, i: int, s: StageConfig, objective: str, conditional: bool) -> None:
+    def _validate_stage(self, i: int, s: StageConfig, precond: Preconditioning, conditional: bool) -> None:
         where, final = f"stage {s.resolution}", self.is_final(i)
         _validate_numbers(s)
         self.solver(i)
@@ -182,8 +185,8 @@ class StagePlan(Sequence):
             raise ConfigError(f"{where}: schedule {s.schedule!r}, choose edm or flow")
         if s.start not in STARTS:
             raise ConfigError(f"{where}: start {s.start!r}, choose {' or '.join(STARTS)}")
-        if objective == "flow" or s.schedule != "edm":
-            _validate_flow_stage(s, final, objective)
+        if precond.kind == "flow" or s.schedule != "edm":
+            _validate_flow_stage(s, final, precond.kind)
         elif s.steps < 1 or not (0 < s.sigma_min < s.sigma_max):
             raise ConfigError(f"{where}: need steps >= 1 and 0 < sigma_min < sigma_max")
         if s.cfg_scale != 1 and not conditional:
@@ -194,7 +197,7 @@ class StagePlan(Sequence):
         if not final and s.steps < 2:
             raise ConfigError(f"{where}: a truncated stage needs steps >= 2")
         if s.start == "upsampled":
-            self._validate_warm_start(i)
+            self._validate_warm_start(i, precond)
         if s.nfe is not None:
             full = self.schedule_nfe(i)
             if final and s.nfe != full:
@@ -203,8 +206,11 @@ class StagePlan(Sequence):
                 raise ConfigError(f"{where}: truncation after {s.nfe} NFE is past the last step of its "
                                   f"{s.steps}-step schedule ({full} NFE); raise steps or lower nfe")
 
-    def _validate_warm_start(self, i: int) -> None:
-        s = self[i]
+    def _validate_warm_start(self, i: int, precond: Preconditioning) -> None:
+        s, (low, high) = self[i], precond.sampling_range
+        if not low < s.sigma_max <= high:
+            raise ConfigError(f"stage {s.resolution}: a warm start at sigma_max {s.sigma_max:g} is outside the noise "
+                              f"levels of the {precond.kind} preconditioning ({low:g}, {high:g}]")
         if i == 0:
             raise ConfigError(f"stage {s.resolution}: start=upsampled needs a stage below to start from; the lowest "
                               "stage starts from noise")
@@ -310,10 +316,10 @@ def _validate_numbers(s: StageConfig) -> None:
             raise ConfigError(f"{where}: {name} must be >= 0, got {getattr(s, name):g}")
 
 
-def _validate_flow_stage(s: StageConfig, final: bool, objective: str) -> None:
+def _validate_flow_stage(s: StageConfig, final: bool, kind: str) -> None:
     """Flow noise levels live in [0, 1] (sigma = 1 - t); the ODE solvers only, no churn."""
     where = f"stage {s.resolution}"
-    if objective != "flow":
+    if kind != "flow":
         raise ConfigError(f"{where}: the flow schedule needs a flow model (precond 'flow')")
     if s.S_churn:
         raise ConfigError(f"{where}: a flow model samples with an ODE solver ({', '.join(SOLVERS)}) and no churn")

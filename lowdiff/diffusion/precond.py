@@ -19,6 +19,7 @@ scalings).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -30,8 +31,19 @@ from ..errors import ConfigError
 
 @dataclass(frozen=True)
 class Preconditioning:
-    """The shared interface; subclasses set the coefficients and the training distribution."""
+    """The shared interface; subclasses set the coefficients and the training distribution.
+
+    In a preset or config.json a preconditioning is its kind, `"edm"`, or its kind with settings,
+    `{"kind": "edm", "sigma_data": 0.5}` (`preconditioning_from` / `to_config`)."""
     kind = ""
+    sampling_range = (0.002, 80.0)       # the noise levels its models are sampled over (EDM Sec. 5)
+
+    def to_config(self) -> str | dict:
+        """The kind alone when every setting is the default (the form config files have always had),
+        else {"kind": ..., settings...}."""
+        changed = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                   if getattr(self, f.name) != f.default}
+        return {"kind": self.kind, **changed} if changed else self.kind
 
     def coefficients(self, sigma: torch.Tensor):
         """(c_skip, c_out, c_in, c_noise) for sigma of shape (N, 1, 1, 1)."""
@@ -67,6 +79,7 @@ class Preconditioning:
 class VP(Preconditioning):
     """Song et al. 2021's variance-preserving formulation, EDM's VPPrecond."""
     kind = "vp"
+    sampling_range = (0.002, 80.0)       # EDM samples its VP models over the same range (Table 1)
     beta_d: float = 19.9
     beta_min: float = 0.1
     M: int = 1000
@@ -96,6 +109,7 @@ class VP(Preconditioning):
 class VE(Preconditioning):
     """Song et al. 2021's variance-exploding formulation, EDM's VEPrecond."""
     kind = "ve"
+    sampling_range = (0.002, 100.0)
     sigma_min: float = 0.02
     sigma_max: float = 100.0
 
@@ -141,6 +155,7 @@ class EDM(Preconditioning):
 class Flow(Preconditioning):
     """Rectified flow on x = (1 - sigma) y + sigma n; logit(t) ~ N(mean, std^2)."""
     kind = "flow"
+    sampling_range = (0.0, 1.0)          # sigma = 1 - t
     mean: float = 0.0
     std: float = 1.0
 
@@ -179,7 +194,20 @@ def velocity_loss(v: torch.Tensor, u: torch.Tensor, cosine: bool) -> torch.Tenso
 PRECONDITIONINGS = {p.kind: p for p in (VP, VE, EDM, Flow)}
 
 
-def get_preconditioning(kind: str) -> Preconditioning:
+def preconditioning_from(spec: str | dict | Preconditioning, where: str = "precond") -> Preconditioning:
+    """A preconditioning from its kind ('edm'), its config ({"kind": "edm", "sigma_data": 0.5}) or itself."""
+    from ..fields import from_dict
+    if isinstance(spec, Preconditioning):
+        return spec
+    settings = dict(spec) if isinstance(spec, dict) else {}
+    kind = settings.pop("kind", None) if isinstance(spec, dict) else spec
     if kind not in PRECONDITIONINGS:
-        raise ConfigError(f"unknown preconditioning {kind!r}: choose {', '.join(PRECONDITIONINGS)}")
-    return PRECONDITIONINGS[kind]()
+        raise ConfigError(f"{where}: unknown preconditioning {kind!r}: choose {', '.join(PRECONDITIONINGS)}")
+    precond = from_dict(PRECONDITIONINGS[kind], settings, where)
+    for f in dataclasses.fields(precond):
+        if not math.isfinite(getattr(precond, f.name)):
+            raise ConfigError(f"{where}.{f.name} must be a finite number, got {getattr(precond, f.name)}")
+    return precond
+
+
+get_preconditioning = preconditioning_from

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..diffusion.plan import StageConfig, StagePlan
+from ..diffusion.precond import EDM
 from ..diffusion.solvers import SOLVERS
 from ..distributed import SINGLE, World
 from ..errors import ConfigError
@@ -199,15 +200,15 @@ def _trade_moves(plan: StagePlan, i: int):
     return out
 
 
-def _sigma_max_moves(plan: StagePlan, i: int):
+def _sigma_max_moves(plan: StagePlan, i: int, high: float):
     s = plan[i]
-    values = [round(v, 3) for v in (s.sigma_max * 0.7, s.sigma_max / 0.7) if 2 * s.sigma_min < v <= 80]
+    values = [round(v, 3) for v in (s.sigma_max * 0.7, s.sigma_max / 0.7) if 2 * s.sigma_min < v <= high]
     return [(f"{s.resolution}: sigma_max {v:g}", plan.replace(i, sigma_max=v)) for v in values]
 
 
-def _sigma_min_moves(plan: StagePlan, i: int):
+def _sigma_min_moves(plan: StagePlan, i: int, low: float):
     s = plan[i]
-    values = [round(v, 4) for v in (s.sigma_min / 2, s.sigma_min * 2) if 1e-4 <= v < s.sigma_max / 2]
+    values = [round(v, 4) for v in (s.sigma_min / 2, s.sigma_min * 2) if low / 20 <= v < s.sigma_max / 2]
     return [(f"{s.resolution}: sigma_min {v:g}", plan.replace(i, sigma_min=v)) for v in values]
 
 
@@ -234,14 +235,16 @@ def _warm_moves(plan: StagePlan, i: int, cold_sigma_max: float):
     return out
 
 
-def coordinates(plan: StagePlan, solvers, warm_start: bool = False) -> list[tuple[str, Callable]]:
+def coordinates(plan: StagePlan, solvers, warm_start: bool = False,
+                sampling_range: tuple[float, float] = EDM.sampling_range) -> list[tuple[str, Callable]]:
     """(name, plan -> [(move, plan)]) for plans shaped like `plan`, in search order: solvers,
     the final stage's steps, truncation points, trades of final steps against low-resolution
     evaluations, warm starts, sigma_max, the final stage's sigma_min, rho, then the
     low-resolution stages' steps. A single-resolution model has the same coordinates but
     those of the low-resolution stages; flow stages (which end at 0) have no sigma_min or rho
-    to move, and their sigma_max only moves once warm-started."""
-    last = len(plan) - 1
+    to move, and their sigma_max only moves once warm-started. sigma_max and sigma_min move within
+    the preconditioning's `sampling_range` (sigma_min down to a twentieth of its low end)."""
+    last, (low, high) = len(plan) - 1, sampling_range
     edm = [i for i, s in enumerate(plan) if s.schedule == "edm"]
     coords = [(f"{s.resolution}:solver", lambda p, i=i: _solver_moves(p, i, solvers)) for i, s in enumerate(plan)]
     coords.append((f"{plan[last].resolution}:steps", lambda p: _steps_moves(p, last)))
@@ -253,9 +256,9 @@ def coordinates(plan: StagePlan, solvers, warm_start: bool = False) -> list[tupl
         for i, s in enumerate(plan[1:], start=1):
             coords.append((f"{s.resolution}:start", lambda p, i=i, cold=s.sigma_max: _warm_moves(p, i, cold)))
     for i in edm:
-        coords.append((f"{plan[i].resolution}:sigma_max", lambda p, i=i: _sigma_max_moves(p, i)))
+        coords.append((f"{plan[i].resolution}:sigma_max", lambda p, i=i: _sigma_max_moves(p, i, high)))
     if last in edm:
-        coords.append((f"{plan[last].resolution}:sigma_min", lambda p: _sigma_min_moves(p, last)))
+        coords.append((f"{plan[last].resolution}:sigma_min", lambda p: _sigma_min_moves(p, last, low)))
     for i in edm:
         coords.append((f"{plan[i].resolution}:rho", lambda p, i=i: _rho_moves(p, i)))
     for i, s in enumerate(plan[:-1]):
@@ -379,7 +382,8 @@ class Tuner:
 
     def descend(self, best: Trial) -> Trial:
         """Coordinate descent from `best` until a pass brings nothing or the trials are spent."""
-        coords = coordinates(best.stages, self.opts.solvers, self.opts.warm_start)
+        coords = coordinates(best.stages, self.opts.solvers, self.opts.warm_start,
+                             self.pipe.preset.precond.sampling_range)
         improved = True
         while improved and len(self.trials) < self.opts.trials:
             improved = False
