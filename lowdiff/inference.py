@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from .errors import ConfigError
+
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Every compiled (resolution, switches) pair is one cache entry of the same Denoiser.forward;
 # dynamo's default limit of 8 would silently fall back to eager past the eighth.
@@ -43,9 +45,9 @@ class InferenceOptions:
     def check(self, device: torch.device | str) -> None:
         device = torch.device(device)
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision {self.precision!r}: choose {', '.join(PRECISIONS)}")
+            raise ConfigError(f"precision {self.precision!r}: choose {', '.join(PRECISIONS)}")
         if self.cuda_graphs and device.type != "cuda":
-            raise ValueError(f"CUDA graphs need a CUDA device, not {device.type}: drop --cuda-graphs or use "
+            raise ConfigError(f"CUDA graphs need a CUDA device, not {device.type}: drop --cuda-graphs or use "
                              "--device cuda")
 
 

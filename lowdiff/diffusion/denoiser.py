@@ -26,8 +26,7 @@ class Denoiser(nn.Module):
         for all of them, else one per stage (CDM); `cond_scaling`: scale the condition by
         c_in(sigma_cond) (docs/architecture.md, "The unified network")."""
         super().__init__()
-        network.validate()
-        self.network = network
+        self.network = network                      # validated by the network's constructor
         self.resolutions = sorted(resolutions or network.resolutions)
         self.precond = get_preconditioning(precond)
         self.cond_scaling = cond_scaling
