@@ -78,7 +78,15 @@ class Pipeline:
                  on_batch: Callable[[torch.Tensor, list[int], list[int] | None], None] | None = None) -> Generated:
         """Generate images for seeds `seeds` (default seed .. seed+num-1). Class-conditional
         models draw each image's class from its seed unless `class_labels` is given.
-        `on_batch(images, seeds, labels)` sees each batch as soon as it is made."""
+        `on_batch(images, seeds, labels)` sees each batch as soon as it is made.
+
+        Examples:
+            >>> pipe = lowdiff.load("bundled:fashion-lowdiff-cond")
+            >>> out = pipe(16, seed=0)                      # seeds 0..15, classes drawn from the seeds
+            >>> out.images.shape, out.images.dtype          # (torch.Size([16, 1, 32, 32]), torch.uint8)
+            >>> out = pipe(seeds=[3, 7], class_labels=[0, 9], stages=pipe.preset.stages.with_solver("dpmpp2m"))
+            >>> out.nfe, out.truncation_sigma               # NFE per stage, where each low stage stopped
+        """
         if num is not None and num < 1:
             raise ConfigError(f"num must be >= 1, got {num}")
         seeds = Seeds.count(seed, num or 1) if seeds is None else seeds
@@ -150,5 +158,14 @@ def load(directory: str | Path | None = None, device: str = "cpu", options: Infe
          vae: str | Path | None = None) -> Pipeline:
     """Load a model directory, `bundled:NAME` (lowdiff/assets), or the bundled Fashion-MNIST
     LowDiff model when None; `options` are the inference speed switches (compile, precision,
-    ...); `vae` overrides the VAE a latent model decodes with."""
+    ...); `vae` overrides the VAE a latent model decodes with.
+
+    Examples:
+        >>> import lowdiff
+        >>> pipe = lowdiff.load()                                   # bundled:fashion-lowdiff-cond, offline
+        >>> pipe = lowdiff.load("runs/fm")                           # config.json + model.safetensors
+        >>> from lowdiff.inference import InferenceOptions
+        >>> pipe = lowdiff.load("bundled:cifar-lowdiff-cond", options=InferenceOptions(precision="bf16"))
+        >>> grid = pipe(40, seed=0).images                           # uint8 (40, 3, 32, 32)
+    """
     return Pipeline.from_pretrained(directory, device, options, vae)

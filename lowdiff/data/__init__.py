@@ -14,11 +14,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import DatasetError, ImageDataset, pad_images
+from .base import LATENT_MANIFEST, DatasetError, ImageDataset, pad_images
 from .cifar import is_cifar, load_cifar10
 from .folder import load_image_folder, save_image_folder
 from .idx import load_fashion_mnist, load_idx_dataset, read_idx, write_idx
 from .synthetic import make_synthetic
+
+
+def is_latent_dir(path: str | Path) -> bool:
+    """A latent dataset written by `lowdiff dataset encode` (its manifest latents.json)."""
+    return (Path(path) / LATENT_MANIFEST).is_file()
 
 __all__ = ["DatasetError", "ImageDataset", "SPEC_FORMS", "load_cifar10", "load_fashion_mnist", "load_image_folder",
            "make_synthetic", "open_dataset", "read_idx", "save_image_folder", "test_split", "write_idx"]
@@ -82,7 +87,7 @@ def open_dataset(spec: str, *, split: str = "train", pad_to: int | None = None,
         ds = load_emoji(int(tail or 64))
     elif head == "synthetic":
         ds = _parse_synthetic(spec)
-    elif (Path(spec) / "latents.json").is_file():
+    elif is_latent_dir(spec):
         from .latents import LatentDataset
         return LatentDataset(spec)
     elif Path(spec).exists():

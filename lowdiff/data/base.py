@@ -10,6 +10,9 @@ from ..errors import DatasetError
 __all__ = ["DatasetError", "ImageDataset", "pad_images"]
 
 
+LATENT_MANIFEST = "latents.json"         # the file that makes a folder a latent dataset (`lowdiff dataset encode`)
+
+
 class ImageDataset(torch.utils.data.Dataset):
     """In-memory uint8 images (N, C, H, W) with optional int64 labels (N,)."""
 

@@ -28,10 +28,10 @@ from safetensors.torch import save_file
 from .. import bundled
 from ..config import LatentConfig
 from ..diffusion import pyramid
-from .base import DatasetError, ImageDataset
-from .vae import load_vae
+from .base import LATENT_MANIFEST, DatasetError, ImageDataset
+from .vae import load_vae, to_vae_input
 
-MANIFEST = "latents.json"
+MANIFEST = LATENT_MANIFEST
 FORMAT = "lowdiff-latents/1"
 
 
@@ -79,15 +79,6 @@ def _resize(images: np.ndarray, size: int) -> np.ndarray:
     return np.stack(out)
 
 
-def _to_vae_input(images: np.ndarray, channels: int, device) -> torch.Tensor:
-    x = torch.from_numpy(images).to(device, torch.float32) / 127.5 - 1
-    if x.shape[1] == channels:
-        return x
-    if x.shape[1] == 1:
-        return x.expand(-1, channels, -1, -1)
-    raise DatasetError(f"the images have {x.shape[1]} channels but the VAE takes {channels}")
-
-
 class _Stats:
     """Running per-channel mean and std (float64 sums) of one resolution."""
 
@@ -128,7 +119,7 @@ def encode_dataset(ds: ImageDataset, vae_path: str | Path, out: str | Path, *, i
     res = stats = None
     shards, buffer = [], {}
     for start in tqdm(range(0, len(ds), batch), desc="encode", unit="batch", disable=not progress):
-        x = _to_vae_input(_resize(ds.images[start:start + batch], size), channels, device)
+        x = to_vae_input(_resize(ds.images[start:start + batch], size), channels, device)
         twins = {"": vae.encode(x).latent_dist.sample(gen), "_flip": vae.encode(x.flip(-1)).latent_dist.sample(gen)}
         if res is None:
             top = twins[""].shape[-1]
@@ -257,10 +248,6 @@ class LatentDataset:
                 z = torch.where(flip.to(device)[:, None, None, None], mirror, z)
             out[r] = normalize(z.float(), latent)
         return out
-
-
-def is_latent_dir(path: str | Path) -> bool:
-    return (Path(path) / MANIFEST).is_file()
 
 
 # ---------------------------------------------------------------------------------------

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .. import bundled
 from .base import DatasetError
 
 
-def _autoencoder_kl():
+def autoencoder_kl_class():
+    """diffusers' AutoencoderKL, or an ImportError saying what to install."""
     try:
         from diffusers import AutoencoderKL
     except ImportError as e:
@@ -24,11 +26,21 @@ def _autoencoder_kl():
     return AutoencoderKL
 
 
+def to_vae_input(images: np.ndarray, channels: int, device) -> torch.Tensor:
+    """uint8 images -> a VAE's input in [-1, 1] with its channel count (a gray image is repeated)."""
+    x = torch.from_numpy(images).to(device, torch.float32) / 127.5 - 1
+    if x.shape[1] == channels:
+        return x
+    if x.shape[1] == 1:
+        return x.expand(-1, channels, -1, -1)
+    raise DatasetError(f"the images have {x.shape[1]} channels but the VAE takes {channels}")
+
+
 def load_vae(path: str | Path, device: str | torch.device = "cpu", norm_num_groups: int = 32):
     """AutoencoderKL from a diffusers directory, or from an LDM / VA-VAE layout weight file
     (.safetensors, or .pt/.ckpt/.pth read with torch.load(weights_only=True)); the file's
     architecture is read off its tensor shapes."""
-    AutoencoderKL = _autoencoder_kl()
+    AutoencoderKL = autoencoder_kl_class()
     path = bundled.resolve(path)
     if path.is_dir():
         if not (path / "config.json").is_file():

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..nn import NetworkConfig, build_network
-from ..nn.unet import res_key
+from ..nn.keys import res_key
 from .precond import get_preconditioning
 
 

@@ -224,8 +224,7 @@ def evaluate_autoencoder(vae_spec: str | Path, data: str, extractor, feature_spa
     """Reconstruction quality of a VAE on a dataset (e.g. fashion-mnist:test): each image is
     encoded to its posterior mean and decoded; PSNR (dB, uint8 images, mean over images and
     of the pooled MSE) and the FID of the reconstructions against the originals."""
-    from ..data.latents import _to_vae_input
-    from ..data.vae import load_vae
+    from ..data.vae import load_vae, to_vae_input
     from ..images import to_uint8
     from .features import extract
     ds = open_dataset(data)
@@ -234,7 +233,7 @@ def evaluate_autoencoder(vae_spec: str | Path, data: str, extractor, feature_spa
     recon = []
     with torch.inference_mode():
         for start in tqdm(range(0, len(images), batch), disable=not progress, desc="reconstruct", unit="batch"):
-            x = _to_vae_input(images[start:start + batch], vae.config.in_channels, device)
+            x = to_vae_input(images[start:start + batch], vae.config.in_channels, device)
             recon.append(to_uint8(vae.decode(vae.encode(x).latent_dist.mode()).sample).cpu()[:, :images.shape[1]])
     recon = torch.cat(recon)
     err = (recon.double() - torch.from_numpy(images).double()).pow(2).flatten(1).mean(1)

@@ -134,7 +134,8 @@ def measure_costs(pipe, opts: TuneOptions) -> CostModel:
 
 
 def cost_text(plan: StagePlan, costs: CostModel) -> str:
-    return f"effective NFE {costs.effective_nfe(plan)}, {costs.latency_per_image(plan) * 1e3:.3g} ms per image predicted"
+    return (f"effective NFE {costs.effective_nfe(plan)}, {costs.latency_per_image(plan) * 1e3:.3g} ms per image "
+            "predicted")
 
 
 def within_budget(stages, costs: CostModel, opts: TuneOptions) -> bool:

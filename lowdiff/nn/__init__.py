@@ -1,6 +1,6 @@
 """Networks: `UnifiedUNet` (SongUNet / DDPM++) and `UnifiedDiT` (LightningDiT-style), each
 with its own config dataclass. They take plain documented hyper-parameters and import no
-other part of lowdiff but its errors."""
+other part of lowdiff but its errors and number checks."""
 from .dit import DiTConfig, UnifiedDiT
 from .unet import UNetConfig, UnifiedUNet
 

@@ -3,8 +3,9 @@ Sec. 3 and 4.1: LightningDiT-B/1 with resolution-specific input/output layers an
 resolution embedding).
 
 Clean-room re-implementation from the formulas of DiT (Peebles & Xie 2023, Sec. 3) and
-LightningDiT (Yao et al. 2025, Sec. 4); no DiT / LightningDiT code is used. With one resolution and no condition the network
-has LightningDiT's layout, parameter for parameter (B/1: 130,556,192, the paper's 130.56M).
+LightningDiT (Yao et al. 2025, Sec. 4); no DiT / LightningDiT code is used. With one
+resolution and no condition the network has LightningDiT's layout, parameter for parameter
+(B/1: 130,556,192, the paper's 130.56M).
 
 Layout, for each served latent side r with patch p (grid g = r/p, T = g^2 tokens,
 row-major), width D:
@@ -40,7 +41,7 @@ from torch import nn
 
 from ..checks import in_range
 from ..errors import ConfigError
-from .unet import res_key
+from .keys import res_key
 
 FREQ_DIM = 256          # time-frequency embedding width (DiT's TimestepEmbedder)
 
@@ -177,14 +178,14 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor | None) -> torch.Tensor:
-        n, t, d = x.shape
-        q, k, v = self.qkv(x).reshape(n, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        n, t, d = x.shape                                          # x: (N, T, D)
+        q, k, v = self.qkv(x).reshape(n, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)   # 3 x (N, H, T, D/H)
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+            q, k = self.q_norm(q), self.k_norm(k)                  # (N, H, T, D/H)
         if rope is not None:
-            q, k = apply_rope(q, rope), apply_rope(k, rope)
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(n, t, d))
+            q, k = apply_rope(q, rope), apply_rope(k, rope)        # (N, H, T, D/H)
+        out = F.scaled_dot_product_attention(q, k, v)              # (N, H, T, D/H)
+        return self.proj(out.transpose(1, 2).reshape(n, t, d))     # (N, T, D)
 
 
 class SwiGLU(nn.Module):
@@ -196,8 +197,8 @@ class SwiGLU(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a, b = self.fc1(x).chunk(2, dim=-1)
-        return self.fc2(F.silu(a) * b)
+        a, b = self.fc1(x).chunk(2, dim=-1)                        # 2 x (N, T, H)
+        return self.fc2(F.silu(a) * b)                             # (N, T, D)
 
 
 class DiTBlock(nn.Module):
@@ -213,9 +214,9 @@ class DiTBlock(nn.Module):
         self.ada = nn.Linear(dim, 6 * dim)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, rope: torch.Tensor | None) -> torch.Tensor:
-        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.ada(F.silu(c)).chunk(6, dim=1)
-        x = x + gate_a[:, None] * self.attn(modulate(self.norm1(x), shift_a, scale_a), rope)
-        return x + gate_m[:, None] * self.mlp(modulate(self.norm2(x), shift_m, scale_m))
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.ada(F.silu(c)).chunk(6, dim=1)   # 6 x (N, D)
+        x = x + gate_a[:, None] * self.attn(modulate(self.norm1(x), shift_a, scale_a), rope)      # (N, T, D)
+        return x + gate_m[:, None] * self.mlp(modulate(self.norm2(x), shift_m, scale_m))         # (N, T, D)
 
 
 class FinalLayer(nn.Module):
@@ -228,8 +229,8 @@ class FinalLayer(nn.Module):
         self.linear = nn.Linear(dim, out)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.ada(F.silu(c)).chunk(2, dim=1)
-        return self.linear(modulate(self.norm(x), shift, scale))
+        shift, scale = self.ada(F.silu(c)).chunk(2, dim=1)         # 2 x (N, D)
+        return self.linear(modulate(self.norm(x), shift, scale))   # (N, T, p^2 C_out)
 
 
 class LabelEmbedder(nn.Module):
@@ -336,21 +337,21 @@ class UnifiedDiT(nn.Module):
 
     def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels=None, augment_labels=None,
                 cond: torch.Tensor | None = None, cond_noise_labels: torch.Tensor | None = None) -> torch.Tensor:
-        r, cfg = x.shape[-1], self.cfg
+        r, cfg = x.shape[-1], self.cfg                             # x: (N, C, r, r)
         if res_key(r) not in self.x_embed or x.shape[-2] != r:
             raise ValueError(f"input of shape {tuple(x.shape)}: this network serves square latents of sides "
                              f"{sorted(cfg.resolutions)}")
         if r > cfg.base_resolution:
             if cond is None:
                 raise ValueError(f"resolution {r} is conditioned on the upsampled lower-resolution latent: pass cond")
-            x = torch.cat([x, cond.to(x.dtype)], dim=1)
-        grid = r // cfg.patch_size
-        tokens = self.x_embed[res_key(r)](x).flatten(2).transpose(1, 2) + self.pos_embed[res_key(r)]
-        c = self.embed(noise_labels, r, class_labels, cond_noise_labels)
-        rope = rope_angles(grid, self.head_dim, device=x.device) if cfg.rope else None
+            x = torch.cat([x, cond.to(x.dtype)], dim=1)            # (N, 2C, r, r): noisy latent + condition
+        grid = r // cfg.patch_size                                 # g = r / p, T = g^2 tokens
+        tokens = self.x_embed[res_key(r)](x).flatten(2).transpose(1, 2) + self.pos_embed[res_key(r)]   # (N, T, D)
+        c = self.embed(noise_labels, r, class_labels, cond_noise_labels)                               # (N, D)
+        rope = rope_angles(grid, self.head_dim, device=x.device) if cfg.rope else None   # (T, head_dim / 2)
         for block in self.blocks:
-            tokens = block(tokens, c, rope)
-        return unpatchify(self.final[res_key(r)](tokens, c), grid, cfg.patch_size, cfg.out_channels)
+            tokens = block(tokens, c, rope)                        # (N, T, D)
+        return unpatchify(self.final[res_key(r)](tokens, c), grid, cfg.patch_size, cfg.out_channels)  # (N, C_out, r, r)
 
     def subnetwork_parameters(self, resolution: int) -> list[str]:
         """Names of the parameters a forward pass at `resolution` can touch."""

@@ -1,8 +1,9 @@
 """Unified multi-resolution U-Net: EDM's SongUNet (DDPM++) whose inner levels double as
 the whole network for lower resolutions (LowDiff paper, Sec. 3.3, Fig. 2 and 4).
 
-Clean-room re-implementation from the published architecture descriptions (Song et al. 2021, "Score-based generative modeling through SDEs", DDPM++; Karras et al.
-2022, EDM, Appendix F.2). With a single resolution and no condition the network is
+Clean-room re-implementation from the published architecture descriptions (Song et al.
+2021, "Score-based generative modeling through SDEs", DDPM++; Karras et al. 2022, EDM,
+Appendix F.2). With a single resolution and no condition the network is
 parameter-for-parameter the EDM SongUNet (see `EDM_KEY_MAP` for loading EDM weights).
 
 Layout, for host resolution R and levels i = 0..L-1 at resolution R >> i:
@@ -30,6 +31,7 @@ from torch import nn
 
 from ..checks import in_range
 from ..errors import ConfigError
+from .keys import res_key
 
 
 def _is_pow2(n: int) -> bool:
@@ -165,25 +167,25 @@ class UNetBlock(nn.Module):
             self.proj = conv(cout, cout, 1, scale=1e-5)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.conv0(resample(F.silu(self.norm0(x)), self.up, self.down))
-        h = h + self.affine(emb)[:, :, None, None].to(h.dtype)
-        h = F.dropout(F.silu(self.norm1(h)), p=self.dropout, training=self.training)
-        h = self.conv1(h)
-        skip = resample(x, self.up, self.down)
+        h = self.conv0(resample(F.silu(self.norm0(x)), self.up, self.down))    # (N, C_out, r', r'), r' = r, 2r or r/2
+        h = h + self.affine(emb)[:, :, None, None].to(h.dtype)                 # (N, C_out, r', r') + (N, C_out, 1, 1)
+        h = F.dropout(F.silu(self.norm1(h)), p=self.dropout, training=self.training)   # (N, C_out, r', r')
+        h = self.conv1(h)                                                       # (N, C_out, r', r')
+        skip = resample(x, self.up, self.down)                                  # (N, C_in, r', r')
         if self.skip is not None:
-            skip = self.skip(skip)
-        x = (h + skip) * self.skip_scale
+            skip = self.skip(skip)                                              # (N, C_out, r', r')
+        x = (h + skip) * self.skip_scale                                        # (N, C_out, r', r')
         if self.attention:
-            x = (self.proj(self._attend(self.norm2(x))) + x) * self.skip_scale
+            x = (self.proj(self._attend(self.norm2(x))) + x) * self.skip_scale  # (N, C_out, r', r')
         return x
 
     def _attend(self, x: torch.Tensor) -> torch.Tensor:
         """Single-head attention over pixels. qkv channels are interleaved per channel
         (q = 3c, k = 3c+1, v = 3c+2), the layout of EDM's weights."""
-        n, c, h, w = x.shape
-        q, k, v = self.qkv(x).reshape(n, 1, c, 3, h * w).unbind(3)      # (n, 1, c, hw) each
-        out = F.scaled_dot_product_attention(q.transpose(2, 3), k.transpose(2, 3), v.transpose(2, 3))
-        return out.transpose(2, 3).reshape(n, c, h, w)
+        n, c, h, w = x.shape                                                    # x: (N, C, H, W)
+        q, k, v = self.qkv(x).reshape(n, 1, c, 3, h * w).unbind(3)              # 3 x (N, 1, C, HW)
+        out = F.scaled_dot_product_attention(q.transpose(2, 3), k.transpose(2, 3), v.transpose(2, 3))   # (N, 1, HW, C)
+        return out.transpose(2, 3).reshape(n, c, h, w)                          # (N, C, H, W)
 
 
 class OutputHead(nn.Module):
@@ -198,15 +200,11 @@ class OutputHead(nn.Module):
         return self.conv(F.silu(self.norm(x)))
 
 
-def res_key(r: int) -> str:
-    return f"{r}x{r}"
-
-
 # ---------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class _Step:
-    """One entry of a resolution's execution plan."""
+class _Hop:
+    """One block on a resolution's route through the shared levels."""
     part: str      # 'enc' or 'dec'
     name: str      # key in the ModuleDict
     pop_skip: bool  # decoder block that concatenates a skip
@@ -282,32 +280,32 @@ class UnifiedUNet(nn.Module):
 
         # Resolution-specific input and output layers.
         self.inputs, self.outputs = nn.ModuleDict(), nn.ModuleDict()
-        self._plans: dict[int, list[_Step]] = {}
+        self._routes: dict[int, list[_Hop]] = {}
         for r in sorted(cfg.resolutions):
             level = int(math.log2(R // r))
             cin = cfg.in_channels * (2 if r > cfg.base_resolution else 1)
             self.inputs[res_key(r)] = conv(cin, stem_channels[level], 3)
             self.outputs[res_key(r)] = OutputHead(level_out[level], cfg.out_channels, cfg.eps)
-            self._plans[r] = self._plan(level)
+            self._routes[r] = self._route(level)
 
-    def _plan(self, first_level: int) -> list[_Step]:
+    def _route(self, first_level: int) -> list[_Hop]:
         """Modules run for a resolution whose stem sits at `first_level`, in order."""
         cfg, R = self.cfg, self.cfg.img_resolution
         levels = len(cfg.channel_mult)
-        steps = []
+        hops = []
         for level in range(first_level, levels):
             r = res_key(R >> level)
             if level > first_level:
-                steps.append(_Step("enc", f"{r}_down", False))
-            steps += [_Step("enc", f"{r}_block{b}", False) for b in range(cfg.num_blocks)]
+                hops.append(_Hop("enc", f"{r}_down", False))
+            hops += [_Hop("enc", f"{r}_block{b}", False) for b in range(cfg.num_blocks)]
         for level in reversed(range(first_level, levels)):
             r = res_key(R >> level)
             if level == levels - 1:
-                steps += [_Step("dec", f"{r}_in0", False), _Step("dec", f"{r}_in1", False)]
+                hops += [_Hop("dec", f"{r}_in0", False), _Hop("dec", f"{r}_in1", False)]
             else:
-                steps.append(_Step("dec", f"{r}_up", False))
-            steps += [_Step("dec", f"{r}_block{b}", True) for b in range(cfg.num_blocks + 1)]
-        return steps
+                hops.append(_Hop("dec", f"{r}_up", False))
+            hops += [_Hop("dec", f"{r}_block{b}", True) for b in range(cfg.num_blocks + 1)]
+        return hops
 
     # -----------------------------------------------------------------------------------
 
@@ -336,28 +334,28 @@ class UnifiedUNet(nn.Module):
 
     def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels=None, augment_labels=None,
                 cond: torch.Tensor | None = None, cond_noise_labels: torch.Tensor | None = None) -> torch.Tensor:
-        r = x.shape[-1]
-        if r not in self._plans or x.shape[-2] != r:
+        r = x.shape[-1]                                          # x: (N, C, r, r)
+        if r not in self._routes or x.shape[-2] != r:
             raise ValueError(f"input of shape {tuple(x.shape)}: this network serves square resolutions "
-                             f"{sorted(self._plans)}")
+                             f"{sorted(self._routes)}")
         if r > self.cfg.base_resolution:
             if cond is None:
                 raise ValueError(f"resolution {r} is conditioned on the upsampled lower-resolution image: pass cond")
-            x = torch.cat([x, cond.to(x.dtype)], dim=1)
-        emb = self.embed(noise_labels, r, class_labels, augment_labels, cond_noise_labels)
-        h = self.inputs[res_key(r)](x)
+            x = torch.cat([x, cond.to(x.dtype)], dim=1)          # (N, 2C, r, r): noisy image + condition
+        emb = self.embed(noise_labels, r, class_labels, augment_labels, cond_noise_labels)   # (N, E)
+        h = self.inputs[res_key(r)](x)                           # (N, channels of level log2(R/r), r, r)
         skips = [h]
-        for step in self._plans[r]:
-            if step.pop_skip:
-                h = torch.cat([h, skips.pop()], dim=1)
-            h = getattr(self, step.part)[step.name](h, emb)
-            if step.part == "enc":
+        for hop in self._routes[r]:                              # down the shared levels, then up
+            if hop.pop_skip:
+                h = torch.cat([h, skips.pop()], dim=1)           # (N, C_h + C_skip, r', r')
+            h = getattr(self, hop.part)[hop.name](h, emb)        # (N, C_block, r', r'), r' halves / doubles
+            if hop.part == "enc":
                 skips.append(h)
-        return self.outputs[res_key(r)](h)
+        return self.outputs[res_key(r)](h)                       # (N, C_out, r, r)
 
     def subnetwork_parameters(self, resolution: int) -> list[str]:
         """Names of the parameters a forward pass at `resolution` can touch."""
-        used = {f"{s.part}.{s.name}." for s in self._plans[resolution]}
+        used = {f"{hop.part}.{hop.name}." for hop in self._routes[resolution]}
         used |= {f"inputs.{res_key(resolution)}.", f"outputs.{res_key(resolution)}.", "map_"}
         return [n for n, _ in self.named_parameters() if any(n.startswith(u) for u in used)]
 

@@ -33,36 +33,13 @@ from ..data import ImageDataset
 from ..diffusion.denoiser import Denoiser
 from ..diffusion.loss import BatchNoise, LossModule
 from ..distributed import close_distributed, init_distributed
+from .common import DataStream, StopRequest, load_optimizer, optimizer_tensors
 from ..errors import ConfigError
 from .ema import ema_beta, update_ema
 
 
 class TrainingError(RuntimeError):
     pass
-
-
-@dataclass
-class DataStream:
-    """Deterministic epoch-wise shuffling; (epoch, position) is the whole state."""
-    size: int
-    seed: int
-    epoch: int = 0
-    position: int = 0
-
-    def _order(self) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return torch.randperm(self.size, generator=g)
-
-    def next(self, n: int) -> torch.Tensor:
-        out = []
-        while n > 0:
-            take = self._order()[self.position:self.position + n]
-            out.append(take)
-            n -= len(take)
-            self.position += len(take)
-            if self.position >= self.size:
-                self.epoch, self.position = self.epoch + 1, 0
-        return torch.cat(out)
 
 
 def check_dataset(preset: Preset, ds: ImageDataset) -> None:
@@ -117,40 +94,6 @@ def training_signature(preset: Preset) -> dict:
     for key in ("duration_kimg", "log_kimg", "checkpoint_kimg", "keep_checkpoints"):
         d["train"].pop(key)
     return {k: d[k] for k in ("network", "train", "precond", "unified", "cond_scaling")}
-
-
-def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    """An optimizer's per-parameter state as flat tensors `optim.{index}.{name}` (safetensors keys)."""
-    return {f"optim.{i}.{k}": torch.as_tensor(v) for i, s in opt.state_dict()["state"].items() for k, v in s.items()}
-
-
-def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], param_groups,
-                   device: torch.device | str = "cpu") -> None:
-    """The inverse of `optimizer_tensors` (the step counters stay on the CPU, as Adam keeps them)."""
-    state: dict[int, dict] = {}
-    for k, v in tensors.items():
-        if k.startswith("optim."):
-            _, i, name = k.split(".", 2)
-            state.setdefault(int(i), {})[name] = v.to(device) if name != "step" else v
-    opt.load_state_dict({"state": state, "param_groups": param_groups})
-
-
-class StopRequest:
-    """SIGTERM / SIGINT set a flag; the loop writes a state and exits at the next step."""
-
-    def __init__(self):
-        self.signal: int | None = None
-
-    def __enter__(self):
-        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
-        return self
-
-    def _handle(self, signum, frame):
-        self.signal = signum
-
-    def __exit__(self, *exc):
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
 
 
 class Trainer:
@@ -406,11 +349,11 @@ def run_training(preset: Preset, dataset: ImageDataset, run_dir: str | Path, dev
 def open_training_data(preset: Preset, data: str | None):
     """The dataset a preset trains on: `data` or the preset's default; Fashion-MNIST zero-padded
     to the network's resolution; latent presets need a latent directory (`lowdiff dataset encode`)."""
-    from ..data import open_dataset
+    from ..data import is_latent_dir, open_dataset
     data = data or preset.data
     if not data and preset.latent is None:
         raise ConfigError(f"preset {preset.name} has no default dataset: pass --data")
-    if preset.latent is not None and not (data and Path(data, "latents.json").is_file()):
+    if preset.latent is not None and not (data and is_latent_dir(data)):
         raise ConfigError(f"preset {preset.name} trains on VAE latents: encode the images first with `lowdiff "
                           f"dataset encode {data or 'IMAGES'} --vae VAE --out LATENTS` (e.g. --vae bundled:fashion-vae) "
                           "and pass --data LATENTS")

@@ -24,10 +24,10 @@ from tqdm import tqdm
 
 from .. import storage
 from ..data.base import ImageDataset
-from ..data.vae import _autoencoder_kl
+from ..data.vae import autoencoder_kl_class
 from ..errors import ConfigError
 from ..fields import jsonable
-from .loop import DataStream, StopRequest, load_optimizer, optimizer_tensors
+from .common import DataStream, StopRequest, load_optimizer, optimizer_tensors
 
 
 @dataclass
@@ -57,7 +57,7 @@ class VAEConfig:
             raise ConfigError(f"block_out_channels {self.block_out_channels} must be multiples of norm_num_groups "
                               f"{self.groups}")
         n = len(self.block_out_channels)
-        return _autoencoder_kl()(in_channels=self.in_channels, out_channels=self.in_channels,
+        return autoencoder_kl_class()(in_channels=self.in_channels, out_channels=self.in_channels,
                                  down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
                                  block_out_channels=tuple(self.block_out_channels),
                                  layers_per_block=self.layers_per_block, latent_channels=self.latent_channels,
