@@ -3,13 +3,7 @@ import json
 
 import pytest
 
-from lowdiff.cli import main
-
-
-def run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+from helpers import run
 
 
 def test_presets_lists_paper_and_cpu_presets(capsys):

@@ -11,7 +11,7 @@ from conftest import tiny_dit_preset
 pytest.importorskip("diffusers")
 from diffusers import AutoencoderKL  # noqa: E402
 
-from lowdiff.cli import main  # noqa: E402
+from helpers import run  # noqa: E402
 from lowdiff.config import LatentConfig  # noqa: E402
 from lowdiff.errors import ConfigError  # noqa: E402
 from lowdiff.data import make_synthetic, open_dataset  # noqa: E402
@@ -119,12 +119,6 @@ def test_latent_datasets_and_presets_must_agree(tmp_path, vae_dir):
         Trainer(tiny_dit_preset(stages=(2, 4, 8)), lat, tmp_path / "r3")
     with pytest.raises(ConfigError, match="is 8x8 but preset .* generates 16x16"):   # not "re-encode with --lowest"
         Trainer(tiny_dit_preset(stages=(8, 16)), lat, tmp_path / "r4")
-
-
-def run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_latent_path_end_to_end(tmp_path, capsys, vae_dir):

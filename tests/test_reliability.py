@@ -14,20 +14,10 @@ import torch
 from safetensors.torch import save_file
 
 import lowdiff.pipeline
-from lowdiff.cli import main
+from helpers import run
 from lowdiff.diffusion.denoiser import Denoiser
 from lowdiff.eval.classifier import ImageClassifier
 from lowdiff.storage import save_pretrained
-
-
-def run(capsys, *argv):
-    """(exit status, stdout, stderr) of `lowdiff ARGV`; argparse's own errors exit via SystemExit."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture

@@ -97,17 +97,6 @@ def test_stochastic_churn_is_deterministic_per_seed(tiny):
     assert (a.images[1].int() - b.images[0].int()).abs().max() <= 1
 
 
-def test_stage_overrides_and_errors(tiny):
-    stages = tiny().stages
-    new = stages.override(["16:nfe=2,sigma_max=40", "32:solver=euler,steps=6"])
-    assert (new[1].nfe, new[1].sigma_max, new[2].solver, new[2].steps) == (2, 40.0, "euler", 6)
-    assert stages[1].nfe == 3                                  # the input is not modified
-    with pytest.raises(ValueError, match="RES:key=value"):
-        stages.override(["64:nfe=3"])
-    with pytest.raises(ValueError, match="keys are"):
-        stages.override(["16:bogus=1"])
-
-
 def test_effective_nfe_is_latency_weighted_and_rounded_up():
     assert effective_nfe({8: 18, 16: 13, 32: 17}, {8: 7.7, 16: 40, 32: 153}) == math.ceil(
         17 + 13 * 40 / 153 + 18 * 7.7 / 153)

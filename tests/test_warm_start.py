@@ -65,18 +65,6 @@ def test_renoising_reaches_the_stage_noise_level():
     assert x.mean().item() == pytest.approx(0.4, abs=0.01) and x.std().item() == pytest.approx(0.6, rel=0.01)
 
 
-def test_bad_warm_starts_are_one_line_errors():
-    preset = tiny_preset()
-    with pytest.raises(ConfigError, match="stage 8: start=upsampled needs a stage below"):
-        preset.check_plan(preset.stages.replace(0, start="upsampled"))
-    with pytest.raises(ConfigError, match=r"stage 32: a warm start at sigma_max 0.005 must lie above .* 16x16"):
-        preset.check_plan(preset.stages.replace(2, start="upsampled", sigma_max=0.005, sigma_min=0.001))
-    with pytest.raises(ConfigError, match="start 'hot', choose noise or upsampled"):
-        preset.check_plan(preset.stages.override(["32:start=hot"]))
-    plan = preset.stages.override(["32:start=upsampled,sigma_max=3,steps=3"])
-    assert plan[2].start == "upsampled" and plan[2].sigma_max == 3 and plan[2].steps == 3
-
-
 def test_flow_stage_warm_starts_on_its_own_time_axis():
     preset = tiny_dit_preset()
     with pytest.raises(ConfigError, match="sigma_max must be 1 unless it starts from the stage below"):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 from ..checks import at_least_2, batch_size, check_output, nonnegative_int, positive_float, positive_int
 from ..errors import ConfigError

@@ -14,11 +14,8 @@ import contextlib
 import importlib.util
 import copy
 import json
-import os
-import signal
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
