@@ -48,7 +48,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "docs" / "results" / "frontier-cache.json"
 SWITCHES = {"eager fp32": InferenceOptions(),
             "compile+bf16+channels_last": InferenceOptions(compile=True, precision="bf16", channels_last=True)}
-NAMES = {"heun": "Heun", "euler": "Euler", "dpmpp2m": "DPM-Solver++(2M)", "dpmpp3m": "DPM-Solver++(3M)"}
+NAMES = {"heun": "Heun", "euler": "Euler", "dpmpp2m": "DPM-Solver++(2M)", "dpmpp3m": "DPM-Solver++(3M)",
+         "ipndm": "iPNDM"}
 
 
 @dataclass
@@ -134,12 +135,12 @@ def measured_bf16_gaps(rows: list[Row], specs: dict, args) -> list[tuple[str, fl
     return out
 
 
-def real_data_noise(extractor, ref: str, num: int, sets: int, batch: int) -> list[float]:
-    """FIDs of `sets` disjoint subsets of `num` Fashion-MNIST training images against `ref`."""
+def real_data_noise(extractor, ref: str, num: int, sets: int, batch: int, data: str) -> list[float]:
+    """FIDs of `sets` disjoint subsets of `num` real training images (`data`) against `ref`."""
     from lowdiff.data import open_dataset
     from lowdiff.eval.features import extract
     from lowdiff.eval.metrics import frechet_distance, load_stats, statistics as feature_statistics
-    train = open_dataset("fashion-mnist:train").images
+    train = open_dataset(data).images
     if sets * num > len(train):
         raise SystemExit(f"--noise-sets {sets} x --num {num} exceeds the {len(train)} training images")
     feats, _ = extract(extractor, train[: sets * num], batch=max(batch, 256), progress=False)
@@ -202,8 +203,8 @@ def plot(rows: list[Row], path: Path, title: str, batch: int) -> None:
     plt.close(fig)
 
 
-def plot_title(num: int) -> str:
-    return f"Fashion-MNIST 32x32 class-conditional: FID ({num} samples) vs throughput"
+def plot_title(num: int, what: str = "Fashion-MNIST 32x32 class-conditional") -> str:
+    return f"{what}: FID ({num} samples) vs throughput"
 
 
 ROW_FIELDS = ("family", "label", "switches", "fid", "fid_precision", "images_per_s", "effective_nfe", "front")
@@ -218,14 +219,15 @@ def replot(json_path: Path, plot_path: Path) -> None:
     """Redraw the plot from a finished run's JSON (no sampling, no timing)."""
     data = json.loads(json_path.read_text())
     rows = [Row(plan=None, **{k: r[k] for k in ROW_FIELDS}) for r in data["rows"]]
-    plot(rows, plot_path, plot_title(data["num"]), data["batch"])
+    plot(rows, plot_path, plot_title(data["num"], data.get("title", "Fashion-MNIST 32x32 class-conditional")),
+         data["batch"])
 
 
 def markdown(rows, report, noise, noise_fids, headlines, bf16_gaps, args, command) -> str:
-    lines = ["## The headline: LowDiff against its tuned baseline, FID vs throughput", "",
+    lines = [f"## {args.heading}", "",
              f"Measured {date.today().isoformat()} on **{report['device']}**; batch {args.batch}, mean of "
              f"{args.repeats} timed runs after {args.warmup} warm-up, all {len(rows)} rows timed alternately in one "
-             f"process. Models: `{args.lowdiff}` and `{args.baseline}` (class-conditional Fashion-MNIST, same width "
+             f"process. Models: `{args.lowdiff}` and `{args.baseline}` ({args.title}, same width "
              f"and image budget). FID: bundled classifier features, {args.num} samples per point, seeds "
              f"{args.seed}-{args.seed + args.num - 1} (held out from the tuner's seeds 0-499), against "
              f"`{Path(args.ref).name}` (the 10,000 test images). "
@@ -239,6 +241,9 @@ def markdown(rows, report, noise, noise_fids, headlines, bf16_gaps, args, comman
              f"FID noise: {noise:.3f} = the standard deviation of the FIDs of {args.noise_sets} disjoint sets of "
              f"{args.num} real training images against the same reference ({noise_fids}): the finite-sample noise "
              "of a FID at this sample count.", ""]
+    for k, earlier in enumerate(args.earlier_headlines):
+        lines.append(f"- timing run {k + 1} (an earlier process): " + "; ".join(
+            f"{h['switches']} {h['ratio']:.2f}x" if "ratio" in h else f"{h['switches']} no match" for h in earlier))
     for h in headlines:
         if "ratio" in h:
             lines.append(f"- **{h['switches']}**: the baseline's best FID {h['baseline_best_fid']:.3f}; within "
@@ -288,6 +293,15 @@ def main() -> None:
     p.add_argument("--json", default=str(ROOT / "docs" / "results" / "frontier.json"))
     p.add_argument("--plot", default=str(ROOT / "docs" / "img" / "frontier.png"))
     p.add_argument("--replot", action="store_true", help="only redraw --plot from a finished run's --json")
+    p.add_argument("--retime", action="store_true", help="time again in this (new) process with the rows of --json "
+                   "and their cached FIDs, and report this run's ratios beside the earlier ones")
+    p.add_argument("--train-data", dest="train_data", default="fashion-mnist:train",
+                   help="real training images for the FID noise (default fashion-mnist:train)")
+    p.add_argument("--title", default="Fashion-MNIST 32x32 class-conditional", help="what the models are")
+    p.add_argument("--heading", default="The headline: LowDiff against its tuned baseline, FID vs throughput")
+    p.add_argument("--tag", default="frontier", help="section tag in --out")
+    p.add_argument("--switches", nargs="+", choices=list(SWITCHES), default=list(SWITCHES),
+                   help="the switch sets to time (default both)")
     args = p.parse_args()
     if args.replot:
         return replot(Path(args.json), Path(args.plot))
@@ -299,8 +313,12 @@ def main() -> None:
     specs = {"lowdiff": args.lowdiff, "baseline": args.baseline}
     grids = {"lowdiff": lowdiff_grid(pipes["lowdiff"].preset.stages, load_tuned(args.lowdiff_plans)),
              "baseline": baseline_grid(pipes["baseline"].preset.stages, load_tuned(args.baseline_plans))}
-    rows = [Row(f, label, plan, sw) for f, grid in grids.items() for label, plan in grid for sw in SWITCHES]
-    extractor = get_extractor("classifier")
+    rows = [Row(f, label, plan, sw) for f, grid in grids.items() for label, plan in grid for sw in args.switches]
+    extractor = get_extractor("classifier", channels=pipes["lowdiff"].image_channels, ref=args.ref)
+    args.earlier_headlines = []
+    if args.retime:
+        earlier = json.loads(Path(args.json).read_text())
+        args.earlier_headlines = earlier.get("earlier_headlines", []) + [earlier["headlines"]]
     for r in rows:
         if args.family and r.family != args.family:
             continue
@@ -308,7 +326,7 @@ def main() -> None:
         r.fid = cached_fid(pipes[r.family], specs[r.family], r.plan, r.fid_precision, args.seed, args, extractor)
     if args.only_fid:
         return
-    noise_fids = real_data_noise(extractor, args.ref, args.num, args.noise_sets, args.batch)
+    noise_fids = real_data_noise(extractor, args.ref, args.num, args.noise_sets, args.batch, args.train_data)
     noise = statistics.stdev(noise_fids)
     bf16_gaps = measured_bf16_gaps(rows, specs, args)
 
@@ -322,16 +340,17 @@ def main() -> None:
         r.images_per_s, r.effective_nfe = t["images_per_s"], t["effective_nfe"]
     for family in ("lowdiff", "baseline"):
         pareto([r for r in rows if r.family == family])
-    headlines = [matched(rows, noise, s) for s in (*SWITCHES, None)]
+    headlines = [matched(rows, noise, s) for s in (*args.switches, None)]
     report = {"device": device_name("cpu"), "rows": timed}
-    plot(rows, Path(args.plot), plot_title(args.num), args.batch)
+    plot(rows, Path(args.plot), plot_title(args.num, args.title), args.batch)
     text = markdown(rows, report, noise, ", ".join(f"{v:.3f}" for v in noise_fids), headlines, bf16_gaps, args,
                     command)
-    write_section(Path(args.out), "frontier", text)
+    write_section(Path(args.out), args.tag, text)
     Path(args.json).write_text(json.dumps({
         "command": command, "batch": args.batch, "num": args.num, "noise": noise, "noise_fids": noise_fids,
-        "headlines": headlines, "bf16_minus_fp32_fid": bf16_gaps, "rows": [row_record(r) for r in rows],
-        "timing": timed}, indent=1, default=str))
+        "title": args.title, "headlines": headlines, "earlier_headlines": args.earlier_headlines,
+        "bf16_minus_fp32_fid": bf16_gaps, "rows": [row_record(r) for r in rows], "timing": timed},
+        indent=1, default=str))
     print(text)
 
 

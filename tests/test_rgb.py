@@ -1,6 +1,7 @@
 """Colour end to end: channel order and value range through the readers (image folders / zips,
 CIFAR archives, emoji), grids, sample folders and the FID classifier."""
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,3 +90,18 @@ def test_emoji_and_cifar_readers_agree_on_layout(tmp_path):
     for ds in (emoji, cifar):
         assert ds.images.dtype == np.uint8 and ds.images.shape[1:] == (3, 32, 32) and ds.channels == 3
         assert ds.labels.dtype == cifar.labels.dtype
+
+
+CIFAR_JPEG = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
+
+
+@pytest.mark.skipif(not (CIFAR_JPEG / "cifar10-jpeg-test.zip").is_file(), reason="shared CIFAR-10 JPEGs not here")
+def test_the_shared_cifar_jpeg_zip_reads_as_cifar10():
+    """The EDM-layout zip of CIFAR-10 JPEGs reads like the python archive would: 10,000 RGB
+    32x32 test images, 1,000 per class, classes in CIFAR-10 order."""
+    ds = open_dataset(str(CIFAR_JPEG / "cifar10-jpeg-test.zip"))
+    assert ds.images.shape == (10_000, 3, 32, 32) and ds.images.dtype == np.uint8
+    assert ds.class_names[:3] == ["airplane", "automobile", "bird"] and len(ds.class_names) == 10
+    assert np.bincount(ds.labels).tolist() == [1000] * 10
+    means = ds.images.reshape(10_000, 3, -1).mean(axis=(0, 2))
+    assert 120 < means[0] < 130 and 118 < means[1] < 127 and 108 < means[2] < 118     # CIFAR-10's R > G > B
