@@ -34,7 +34,8 @@ def make_grid(images: torch.Tensor, ncol: int | None = None, pad: int = 2,
         label_w = max(int(ImageDraw.Draw(Image.new("L", (1, 1))).textlength(t, font=font)) for t in row_labels) + 8
     mode = "L" if c == 1 else "RGB"
     cell_h, cell_w = h * scale + pad, w * scale + pad
-    grid = Image.new(mode, (label_w + ncol * cell_w + pad, nrow * cell_h + pad), color=255 if row_labels else 0)
+    background = (255 if row_labels else 0) if mode == "L" else ((255,) * 3 if row_labels else (0,) * 3)
+    grid = Image.new(mode, (label_w + ncol * cell_w + pad, nrow * cell_h + pad), color=background)
     for i in range(n):
         tile = _pil(images[i]).resize((w * scale, h * scale), Image.NEAREST)
         grid.paste(tile, (label_w + pad + (i % ncol) * cell_w, pad + (i // ncol) * cell_h))

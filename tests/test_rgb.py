@@ -67,6 +67,9 @@ def test_an_rgb_model_samples_colour_images_that_reload_equal(tmp_path):
     assert np.array_equal(back.images, out.images.numpy())
     save_grid(out.images, tmp_path / "g.png", scale=2)
     assert Image.open(tmp_path / "g.png").mode == "RGB"
+    save_grid(out.images, tmp_path / "labelled.png", ncol=1, row_labels=["a", "b", "c"])
+    labelled = np.asarray(Image.open(tmp_path / "labelled.png"))
+    assert tuple(labelled[0, 0]) == (255, 255, 255)                 # white behind the labels, not red
 
 
 def test_rgb_classifier_reads_rgb_and_gray(tmp_path):
