@@ -110,7 +110,7 @@ class Pipeline:
             raise ConfigError(f"batch must be >= 1, got {batch}")
         plan = StagePlan(stages) if stages is not None else self.preset.stages
         self.preset.check_plan(plan)
-        self._check_labels(class_labels, len(seeds))
+        self.check_class_labels(class_labels, len(seeds))
         num_batches = (len(seeds) + batch - 1) // batch
         bar = tqdm(total=plan.total_nfe * num_batches, unit="nfe", disable=not progress or not world.is_main,
                    desc="sample")
@@ -129,15 +129,18 @@ class Pipeline:
                     yield item
         bar.close()
 
-    def _check_labels(self, class_labels, num: int) -> None:
+    def check_class_labels(self, class_labels: list[int] | int | None, num: int | None = None) -> None:
+        """Class labels this model takes: None, one class for every image, or one per image (`num`)."""
         label_dim = self.preset.network.label_dim
         if class_labels is None:
             return
         if not label_dim:
             raise ConfigError("this model is unconditional: class labels are not accepted")
         labels = [class_labels] if isinstance(class_labels, int) else class_labels
-        if (isinstance(class_labels, list) and len(labels) != num) or not all(0 <= c < label_dim for c in labels):
-            raise ConfigError(f"need one class label in [0, {label_dim}) per image")
+        if isinstance(class_labels, list) and num is not None and len(labels) != num:
+            raise ConfigError(f"need one class label per image: {len(labels)} labels for {num} images")
+        if not all(0 <= c < label_dim for c in labels):
+            raise ConfigError(f"the model has classes 0..{label_dim - 1}")
 
     def sample_batch(self, seeds: list[int], class_labels: list[int] | int | None, plan: StagePlan, progress=None):
         """One batch: (uint8 images, class labels or None, the cascade's result). Class labels are

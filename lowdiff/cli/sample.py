@@ -79,14 +79,15 @@ def run(args) -> int | None:
         return _sample(args, world, grid, seeds)
 
 
-def _labels(args, seeds: Seeds, label_dim: int, grid: bool):
+def _labels(args, pipe, seeds: Seeds, grid: bool):
     """(class labels: an int, a list or None, the seeds they cover)."""
     if args.class_label is not None:
-        if not label_dim:
-            raise ConfigError("--class: this model is unconditional")
-        if not 0 <= args.class_label < label_dim:
-            raise ConfigError(f"--class {args.class_label}: the model has classes 0..{label_dim - 1}")
+        try:
+            pipe.check_class_labels(args.class_label)
+        except ConfigError as e:
+            raise ConfigError(f"--class {args.class_label}: {e}") from None
         return args.class_label, seeds
+    label_dim = pipe.preset.network.label_dim
     labels = grid_labels(seeds, label_dim, grid if args.by_class is None else args.by_class)
     return labels, seeds[:len(labels)] if labels else seeds
 
@@ -103,7 +104,7 @@ def _sample(args, world, grid: bool, seeds: Seeds) -> int | None:
         say(f"{args.checkpoint}: sampling {pipe.source}", file=sys.stderr)
     stages = sampling_plan(preset.stages, args, preset.precond)
     preset.check_plan(stages)
-    labels, seeds = _labels(args, seeds, label_dim, grid)
+    labels, seeds = _labels(args, pipe, seeds, grid)
     names = preset.class_names or [str(c) for c in range(label_dim)]
     writer = (FolderWriter(args.out, names if label_dim else None, args.overwrite) if not grid and world.is_main
               else None)
