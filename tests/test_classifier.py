@@ -142,3 +142,31 @@ def test_default_classifier_is_the_bundled_one_unless_the_user_has_their_own(tmp
     assert C.default_classifier_dir() == tmp_path / "cache"             # one the user trained wins
     monkeypatch.setenv("LOWDIFF_CLASSIFIER", str(tmp_path / "env"))
     assert C.default_classifier_dir() == tmp_path / "env"
+
+
+def test_the_default_feature_space_follows_the_images_and_the_reference(tmp_path, monkeypatch, capsys):
+    """RGB data get the bundled CIFAR-10 classifier and gray data the Fashion-MNIST one; an FID
+    against a reference uses the classifier that made it, whatever the images' channels."""
+    from helpers import run
+    from lowdiff.data import ImageDataset, save_image_folder
+    from lowdiff.eval import classifier as C
+    monkeypatch.delenv("LOWDIFF_CLASSIFIER", raising=False)
+    monkeypatch.setattr(C, "CACHE", tmp_path / "cache")
+    monkeypatch.setattr(C, "DEFAULT_CLASSIFIER_DIR", tmp_path / "cache" / "fashion-classifier")
+    assert C.default_classifier_dir(3) == C.bundled.ASSETS / "cifar-classifier"
+    rgb = load_classifier(channels=3)
+    meta = json.loads((C.bundled.ASSETS / "cifar-classifier" / "classifier.json").read_text())
+    assert rgb.in_channels == 3 and rgb.arch()["name"] == "cifar-cnn-v1" and meta["test_accuracy"] >= 0.80
+    images = np.random.default_rng(0).integers(0, 256, (12, 3, 32, 32), dtype=np.uint8)
+    save_image_folder(ImageDataset(images, None, "rgb"), tmp_path / "rgb.zip")
+    code, out, err = run(capsys, "eval", "ref", "--data", tmp_path / "rgb.zip", "--out", tmp_path / "rgb.npz",
+                         "--no-progress")
+    assert code == 0 and "cifar-cnn-v1 (3-channel" in err, err
+    assert int(np.load(tmp_path / "rgb.npz")["feature_dim"]) == rgb.feature_dim
+    code, out, err = run(capsys, "eval", "fid", "--stats", tmp_path / "rgb.npz", "--ref", tmp_path / "rgb.npz")
+    assert code == 0
+    gray = ImageDataset(images[:, :1].copy(), None, "gray")
+    save_image_folder(gray, tmp_path / "gray")
+    code, out, err = run(capsys, "eval", "fid", "--images", tmp_path / "gray", "--ref", tmp_path / "rgb.npz",
+                         "--no-progress")
+    assert code == 0 and "cifar-cnn-v1" in err, err                     # chosen by the reference

@@ -109,7 +109,10 @@ def reference_stats(data, out: str | Path, extractor, feature_space: str, split:
     write_stats(out, stats, extractor, data=ds.name)
     result = {"data": ds.name, "num": stats.n, "out": str(out), "feature_space": feature_space}
     if stats.logits:
-        result["inception_score"] = inception_score(np.concatenate(stats.logits))
+        # IS averages over splits that should each look like the whole set; datasets are often stored
+        # sorted by class (the CIFAR-10 JPEG zip is), which would make every split one class.
+        logits = np.concatenate(stats.logits)
+        result["inception_score"] = inception_score(logits[np.random.default_rng(0).permutation(len(logits))])
     return result
 
 
