@@ -352,3 +352,10 @@ def test_model_files_are_world_readable_json_is_finite_and_no_tmp_is_left(tiny, 
 def test_pipeline_returns_generated_images_as_the_readme_says(model):
     out = lowdiff.load(model)(3, seed=0)
     assert out.images.shape == (3, 1, 32, 32) and out.images.dtype == torch.uint8 and out.nfe == {8: 3, 16: 3, 32: 7}
+
+
+def test_a_budget_no_plan_meets_is_refused_naming_the_cheapest_plan(model, ref, tmp_path, capsys):
+    code, _, err = run(capsys, "tune", "--checkpoint", model, "--ref", ref, "--budget-nfe", "0.5", "--batch", "4",
+                       "--screen-num", "4", "-n", "4", "--out", tmp_path / "p.json", "--no-progress")
+    assert code == 2 and "smaller than the cheapest plan" in err and "effective NFE" in err and "ms per image" in err
+    assert not (tmp_path / "p.json").exists()
