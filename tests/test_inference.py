@@ -36,6 +36,7 @@ def model_of(preset, scale=None):
     return model
 
 
+@pytest.mark.slow
 def test_compile_one_graph_per_resolution_and_no_recompiles(tiny, fresh_dynamo):
     preset = tiny(stages=(16, 32))
     counter = CompileCounterWithBackend("eager")          # dynamo's guards and graphs; no code generation
@@ -65,6 +66,7 @@ def test_inductor_matches_eager(tiny, fresh_dynamo):
     assert ((fast(x, 3.0) - eager).abs().max() / eager.abs().max()).item() < 1e-4
 
 
+@pytest.mark.slow
 def test_bf16_and_channels_last_agree_with_fp32(tiny, fresh_dynamo):
     preset = tiny(stages=(16, 32))
     x, cond = torch.randn(2, 1, 32, 32), torch.randn(2, 1, 32, 32)

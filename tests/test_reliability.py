@@ -285,6 +285,7 @@ def test_an_absurd_sigma_max_warns(model, tmp_path, capsys):
 
 # --- 5. interrupted training -------------------------------------------------------------
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_state_exits_130_and_the_run_samples_from_it(tiny, tmp_path):
     spec = tmp_path / "preset.json"
     p = tiny()
@@ -349,11 +350,13 @@ def test_model_files_are_world_readable_json_is_finite_and_no_tmp_is_left(tiny, 
     assert json.loads((out / "config.json").read_text())["stages"][0]["S_max"] == "inf"
 
 
+@pytest.mark.slow
 def test_pipeline_returns_generated_images_as_the_readme_says(model):
     out = lowdiff.load(model)(3, seed=0)
     assert out.images.shape == (3, 1, 32, 32) and out.images.dtype == torch.uint8 and out.nfe == {8: 3, 16: 3, 32: 7}
 
 
+@pytest.mark.slow
 def test_a_budget_no_plan_meets_is_refused_naming_the_cheapest_plan(model, ref, tmp_path, capsys):
     code, _, err = run(capsys, "tune", "--checkpoint", model, "--ref", ref, "--budget-nfe", "0.5", "--batch", "4",
                        "--screen-num", "4", "-n", "4", "--out", tmp_path / "p.json", "--no-progress")

@@ -98,6 +98,7 @@ def test_emoji_and_cifar_readers_agree_on_layout(tmp_path):
 CIFAR_JPEG = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (CIFAR_JPEG / "cifar10-jpeg-test.zip").is_file(), reason="shared CIFAR-10 JPEGs not here")
 def test_the_shared_cifar_jpeg_zip_reads_as_cifar10():
     """The EDM-layout zip of CIFAR-10 JPEGs reads like the python archive would: 10,000 RGB

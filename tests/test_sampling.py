@@ -78,6 +78,7 @@ def test_truncation_hands_next_stage_the_exact_noisy_state(tiny):
     assert res.nfe == {8: 3, 16: 3, 32: 7} and res.images.shape == (2, 1, 32, 32)
 
 
+@pytest.mark.slow
 def test_same_seed_same_image_at_batch_1_and_8(tiny):
     pipe = tiny_pipe(tiny, label_dim=3)
     batch8 = pipe(seeds=list(range(10, 18)), batch=8)
@@ -89,6 +90,7 @@ def test_same_seed_same_image_at_batch_1_and_8(tiny):
     assert (again.images.int() - batch8.images.int()).abs().max() <= 1
 
 
+@pytest.mark.slow
 def test_stochastic_churn_is_deterministic_per_seed(tiny):
     pipe = tiny_pipe(tiny)
     stages = pipe.preset.stages.override(["32:S_churn=10"])

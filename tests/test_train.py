@@ -19,6 +19,7 @@ def test_ema_beta_follows_halflife_and_ramp():
     assert ema_beta(512, 10_000, 500, None) == pytest.approx(0.5 ** (512 / 500_000))
 
 
+@pytest.mark.slow
 def test_train_writes_a_loadable_model_directory(tiny, tmp_path):
     preset = tiny(label_dim=10)
     out = train(preset, make_synthetic(64), tmp_path / "run", progress=False)
@@ -30,6 +31,7 @@ def test_train_writes_a_loadable_model_directory(tiny, tmp_path):
     assert result.images.shape == (4, 1, 32, 32) and result.images.dtype == torch.uint8
 
 
+@pytest.mark.slow
 def test_resume_is_bit_identical_to_an_uninterrupted_run(tiny, tmp_path):
     ds = make_synthetic(40)
     full = Trainer(tiny(), ds, tmp_path / "a")
@@ -46,6 +48,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tiny, tmp_path):
         assert torch.equal(a, b)
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoints(tiny, tmp_path):
     out = train(tiny(), make_synthetic(16), tmp_path / "run", progress=False)
     (out / "model.safetensors").write_bytes(b"\x00garbage")
@@ -69,6 +72,7 @@ def test_dataset_preset_mismatch_is_rejected(tiny, tmp_path):
         Trainer(tiny(), make_synthetic(8, resolution=16), tmp_path)
 
 
+@pytest.mark.slow
 def test_resuming_with_a_different_config_is_refused(tiny, tmp_path):
     train(tiny(), make_synthetic(16), tmp_path / "run", progress=False)
     other = tiny()
@@ -82,6 +86,7 @@ def _rgb():
     return mk(8, channels=3)
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_stops_with_a_diagnostic_and_keeps_the_last_good_state(tiny, tmp_path):
     preset = tiny()
     preset.train.lr = 1e30                                  # weights blow up after the first update

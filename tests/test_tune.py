@@ -32,6 +32,7 @@ def fixtures(tiny, tmp_path):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_tune_writes_a_plan_that_sample_uses(fixtures, capsys):
     d = fixtures
     code = main(["tune", "--checkpoint", str(d / "model"), "--ref", str(d / "ref.npz"), "--classifier", str(d / "clf"),
