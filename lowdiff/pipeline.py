@@ -108,8 +108,7 @@ class Pipeline:
         order; the other ranks yield nothing."""
         if batch < 1:
             raise ConfigError(f"batch must be >= 1, got {batch}")
-        plan = StagePlan(stages) if stages is not None else self.preset.stages
-        self.preset.check_plan(plan)
+        plan = self.plan(stages)
         self.check_class_labels(class_labels, len(seeds))
         num_batches = (len(seeds) + batch - 1) // batch
         bar = tqdm(total=plan.total_nfe * num_batches, unit="nfe", disable=not progress or not world.is_main,
@@ -128,6 +127,12 @@ class Pipeline:
                         bar.update(plan.total_nfe)
                     yield item
         bar.close()
+
+    def plan(self, stages: StagePlan | list | None = None) -> StagePlan:
+        """The stage plan to sample with (the model's when None), checked against the model."""
+        plan = StagePlan(stages) if stages is not None else self.preset.stages
+        self.preset.check_plan(plan)
+        return plan
 
     def check_class_labels(self, class_labels: list[int] | int | None, num: int | None = None) -> None:
         """Class labels this model takes: None, one class for every image, or one per image (`num`)."""

@@ -20,7 +20,6 @@ import torch
 from tqdm import tqdm
 
 from ..data import open_dataset
-from ..diffusion.plan import StagePlan
 from ..distributed import SINGLE, World
 from ..errors import ConfigError, MetricError
 from ..seeds import Seeds
@@ -146,8 +145,7 @@ def evaluate_pipeline(pipe, ref: str | Path | tuple, extractor, feature_space: s
     else:
         mu_ref, sigma_ref = check_reference(ref, {**extractor.identity, "feature_space": feature_space})
     seeds = Seeds.count(seed, num)
-    plan = StagePlan(stages) if stages is not None else pipe.preset.stages
-    pipe.preset.check_plan(plan)
+    plan = pipe.plan(stages)
     generation_s, generated = [0.0], [0]
 
     def features_of(i: int):
