@@ -76,13 +76,10 @@ def run(args) -> None:
 
 def train_classifier(args) -> None:
     from ..data import open_dataset, test_split
-    from ..eval.classifier import ARCH_FOR_CHANNELS, default_classifier_dir, train_classifier
+    from ..eval.classifier import default_classifier_dir, train_classifier
     train = open_dataset(args.data, split="train", use_labels=True)
     test = open_dataset(args.test_data or test_split(args.data), split="test", use_labels=True)
-    channels = train.images.shape[1]
-    if channels not in ARCH_FOR_CHANNELS:
-        raise ConfigError(f"--data {args.data}: {channels}-channel images; a classifier takes 1 or 3 channels")
-    out = args.out or default_classifier_dir(channels)
+    out = args.out or default_classifier_dir(train.channels)
     check_output(out, directory=True)
     info = train_classifier(out, epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed, train=train,
                             test=test, width=args.width, arch=args.arch, progress=not args.no_progress)

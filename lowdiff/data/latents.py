@@ -31,7 +31,6 @@ from ..diffusion import pyramid
 from .base import LATENT_MANIFEST, DatasetError, ImageDataset
 from .vae import load_vae, to_vae_input
 
-MANIFEST = LATENT_MANIFEST
 FORMAT = "lowdiff-latents/1"
 
 
@@ -139,7 +138,7 @@ def encode_dataset(ds: ImageDataset, vae_path: str | Path, out: str | Path, *, i
                 "resolutions": res, "count": len(ds), "num_classes": ds.num_classes if ds.labels is not None else 0,
                 "class_names": ds.class_names, "shards": shards,
                 "stats": {str(r): s.result() for r, s in stats.items()}}
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    (out / LATENT_MANIFEST).write_text(json.dumps(manifest, indent=2))
     return manifest
 
 
@@ -190,7 +189,7 @@ class LatentDataset:
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
-        path = self.directory / MANIFEST
+        path = self.directory / LATENT_MANIFEST
         try:
             self.manifest = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:

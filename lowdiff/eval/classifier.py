@@ -75,7 +75,7 @@ class ImageClassifier(nn.Module):
         if name not in ARCHS:
             raise ValueError(f"unknown classifier architecture {name!r} (this version reads {', '.join(ARCHS)})")
         if in_channels is None:
-            in_channels = 3 if name == "cifar-cnn-v1" else 1
+            in_channels = {arch: c for c, arch in ARCH_FOR_CHANNELS.items()}[name]
         if in_channels not in (1, 3):
             raise ValueError(f"a classifier takes 1 or 3 input channels, got {in_channels}")
         self.name, self.in_channels = name, in_channels

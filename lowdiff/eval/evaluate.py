@@ -28,22 +28,27 @@ from .metrics import FeatureStats, frechet_distance, inception_score, load_stats
 IDENTITY_KEYS = ("feature_space", "feature_dim", "extractor_sha256")
 
 
-def stats_identity(path: str | Path) -> dict:
-    """The extractor identity recorded in a statistics file (keys missing in old files absent),
+def read_stats(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(mu, sigma, the extractor identity recorded with them; keys missing in old files absent),
     after `load_stats` has checked that the file holds usable statistics."""
-    mu, _ = load_stats(path)
+    mu, sigma = load_stats(path)
     with np.load(path, allow_pickle=False) as f:
-        out = {k: f[k].item() for k in IDENTITY_KEYS if k in f and f[k].ndim == 0}
-    out.setdefault("feature_dim", int(mu.shape[0]))
-    if out["feature_dim"] != mu.shape[0]:
-        raise MetricError(f"{path}: records {out['feature_dim']} features but its mean has {mu.shape[0]}")
-    return out
+        identity = {k: f[k].item() for k in IDENTITY_KEYS if k in f and f[k].ndim == 0}
+    identity.setdefault("feature_dim", int(mu.shape[0]))
+    if identity["feature_dim"] != mu.shape[0]:
+        raise MetricError(f"{path}: records {identity['feature_dim']} features but its mean has {mu.shape[0]}")
+    return mu, sigma, identity
+
+
+def stats_identity(path: str | Path) -> dict:
+    """The extractor identity recorded in a statistics file (`read_stats`)."""
+    return read_stats(path)[2]
 
 
 def check_reference(ref: str | Path, identity: dict) -> tuple[np.ndarray, np.ndarray]:
     """(mu, sigma) of reference statistics, refused when made by another feature extractor
     than `identity`'s."""
-    found = stats_identity(ref)
+    mu, sigma, found = read_stats(ref)
     for key in IDENTITY_KEYS:
         if key in found and identity.get(key) and found[key] != identity[key]:
             raise ConfigError(f"{ref} was made with another feature extractor ({key} {str(found[key])[:16]}, this "
@@ -53,7 +58,7 @@ def check_reference(ref: str | Path, identity: dict) -> tuple[np.ndarray, np.nda
         if path is not None and not known.get("extractor_sha256"):
             warnings.warn(f"{path} does not record its feature extractor's weights (made by an older lowdiff); "
                           "make it again with `lowdiff eval ref` so that a mismatch can be caught")
-    return load_stats(ref)
+    return mu, sigma
 
 
 def get_extractor(kind: str, path: str | None = None, device: str = "cpu", channels: int = 1,

@@ -170,18 +170,22 @@ def _steps_moves(plan: StagePlan, i: int):
     return out
 
 
+def _truncated_at(plan: StagePlan, i: int, n: int) -> StagePlan:
+    """The plan with stage i truncated after n evaluations, its schedule grown when n would pass its end."""
+    plan = plan.replace(i, nfe=n)
+    while plan.schedule_nfe(i) < n:
+        plan = plan.replace(i, steps=plan[i].steps + 1)
+    return plan
+
+
 def _nfe_moves(plan: StagePlan, i: int):
     """The truncation point of a low-resolution stage, in small and large moves; the schedule
     grows with it when the point would pass its end."""
     s = plan[i]
     current, out = plan.nfe(i), []
     for n in sorted({current - 2, current - 1, current + 1, current + 2, current // 2, (3 * current + 1) // 2}):
-        if n < 1 or n == current:
-            continue
-        cand = plan.replace(i, nfe=n)
-        while cand.schedule_nfe(i) < n:
-            cand = cand.replace(i, steps=cand[i].steps + 1)
-        out.append((f"{s.resolution}: truncate after {n} NFE", cand))
+        if n >= 1 and n != current:
+            out.append((f"{s.resolution}: truncate after {n} NFE", _truncated_at(plan, i, n)))
     return out
 
 
@@ -194,9 +198,7 @@ def _trade_moves(plan: StagePlan, i: int):
         steps, n = plan[last].steps + d_final, plan.nfe(i) + d_low
         if steps < 1 or n < 1:
             continue
-        cand = plan.replace(last, steps=steps).replace(i, nfe=n)
-        while cand.schedule_nfe(i) < n:
-            cand = cand.replace(i, steps=cand[i].steps + 1)
+        cand = _truncated_at(plan.replace(last, steps=steps), i, n)
         out.append((f"{plan[last].resolution}: steps {steps}, {s.resolution}: truncate after {n} NFE", cand))
     return out
 
@@ -283,11 +285,11 @@ def few_step_plans(plan: StagePlan, costs: CostModel, opts: TuneOptions) -> list
             for i in range(len(plan) - 1):
                 k = n if i == 0 else max(2, round(2 * n / 3))
                 cand = cand.replace(i, nfe=k, steps=k + 2)
-            for steps in range(60, 0, -1):
-                if within_budget(cand.replace(len(plan) - 1, steps=steps), costs, opts):
-                    nfe = "/".join(str(v) for v in cand.replace(len(plan) - 1, steps=steps).nfe_per_stage.values())
-                    out.append((f"few-step {solver} {nfe}", cand.replace(len(plan) - 1, steps=steps)))
-                    break
+            fitting = (p for p in (cand.replace(len(plan) - 1, steps=k) for k in range(60, 0, -1))
+                       if within_budget(p, costs, opts))
+            best = next(fitting, None)
+            if best is not None:
+                out.append((f"few-step {solver} {'/'.join(map(str, best.nfe_per_stage.values()))}", best))
     return out
 
 
