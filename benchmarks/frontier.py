@@ -20,8 +20,11 @@ FID + noise) over the baseline's fastest row with FID <= the same bound.
 
     lowdiff eval ref --data fashion-mnist:test --out runs/fashion-test.npz
     python benchmarks/frontier.py --ref runs/fashion-test.npz --fast-fid fp32 --batch 32 --repeats 2 \\
-        --lowdiff-plans docs/results/tuned-lowdiff-b13.json docs/results/tuned-lowdiff-b9.json \\
-        --baseline-plans docs/results/tuned-edm-b13.json
+        --switches "eager fp32" \\
+        --lowdiff-plans docs/results/tuned2-lowdiff-b9.json docs/results/tuned2-lowdiff-b6.json \\
+            docs/results/tuned-lowdiff-b13.json docs/results/tuned-lowdiff-b9.json \\
+        --baseline-plans docs/results/tuned2-edm-b13.json docs/results/tuned-edm-b13.json
+    python benchmarks/frontier.py --retime ...  # the same arguments: time again in a second process
     python benchmarks/frontier.py --replot      # redraw docs/img/frontier.png from the JSON
 """
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -36,9 +40,11 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+import numpy as np
+
 from lowdiff.diffusion.plan import StagePlan
 from lowdiff.eval.bench import BenchOptions, Variant, device_name, measure
-from lowdiff.eval.evaluate import evaluate_pipeline, get_extractor
+from lowdiff.eval.evaluate import evaluate_pipeline, get_extractor, read_stats
 from lowdiff.inference import InferenceOptions
 from lowdiff.pipeline import Pipeline
 
@@ -91,16 +97,30 @@ def lowdiff_grid(plan: StagePlan, tuned: list[tuple[str, StagePlan]]) -> list[tu
 def load_tuned(paths: list[str]) -> list[tuple[str, StagePlan]]:
     out = []
     for path in paths:
-        data = json.loads(Path(path).read_text())
-        budget = data.get("tuned", {}).get("budget_nfe")
-        out.append((f"tuned, budget {budget:g} eff. NFE" if budget else f"tuned ({Path(path).name})",
+        tuned = json.loads(Path(path).read_text()).get("tuned", {})
+        budget = tuned.get("budget_nfe")
+        # plans of the first tuner (coordinate descent from the model's plan only) carry no screening
+        # sample count; they stay comparable rows of the front under their own name
+        who = "tuned" if "screen_num" in tuned else "tuned (first tuner)"
+        out.append((f"{who}, budget {budget:g} eff. NFE" if budget else f"{who} ({Path(path).name})",
                     StagePlan.load(path)))
     return out
 
 
 def fid_key(spec: str, plan: StagePlan, precision: str, seed: int, args) -> str:
-    """The FID cache's key: model, plan, sampling precision, sample count, first seed, reference."""
-    return json.dumps([spec, plan.to_list(), precision, args.num, seed, str(Path(args.ref).resolve())], sort_keys=True)
+    """The FID cache's key: model, plan, sampling precision, sample count, first seed, reference
+    (named by what it holds: data, image count, feature space, extractor hash, not by its path).
+    A stage that starts from noise leaves out `start`: keys written before warm starts existed
+    name the same samples."""
+    stages = [{k: v for k, v in s.items() if not (k == "start" and v == "noise")} for s in plan.to_list()]
+    return json.dumps([spec, stages, precision, args.num, seed, reference_name(args.ref)], sort_keys=True)
+
+
+def reference_name(ref: str) -> str:
+    identity = read_stats(ref)[2]
+    with np.load(ref) as f:
+        identity |= {k: f[k].item() for k in ("data", "num") if k in f.files}
+    return "|".join(str(identity.get(k, "?")) for k in ("data", "num", "feature_space", "extractor_sha256"))
 
 
 def cached_fid(pipe: Pipeline, spec: str, plan: StagePlan, precision: str, seed: int, args, extractor) -> float:
@@ -231,7 +251,8 @@ def markdown(rows, report, noise, noise_fids, headlines, bf16_gaps, args, comman
              f"and image budget). FID: bundled classifier features, {args.num} samples per point, seeds "
              f"{args.seed}-{args.seed + args.num - 1} (held out from the tuner's seeds 0-499), against "
              f"`{Path(args.ref).name}` (the 10,000 test images). "
-             + ("The fast rows take the FID of their plan's eager fp32 samples (bf16 sampling on this CPU is "
+             + (f"Every row timed under {', '.join(args.switches)}." if "compile+bf16+channels_last" not in args.switches
+                else "The fast rows take the FID of their plan's eager fp32 samples (bf16 sampling on this CPU is "
                 "several times slower than fp32, so its FIDs were not all measured; the differences measured: "
                 + ("; ".join(f"{label} {gap:+.3f}" for label, gap in bf16_gaps) or "none") + ")."
                 if args.fast_fid == "fp32" else
@@ -266,7 +287,7 @@ def markdown(rows, report, noise, noise_fids, headlines, bf16_gaps, args, comman
                      f"{'**P**' if r.front else ''} |")
     lines += ["", "Effective NFE is measured (paper App. B): each stage's NFE weighted by its per-evaluation latency "
               "relative to the target resolution, under that row's switches. P = on its family's Pareto front over "
-              "both switch sets."]
+              "the switch sets timed."]
     return "\n".join(lines) + "\n"
 
 
@@ -307,7 +328,7 @@ def main() -> None:
         return replot(Path(args.json), Path(args.plot))
     if args.ref is None:
         p.error("--ref (the FID reference statistics, `lowdiff eval ref`) is required unless --replot")
-    command = "python benchmarks/frontier.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/frontier.py " + shlex.join(sys.argv[1:])
 
     pipes = {"lowdiff": Pipeline.from_pretrained(args.lowdiff), "baseline": Pipeline.from_pretrained(args.baseline)}
     specs = {"lowdiff": args.lowdiff, "baseline": args.baseline}
