@@ -44,7 +44,7 @@ import numpy as np
 
 from lowdiff.diffusion.plan import StagePlan
 from lowdiff.eval.bench import BenchOptions, Variant, device_name, measure
-from lowdiff.eval.evaluate import evaluate_pipeline, get_extractor, read_stats
+from lowdiff.eval.evaluate import evaluate_pipeline, get_extractor
 from lowdiff.inference import InferenceOptions
 from lowdiff.pipeline import Pipeline
 
@@ -113,14 +113,14 @@ def fid_key(spec: str, plan: StagePlan, precision: str, seed: int, args) -> str:
     A stage that starts from noise leaves out `start`: keys written before warm starts existed
     name the same samples."""
     stages = [{k: v for k, v in s.items() if not (k == "start" and v == "noise")} for s in plan.to_list()]
-    return json.dumps([spec, stages, precision, args.num, seed, reference_name(args.ref)], sort_keys=True)
+    return json.dumps([spec, stages, precision, args.num, seed, args.ref_name], sort_keys=True)
 
 
 def reference_name(ref: str) -> str:
-    identity = read_stats(ref)[2]
+    """What a statistics file holds, as recorded in it by `lowdiff eval ref`."""
     with np.load(ref) as f:
-        identity |= {k: f[k].item() for k in ("data", "num") if k in f.files}
-    return "|".join(str(identity.get(k, "?")) for k in ("data", "num", "feature_space", "extractor_sha256"))
+        return "|".join(str(f[k].item()) if k in f.files else "?"
+                        for k in ("data", "num", "feature_space", "extractor_sha256"))
 
 
 def cached_fid(pipe: Pipeline, spec: str, plan: StagePlan, precision: str, seed: int, args, extractor) -> float:
@@ -251,7 +251,8 @@ def markdown(rows, report, noise, noise_fids, headlines, bf16_gaps, args, comman
              f"and image budget). FID: bundled classifier features, {args.num} samples per point, seeds "
              f"{args.seed}-{args.seed + args.num - 1} (held out from the tuner's seeds 0-499), against "
              f"`{Path(args.ref).name}` (the 10,000 test images). "
-             + (f"Every row timed under {', '.join(args.switches)}." if "compile+bf16+channels_last" not in args.switches
+             + (f"Every row timed under {', '.join(args.switches)}."
+                if all(SWITCHES[s].precision == "fp32" for s in args.switches)
                 else "The fast rows take the FID of their plan's eager fp32 samples (bf16 sampling on this CPU is "
                 "several times slower than fp32, so its FIDs were not all measured; the differences measured: "
                 + ("; ".join(f"{label} {gap:+.3f}" for label, gap in bf16_gaps) or "none") + ")."
@@ -329,6 +330,7 @@ def main() -> None:
     if args.ref is None:
         p.error("--ref (the FID reference statistics, `lowdiff eval ref`) is required unless --replot")
     command = "python benchmarks/frontier.py " + shlex.join(sys.argv[1:])
+    args.ref_name = reference_name(args.ref)    # read once: every FID cache key names the reference
 
     pipes = {"lowdiff": Pipeline.from_pretrained(args.lowdiff), "baseline": Pipeline.from_pretrained(args.baseline)}
     specs = {"lowdiff": args.lowdiff, "baseline": args.baseline}
