@@ -60,3 +60,24 @@ def test_replot_redraws_the_published_plot_from_its_json(frontier, tmp_path):
     out = tmp_path / "frontier.png"
     frontier.replot(BENCH.parent / "docs" / "results" / "frontier.json", out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_seed_noise_samples_the_baseline_best_plan_on_disjoint_seed_ranges(frontier, monkeypatch):
+    """The noise bound comes from sampled FIDs (not real training images, which a trained feature
+    extractor sees differently): the baseline's best plan on consecutive ranges of --num seeds."""
+    calls = []
+
+    def fake_fid(pipe, spec, plan, precision, seed, args, extractor):
+        calls.append((spec, plan, precision, seed))
+        return 2.0 + (seed - args.seed) / args.num * 0.1
+    monkeypatch.setattr(frontier, "cached_fid", fake_fid)
+    rows = [row(frontier, "baseline", 2.5, 6.0), row(frontier, "baseline", 2.0, 8.0),
+            row(frontier, "lowdiff", 1.0, 9.0)]
+    for r in rows:
+        r.plan, r.fid_precision = f"plan of {r.label}", "fp32"
+    args = type("Args", (), {"seed": 100_000, "num": 2000, "noise_sets": 3})()
+    best, fids = frontier.seed_noise(rows, {"baseline": None}, {"baseline": "edm"}, args, extractor=None)
+    assert best is rows[1]
+    assert [c[3] for c in calls] == [100_000, 102_000, 104_000]
+    assert all(c[:3] == ("edm", "plan of baseline 2.0", "fp32") for c in calls)
+    assert fids == pytest.approx([2.0, 2.1, 2.2])
