@@ -309,7 +309,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--only-fid", action="store_true", help="fill the FID cache and stop (no timing)")
+    p.add_argument("--only-fid", action="store_true", help="fill the FID cache (the noise FIDs too, unless --family lowdiff) and stop (no timing)")
     p.add_argument("--family", choices=["lowdiff", "baseline"], help="with --only-fid: one family only")
     p.add_argument("--cache", default=str(CACHE), help="FID cache (JSON)")
     p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
@@ -349,6 +349,8 @@ def main() -> None:
         r.fid_precision = "fp32" if args.fast_fid == "fp32" else SWITCHES[r.switches].precision
         r.fid = cached_fid(pipes[r.family], specs[r.family], r.plan, r.fid_precision, args.seed, args, extractor)
     if args.only_fid:
+        if args.family != "lowdiff":
+            seed_noise(rows, pipes, specs, args, extractor)    # the noise FIDs are cached too
         return
     noise_row, noise_fids = seed_noise(rows, pipes, specs, args, extractor)
     noise = statistics.stdev(noise_fids)
