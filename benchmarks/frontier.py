@@ -309,7 +309,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--only-fid", action="store_true", help="fill the FID cache (the noise FIDs too, unless --family lowdiff) and stop (no timing)")
+    p.add_argument("--only-fid", action="store_true",
+                   help="fill the FID cache (the noise FIDs too, unless --family lowdiff) and stop (no timing)")
     p.add_argument("--family", choices=["lowdiff", "baseline"], help="with --only-fid: one family only")
     p.add_argument("--cache", default=str(CACHE), help="FID cache (JSON)")
     p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
