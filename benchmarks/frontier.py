@@ -25,8 +25,10 @@ row with FID <= the same bound.
     python benchmarks/frontier.py --ref runs/fashion-test.npz --fast-fid fp32 --batch 32 --repeats 2 \\
         --switches "eager fp32" \\
         --lowdiff-plans docs/results/tuned2-lowdiff-b9.json docs/results/tuned2-lowdiff-b6.json \\
-            docs/results/tuned-lowdiff-b13.json docs/results/tuned-lowdiff-b9.json \\
-        --baseline-plans docs/results/tuned2-edm-b13.json docs/results/tuned-edm-b13.json
+            docs/results/tuned2-lowdiff-b4.json docs/results/tuned-lowdiff-b13.json \\
+            docs/results/tuned-lowdiff-b9.json \\
+        --baseline-plans docs/results/tuned2-edm-b13.json docs/results/tuned2-edm-b6.json \\
+            docs/results/tuned2-edm-b5.json docs/results/tuned-edm-b13.json
     python benchmarks/frontier.py --retime ...  # the same arguments: time again in a second process
     python benchmarks/frontier.py --replot      # redraw docs/img/frontier.png from the JSON
 """
@@ -202,6 +204,8 @@ def plot(rows: list[Row], path: Path, title: str, batch: int) -> None:
     for family in ("baseline", "lowdiff"):
         for switches, marker in zip(SWITCHES, ("o", "s")):
             pts = [r for r in rows if r.family == family and r.switches == switches]
+            if not pts:
+                continue    # a switch set this run did not time gets no legend entry
             ax.scatter([r.images_per_s for r in pts], [r.fid for r in pts], c=colours[family], marker=marker,
                        s=22, alpha=0.55, label=f"{names[family]}, {switches}")
         front = sorted((r for r in rows if r.family == family and r.front), key=lambda r: r.images_per_s)
