@@ -107,8 +107,11 @@ def load_tuned(paths: list[str]) -> list[tuple[str, StagePlan]]:
         # plans of the first tuner (coordinate descent from the model's plan only) carry no screening
         # sample count; they stay comparable rows of the front under their own name
         who = "tuned" if "screen_num" in tuned else "tuned (first tuner)"
-        out.append((f"{who}, budget {budget:g} eff. NFE" if budget else f"{who} ({Path(path).name})",
-                    StagePlan.load(path)))
+        label = f"{who}, budget {budget:g} eff. NFE" if budget else f"{who} ({Path(path).name})"
+        starts = [Path(start).stem for start in tuned.get("start_plans", [])]      # `lowdiff tune --start`
+        if starts:
+            label += f", search also started from {' and '.join(starts)}"
+        out.append((label, StagePlan.load(path)))
     return out
 
 

@@ -82,3 +82,13 @@ def test_seed_noise_samples_the_baseline_best_plan_on_disjoint_seed_ranges(front
     assert [c[3] for c in calls] == [100_000, 102_000, 104_000]
     assert all(c[:3] == ("edm", "plan of baseline 2.0", "fp32") for c in calls)
     assert fids == pytest.approx([2.0, 2.1, 2.2])
+
+
+def test_tuned_rows_name_the_plans_their_search_started_from(frontier, tmp_path):
+    """Two tunes at one budget stay two rows: the one started from other plans (`tune --start`) says so."""
+    plan = {"stages": [{"resolution": 32, "steps": 5}]}
+    (tmp_path / "a.json").write_text(json.dumps(plan | {"tuned": {"budget_nfe": 5, "screen_num": 200}}))
+    (tmp_path / "b.json").write_text(json.dumps(plan | {"tuned": {"budget_nfe": 5, "screen_num": 200,
+                                                                  "start_plans": ["docs/results/x-b6.json"]}}))
+    labels = [label for label, _ in frontier.load_tuned([str(tmp_path / "a.json"), str(tmp_path / "b.json")])]
+    assert labels == ["tuned, budget 5 eff. NFE", "tuned, budget 5 eff. NFE, search also started from x-b6"]

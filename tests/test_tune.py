@@ -163,3 +163,34 @@ def test_warm_start_moves_are_valid_plans(tiny):
     assert {p[2].sigma_max for p in valid} >= {1.0, 2.0, 3.0, 5.0}
     back = coords["32:start"](valid[0])
     assert back[0][1][2].start == "noise" and back[0][1][2].sigma_max == plan[2].sigma_max
+
+
+def test_start_plans_are_fitted_to_the_budget_and_named(tiny):
+    """`--start PLAN`: a plan tuned at a larger budget becomes a start of the search, fitted to
+    this budget the same ways as the model's plan, and named after its file."""
+    from lowdiff.eval.tune import Tuner
+    preset = tiny()
+    given = preset.stages.with_solver("dpmpp2m").replace(0, nfe=2)     # NFE 2 / 3 / 4
+    tuner = object.__new__(Tuner)                                      # the starts need no model or FIDs
+    tuner.pipe = type("Pipe", (), {"preset": preset})()
+    tuner.costs, tuner.opts = CostModel({8: 0.1, 16: 0.3, 32: 1.0}, batch=1), TuneOptions(budget_nfe=4)
+    tuner.start_plans = [("b9.json", given)]
+    starts = [(name, plan) for name, plan in tuner.starts() if name.startswith("b9.json")]
+    assert starts and all(tuner.costs.effective_nfe(p) <= 4 for _, p in starts)
+    assert all(s.solver == "dpmpp2m" for _, p in starts for s in p)            # the given plan's solvers kept
+    assert "b9.json fitted, costliest stage first" in dict(starts)
+
+
+def test_tune_rejects_a_start_plan_for_other_resolutions(fixtures, capsys):
+    d = fixtures                                                       # the model's stages are 16, 32
+    (d / "other.json").write_text(json.dumps({"stages": [{"resolution": 8, "steps": 4, "nfe": 2},
+                                                         {"resolution": 32, "steps": 4}]}))
+    code = main(["tune", "--checkpoint", str(d / "model"), "--ref", str(d / "ref.npz"), "--classifier", str(d / "clf"),
+                 "--budget-nfe", "12", "--start", str(d / "other.json"), "--out", str(d / "plan.json"),
+                 "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "start plan other.json" in err and not (d / "plan.json").exists()
+    code = main(["tune", "--checkpoint", str(d / "model"), "--ref", str(d / "ref.npz"), "--classifier", str(d / "clf"),
+                 "--budget-nfe", "12", "--start", str(d / "missing.json"), "--out", str(d / "plan.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--start" in err and "no such plan file" in err

@@ -40,6 +40,9 @@ def register(sub) -> None:
     s.add_argument("--trials", type=positive_int, default=100, help="plans screened at most (default 100)")
     s.add_argument("--solvers", default="heun,dpmpp2m,ipndm", help="solvers to try, comma-separated (default "
                    "heun,dpmpp2m,ipndm; also euler, dpmpp3m)")
+    s.add_argument("--start", metavar="PLAN", action="append", default=[],
+                   help="also start the search from this plan JSON (e.g. one `lowdiff tune` chose at a larger "
+                   "budget), fitted to the budget; repeatable")
     s.add_argument("--no-warm-start", dest="warm_start", action="store_false",
                    help="do not search warm-started stages (start=upsampled)")
     s.add_argument("--out", required=True, help="the chosen plan, JSON")
@@ -56,8 +59,17 @@ def run(args) -> None:
     plot = args.plot or str(Path(args.out).with_suffix(".png"))
     check_output(args.out)
     check_output(plot, "--plot")
+    args.start_plans = [(Path(path).name, _load_start(path)) for path in args.start]    # before any work
     with joined(args.device) as world:
         _tune(args, world, plot)
+
+
+def _load_start(path: str):
+    from ..diffusion.plan import StagePlan
+    try:
+        return StagePlan.load(path)
+    except ConfigError as e:
+        raise ConfigError(f"--start {e}") from None
 
 
 def _tune(args, world, plot: str) -> None:
@@ -77,13 +89,13 @@ def _tune(args, world, plot: str) -> None:
         bar.update(1)
         bar.set_postfix_str(f"FID {trial.fid:.3f} at {trial.effective_nfe} eff. NFE ({trial.move})"[:90])
 
-    tuner = Tuner(pipe, args.ref, extractor, args.features, opts, progress, world)
+    tuner = Tuner(pipe, args.ref, extractor, args.features, opts, progress, world, args.start_plans)
     chosen = tuner.run()
     bar.close()
     if not world.is_main:
         return
     save_tuned_plan(args.out, tuner, chosen, checkpoint=args.checkpoint or "bundled", feature_space=args.features,
-                    ref=str(args.ref), inference=dict(vars(pipe.options)))
+                    ref=str(args.ref), start_plans=args.start, inference=dict(vars(pipe.options)))
     trials = list(tuner.trials.values())
     print(format_table(trials, chosen))
     plot_front(trials, chosen, plot, title=f"{pipe.preset.name}: {len(trials)} plans screened on "

@@ -15,7 +15,8 @@ The search is global first, then local, with successive halving on the sample co
 1. starts: the model's own plan fitted to the budget three ways (and with every solver at
    equal NFE), plus a ladder of few-step plans with one one-evaluation solver (DPM-Solver++,
    iPNDM) in every stage: cheap truncated low-resolution stages and as many final-stage steps
-   as the budget leaves;
+   as the budget leaves, plus any plans the user gives (e.g. one tuned at a larger budget),
+   fitted to the budget the same three ways;
 2. coordinate descent (a pattern search) from the best start: one coordinate at a time (a
    stage's solver, steps, truncation NFE, a trade of final-stage steps against low-resolution
    evaluations, sigma_max, sigma_min, rho, and the warm start of a stage from the one below
@@ -330,7 +331,13 @@ class Tuner:
     every rank takes the same decisions and one process's plan comes out."""
 
     def __init__(self, pipe, ref, extractor, feature_space: str, opts: TuneOptions, progress=None,
-                 world: World = SINGLE):
+                 world: World = SINGLE, start_plans: list[tuple[str, StagePlan]] = ()):
+        for name, plan in start_plans:       # a plan for other resolutions fails here, not as a skipped trial
+            try:
+                pipe.preset.check_plan(plan)
+            except ConfigError as e:
+                raise ConfigError(f"start plan {name}: {e}") from None
+        self.start_plans = list(start_plans)
         unknown = [s for s in opts.solvers if s not in SOLVERS]
         if unknown:      # else every plan using them fails check_plan and is skipped without a word
             raise ConfigError(f"unknown solver(s) {', '.join(unknown)}: choose from {', '.join(SOLVERS)}")
@@ -374,14 +381,17 @@ class Tuner:
 
     def starts(self) -> list[tuple[str, StagePlan]]:
         """The model's plan fitted to the budget in each of the FITS orders (one for a single-stage
-        model), then the few-step plans."""
+        model), then the few-step plans, then the given start plans fitted the same ways."""
         model_plan = self.pipe.preset.stages
+        return (self._fitted("model plan", model_plan) + few_step_plans(model_plan, self.costs, self.opts)
+                + [start for name, plan in self.start_plans for start in self._fitted(name, plan)])
+
+    def _fitted(self, name: str, plan: StagePlan) -> list[tuple[str, StagePlan]]:
+        """`plan` fitted to the budget in each of the FITS orders, duplicates dropped."""
         fits = {}
         for order in FITS:
-            fits.setdefault(_key(p := fit_budget(model_plan, self.costs, self.opts, order)), (order, p))
-        starts = [("model plan" if _key(p) == _key(model_plan) else f"model plan fitted, {order}", p)
-                  for order, p in fits.values()]
-        return starts + few_step_plans(model_plan, self.costs, self.opts)
+            fits.setdefault(_key(p := fit_budget(plan, self.costs, self.opts, order)), (order, p))
+        return [(name if _key(p) == _key(plan) else f"{name} fitted, {order}", p) for order, p in fits.values()]
 
     def descend(self, best: Trial) -> Trial:
         """Coordinate descent from `best` until a pass brings nothing or the trials are spent."""
