@@ -76,16 +76,21 @@ def inference_options(args):
     return options
 
 
+def load_plan_file(path: str, flag: str):
+    """A plan file named by the command-line option `flag`; its errors name the option."""
+    from ..diffusion.plan import StagePlan
+    try:
+        return StagePlan.load(path)
+    except ConfigError as e:
+        raise ConfigError(f"{flag} {e}") from None
+
+
 def sampling_plan(plan, args, precond=None):
     """A command's stage plan: the model's or --plan FILE, then --solver, then --stage overrides; a
     warning when a stage's sigma range lies far outside `precond`'s sampling range (EDM's by default)."""
-    from ..diffusion.plan import StagePlan
     from ..diffusion.precond import EDM
     if getattr(args, "plan", None):
-        try:
-            plan = StagePlan.load(args.plan)
-        except ConfigError as e:
-            raise ConfigError(f"--plan {e}") from None
+        plan = load_plan_file(args.plan, "--plan")
     if getattr(args, "solver", None):
         plan = plan.with_solver(args.solver)
     plan = plan.override(getattr(args, "stage", None) or [])

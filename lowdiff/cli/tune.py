@@ -7,7 +7,7 @@ from pathlib import Path
 from ..checks import at_least_2, batch_size, check_output, nonnegative_int, positive_float, positive_int
 from ..errors import ConfigError
 from .common import add_device, add_features_args, add_progress, add_speed_args, extractor_of, inference_options, \
-    joined
+    joined, load_plan_file
 
 
 def register(sub) -> None:
@@ -59,17 +59,9 @@ def run(args) -> None:
     plot = args.plot or str(Path(args.out).with_suffix(".png"))
     check_output(args.out)
     check_output(plot, "--plot")
-    args.start_plans = [(Path(path).name, _load_start(path)) for path in args.start]    # before any work
+    args.start_plans = [(Path(path).name, load_plan_file(path, "--start")) for path in args.start]    # before any work
     with joined(args.device) as world:
         _tune(args, world, plot)
-
-
-def _load_start(path: str):
-    from ..diffusion.plan import StagePlan
-    try:
-        return StagePlan.load(path)
-    except ConfigError as e:
-        raise ConfigError(f"--start {e}") from None
 
 
 def _tune(args, world, plot: str) -> None:
