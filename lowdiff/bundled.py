@@ -14,6 +14,11 @@ def names() -> list[str]:
     return sorted(p.name for p in ASSETS.iterdir() if p.is_dir())
 
 
+def models() -> list[str]:
+    """The bundled models (`lowdiff sample --checkpoint bundled:NAME`): assets with a config.json."""
+    return [n for n in names() if (ASSETS / n / "config.json").is_file()]
+
+
 def resolve(spec: str | Path) -> Path:
     """`bundled:NAME` -> lowdiff/assets/NAME; any other spec is a path, returned as is."""
     text = str(spec)

@@ -59,8 +59,21 @@ def seed_list(text: str) -> Seeds:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+AUTO_DEVICE = "auto"       # every command's --device default, and lowdiff.load's
+
+
+def default_device() -> str:
+    """cuda when a GPU is visible (under torchrun, this process's LOCAL_RANK's GPU), else cpu."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    local_rank = os.environ.get("LOCAL_RANK")
+    return f"cuda:{int(local_rank)}" if local_rank is not None else "cuda"
+
+
 def check_device(name: str) -> torch.device:
-    """The torch device `name`, which must exist here."""
+    """The torch device `name` (`auto`: `default_device()`), which must exist here."""
+    if name == AUTO_DEVICE:
+        name = default_device()
     try:
         device = torch.device(name)
     except RuntimeError:

@@ -9,7 +9,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .config import Preset
 from .diffusion.denoiser import Denoiser, count_parameters
+from .fields import jsonable
+from .plans import DEFAULT_RULE, ModelPlans
 from .presets import get_preset
+from .storage import load_config, model_dir
 
 
 def meta_denoiser(preset: Preset) -> Denoiser:
@@ -46,10 +49,11 @@ def describe(preset: Preset | str) -> dict:
     model = meta_denoiser(preset)
     params = count_parameters(model)
     info = {"name": preset.name, "description": preset.description, "precond": preset.precond.to_config(),
-            "arch": preset.network.arch,
-            "unified": preset.unified, "resolutions": preset.resolutions, "parameters": params,
+            "arch": preset.network.arch, "resolutions": preset.resolutions, "parameters": params,
             "parameters_m": round(params / 1e6, 2)}
-    if not preset.unified:
+    if len(preset.resolutions) > 1:
+        info["unified"] = preset.unified          # a cascade: one unified network, or one per stage (CDM)
+    if not info.get("unified", True):
         info["parameters_per_network"] = {k: count_parameters(v) for k, v in model.nets.items()}
     if preset.baseline:
         base = get_preset(preset.baseline)
@@ -86,11 +90,58 @@ def describe(preset: Preset | str) -> dict:
     return info
 
 
+def describe_model(spec: str) -> dict:
+    """`describe` of a model directory's preset, with its named plans (lowdiff/plans.py): each
+    plan's NFE per stage and the figures it was measured at, and which one is the default."""
+    plans = ModelPlans.read(spec)
+    info = describe(load_config(model_dir(spec)))
+    default = plans.default().name
+    info["model"] = spec
+    info["plans"] = [{"name": p.name, "default": p.name == default, "description": p.description,
+                      "nfe_per_stage": p.stages.nfe_per_stage, "solvers": [s.solver for s in p.stages],
+                      "figures": jsonable(p.figures) if p.figures else None} for p in plans.plans.values()]
+    info["fid_noise"] = plans.fid_noise
+    info["default_plan_rule"] = DEFAULT_RULE
+    return info
+
+
+def _network_kind(info: dict) -> str:
+    if "unified" not in info:
+        return "single-resolution network"
+    return "unified network" if info["unified"] else "one network per stage (CDM)"
+
+
+PAPER_FIGURES = {"params_m": ("parameters", "{:g} M"), "fid": ("FID", "{:g}"),
+                 "effective_nfe": ("effective NFE", "{:g}"), "latency_s": ("latency (batch 64)", "{:g} s")}
+
+
+def _paper_table(paper: dict) -> list[str]:
+    """The paper's reported figures as a two-line table."""
+    cells = [(PAPER_FIGURES[k][0], PAPER_FIGURES[k][1].format(v)) for k, v in paper.items() if k in PAPER_FIGURES]
+    cells += [(k, str(v)) for k, v in paper.items() if k not in PAPER_FIGURES]
+    widths = [max(len(a), len(b)) + 2 for a, b in cells]
+    return ["  paper reports   " + "".join(a.ljust(w) for (a, _), w in zip(cells, widths)).rstrip(),
+            "                  " + "".join(b.ljust(w) for (_, b), w in zip(cells, widths)).rstrip()]
+
+
+def _plan_lines(info: dict) -> list[str]:
+    lines = [f"  plans           --plan NAME; * the default: the fastest plan within the FID noise ({info['fid_noise']:.3f}) "
+             "of the best measured FID",
+             f"    {'name':<10}{'NFE per stage':<15}{'solvers':<26}{'FID':>7}{'samples':>9}{'img/s':>8}  measured on"]
+    for p in info["plans"]:
+        f = p["figures"]
+        nfe = "/".join(str(n) for n in p["nfe_per_stage"].values())
+        measured = (f"{f['fid']:>7.2f}{f['samples']:>9,}{f['images_per_s']:>8.1f}  {f['device']}, batch {f['batch']}"
+                    if f else f"{'-':>7}{'-':>9}{'-':>8}  {p['description']}")
+        lines.append(f"  {'*' if p['default'] else ' '} {p['name']:<10}{nfe:<15}{'/'.join(p['solvers']):<26}{measured}")
+    return lines
+
+
 def format_info(info: dict) -> str:
     """The human-readable form of `describe`'s report."""
     lines = [f"{info['name']}: {info['description']}",
              f"  parameters      {info['parameters']:,} ({info['parameters_m']} M), precond {info['precond']}, "
-             f"{'unified network' if info['unified'] else 'one network per stage (CDM)'}"]
+             f"{_network_kind(info)}"]
     lines += [f"    network {k:<8}{v:,}" for k, v in info.get("parameters_per_network", {}).items()]
     if "baseline" in info:
         b = info["baseline"]
@@ -111,5 +162,7 @@ def format_info(info: dict) -> str:
     if "latent" in info:
         lines.append(f"  latents         of {info['latent']['image_resolution']}px images; VAE: {info['latent']['vae']}")
     if "paper" in info:
-        lines.append(f"  paper           {info['paper']}")
+        lines += _paper_table(info["paper"])
+    if "plans" in info:
+        lines += _plan_lines(info)
     return "\n".join(lines)

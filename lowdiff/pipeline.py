@@ -11,9 +11,9 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from . import storage
+from .checks import default_device
 from .config import Preset
 from .diffusion.cascade import PerImageGenerator, sample_cascade
 from .diffusion.denoiser import Denoiser
@@ -22,6 +22,8 @@ from .distributed import SINGLE, World
 from .errors import ConfigError
 from .images import to_uint8
 from .inference import FastDenoiser, InferenceOptions
+from .plans import CONFIG_PLAN, ModelPlans, NamedPlan
+from .progress import EvaluationTicks, image_bar
 from .seeds import Seeds
 
 
@@ -43,6 +45,7 @@ class Pipeline:
         self.fast = FastDenoiser(self.denoiser, options, self.device)
         self.vae, self._decoder = vae, None
         self.source = "model.safetensors"          # where the weights came from (set by from_pretrained)
+        self.plans = ModelPlans({CONFIG_PLAN: NamedPlan(CONFIG_PLAN, preset.stages, "the plan in config.json")})
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Cascade output -> images in [-1, 1]: the VAE decodes latent models' samples
@@ -59,12 +62,19 @@ class Pipeline:
         return self.fast.options
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path | None = None, device: str = "cpu",
+    def from_pretrained(cls, directory: str | Path | None = None, device: str | None = None,
                         options: InferenceOptions | None = None, vae: str | Path | None = None) -> "Pipeline":
         preset, model, source = storage.from_pretrained(storage.model_dir(directory))
-        pipe = cls(model, preset, device, options, vae)
+        pipe = cls(model, preset, default_device() if device is None else device, options, vae)
         pipe.source = source
+        pipe.plans = ModelPlans.read(directory)
         return pipe
+
+    @property
+    def default_plan(self) -> NamedPlan:
+        """The plan a call without `stages` samples with: the fastest of the model's measured plans
+        within its FID noise of the best (lowdiff/plans.py), else config.json's."""
+        return self.plans.default()
 
     @property
     def image_channels(self) -> int:
@@ -73,17 +83,19 @@ class Pipeline:
         return latent.image_channels if latent is not None else self.preset.network.in_channels
 
     def __call__(self, num: int | None = None, seed: int = 0, seeds=None,
-                 class_labels: list[int] | int | None = None, stages: StagePlan | list | None = None,
+                 class_labels: list[int] | int | None = None, stages: StagePlan | list | str | None = None,
                  batch: int = 64, progress: bool = False,
                  on_batch: Callable[[torch.Tensor, list[int], list[int] | None], None] | None = None) -> Generated:
         """Generate images for seeds `seeds` (default seed .. seed+num-1). Class-conditional
-        models draw each image's class from its seed unless `class_labels` is given.
+        models draw each image's class from its seed unless `class_labels` is given. `stages`: a
+        plan, the name of one of the model's plans (`pipe.plans`), or None for `pipe.default_plan`.
         `on_batch(images, seeds, labels)` sees each batch as soon as it is made.
 
         Examples:
             >>> pipe = lowdiff.load("bundled:fashion-lowdiff-cond")
             >>> out = pipe(16, seed=0)                      # seeds 0..15, classes drawn from the seeds
             >>> out.images.shape, out.images.dtype          # (torch.Size([16, 1, 32, 32]), torch.uint8)
+            >>> out = pipe(16, stages="paper")              # one of the model's named plans (pipe.plans.plans)
             >>> out = pipe(seeds=[3, 7], class_labels=[0, 9], stages=pipe.preset.stages.with_solver("dpmpp2m"))
             >>> out.nfe, out.truncation_sigma               # NFE per stage, where each low stage stopped
         """
@@ -100,7 +112,8 @@ class Pipeline:
         return Generated(torch.cat(images), seeds_out, labels_out or None, {s.resolution: s.nfe for s in reports},
                          {s.resolution: s.truncation_sigma for s in reports[:-1]})
 
-    def stream(self, seeds, class_labels: list[int] | int | None = None, stages: StagePlan | list | None = None,
+    def stream(self, seeds, class_labels: list[int] | int | None = None,
+               stages: StagePlan | list | str | None = None,
                batch: int = 64, world: World = SINGLE, progress: bool = False):
         """Yield (uint8 images, seeds, class labels or None, per-stage reports) batch by batch in
         seed order. Seeds are taken lazily (a `Seeds` range list or any sequence of ints). Under
@@ -111,8 +124,7 @@ class Pipeline:
         plan = self.plan(stages)
         self.check_class_labels(class_labels, len(seeds))
         num_batches = (len(seeds) + batch - 1) // batch
-        bar = tqdm(total=plan.total_nfe * num_batches, unit="nfe", disable=not progress or not world.is_main,
-                   desc="sample")
+        bar = image_bar(len(seeds), "sample", disable=not progress or not world.is_main)
 
         def make(i: int):
             chunk = list(seeds[i * batch:(i + 1) * batch])
@@ -124,13 +136,16 @@ class Pipeline:
             for item in world.gather(make(i) if i is not None else None) or []:
                 if item is not None:
                     if world.size > 1:
-                        bar.update(plan.total_nfe)
+                        bar.update(len(item[1]))
                     yield item
         bar.close()
 
-    def plan(self, stages: StagePlan | list | None = None) -> StagePlan:
-        """The stage plan to sample with (the model's when None), checked against the model."""
-        plan = StagePlan(stages) if stages is not None else self.preset.stages
+    def plan(self, stages: StagePlan | list | str | None = None) -> StagePlan:
+        """The stage plan to sample with (a plan, one of the model's by name, or its default when
+        None), checked against the model."""
+        if stages is None or isinstance(stages, str):
+            stages = self.default_plan.stages if stages is None else self.plans.get(stages).stages
+        plan = StagePlan(stages)
         self.preset.check_plan(plan)
         return plan
 
@@ -147,9 +162,10 @@ class Pipeline:
         if not all(0 <= c < label_dim for c in labels):
             raise ConfigError(f"the model has classes 0..{label_dim - 1}")
 
-    def sample_batch(self, seeds: list[int], class_labels: list[int] | int | None, plan: StagePlan, progress=None):
+    def sample_batch(self, seeds: list[int], class_labels: list[int] | int | None, plan: StagePlan, bar=None):
         """One batch: (uint8 images, class labels or None, the cascade's result). Class labels are
-        drawn from the seeds when not given."""
+        drawn from the seeds when not given; `bar` (an image progress bar) advances with the
+        network evaluations."""
         rng = PerImageGenerator(seeds, self.device)
         onehot, labels = None, None
         label_dim = self.preset.network.label_dim
@@ -158,19 +174,25 @@ class Pipeline:
                                    device=self.device) if class_labels is not None else rng.randint(label_dim))
             onehot = F.one_hot(labels.long(), label_dim).float()
             labels = labels.tolist()
-        result = sample_cascade(self.fast, plan, rng, self.preset.network.in_channels, onehot, progress=progress)
-        return to_uint8(self.decode(result.images)).cpu(), labels, result
+        ticks = EvaluationTicks(bar, len(seeds), plan.total_nfe)
+        result = sample_cascade(self.fast, plan, rng, self.preset.network.in_channels, onehot, progress=ticks)
+        images = to_uint8(self.decode(result.images)).cpu()
+        ticks.done()
+        return images, labels, result
 
 
-def load(directory: str | Path | None = None, device: str = "cpu", options: InferenceOptions | None = None,
+def load(directory: str | Path | None = None, device: str | None = None, options: InferenceOptions | None = None,
          vae: str | Path | None = None) -> Pipeline:
     """Load a model directory, `bundled:NAME` (lowdiff/assets), or the bundled Fashion-MNIST
-    LowDiff model when None; `options` are the inference speed switches (compile, precision,
-    ...); `vae` overrides the VAE a latent model decodes with.
+    LowDiff model when None, on `device` (default: cuda when a GPU is visible, else cpu);
+    `options` are the inference speed switches (compile, precision, ...); `vae` overrides the
+    VAE a latent model decodes with. Calls sample with the model's default plan
+    (`pipe.default_plan`) unless given another.
 
     Examples:
         >>> import lowdiff
         >>> pipe = lowdiff.load()                                   # bundled:fashion-lowdiff-cond, offline
+        >>> pipe.default_plan.name, list(pipe.plans.plans)           # ('fast', ['config', 'paper', 'best', ...])
         >>> pipe = lowdiff.load("runs/fm")                           # config.json + model.safetensors
         >>> from lowdiff.inference import InferenceOptions
         >>> pipe = lowdiff.load("bundled:cifar-lowdiff-cond", options=InferenceOptions(precision="bf16"))

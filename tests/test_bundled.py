@@ -1,5 +1,6 @@
 """Every bundled model loads and samples exactly the images recorded for it (seeds 0 and 1,
-its own plan): refactors must not change what users get. tests/data/bundled_samples.safetensors
+config.json's plan): refactors must not change what users get. Models that ship named plans
+default to the one their plans.json's rule picks. tests/data/bundled_samples.safetensors
 was written by this test's `record()` and checked against the code of before the wave-3
 changes."""
 from pathlib import Path
@@ -16,7 +17,7 @@ MODELS = [n for n in bundled.names() if (bundled.ASSETS / n / "model.safetensors
 
 
 def sample(name: str) -> torch.Tensor:
-    return lowdiff.load(f"bundled:{name}")(seeds=[0, 1], batch=2).images.contiguous()
+    return lowdiff.load(f"bundled:{name}")(seeds=[0, 1], batch=2, stages="config").images.contiguous()
 
 
 def record() -> None:
@@ -30,3 +31,27 @@ def test_bundled_model_samples_the_recorded_images(name):
     recorded = load_file(str(RECORD))
     assert name in recorded, f"no recorded sample for bundled:{name}; run tests/test_bundled.py's record()"
     assert torch.equal(sample(name), recorded[name])
+
+
+SHIPPED = {"fashion-lowdiff-cond": "fast", "fashion-edm-cond": "fast", "cifar-lowdiff-cond": "best",
+           "cifar-edm-cond": "fast"}
+
+
+@pytest.mark.parametrize("name, default", SHIPPED.items())
+def test_bundled_models_sample_with_their_measured_default_plan(name, default):
+    pipe = lowdiff.load(f"bundled:{name}", device="cpu")
+    plans = pipe.plans
+    assert pipe.default_plan.name == default
+    measured = plans.measured()
+    best = min(p.figures.fid for p in measured)
+    chosen = pipe.default_plan.figures
+    assert chosen.fid <= best + plans.fid_noise                     # within the noise of the best FID ...
+    assert all(p.figures.images_per_s <= chosen.images_per_s        # ... and no faster plan is
+               for p in measured if p.figures.fid <= best + plans.fid_noise)
+    assert plans.get("paper").stages == pipe.preset.stages         # the paper plan is config.json's
+    assert pipe.plan(None) == pipe.default_plan.stages
+
+
+def test_the_default_fashion_plan_is_at_least_4x_the_paper_plan_by_its_measured_figures():
+    plans = lowdiff.load(device="cpu").plans
+    assert plans.default().figures.images_per_s >= 4 * plans.get("paper").figures.images_per_s

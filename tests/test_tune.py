@@ -37,9 +37,12 @@ def test_tune_writes_a_plan_that_sample_uses(fixtures, capsys):
     d = fixtures
     code = main(["tune", "--checkpoint", str(d / "model"), "--ref", str(d / "ref.npz"), "--classifier", str(d / "clf"),
                  "--budget-nfe", "12", "--cost", "flops", "--num", "10", "--batch", "10", "--trials", "3",
-                 "--out", str(d / "plan.json"), "--no-progress"])
+                 "--out", str(d / "plan.json"), "--save-as", "tuned", "--no-progress"])
     out, err = capsys.readouterr()
     assert code == 0, err
+    saved = json.loads((d / "model" / "plans.json").read_text())["plans"]["tuned"]      # --save-as: into the model
+    assert saved["stages"] == json.loads((d / "plan.json").read_text())["stages"]
+    assert saved["figures"]["samples"] == 10 and saved["figures"]["images_per_s"] > 0
     assert "Pareto front" in out and out.count("\n") >= 4 and (d / "plan.png").stat().st_size > 1000
     plan = json.loads((d / "plan.json").read_text())
     assert plan["tuned"]["effective_nfe"] <= 12 and plan["pareto_front"] and len(plan["stages"]) == 2
@@ -50,6 +53,24 @@ def test_tune_writes_a_plan_that_sample_uses(fixtures, capsys):
     err = capsys.readouterr().err
     nfe = stages.nfe_per_stage
     assert code == 0 and (d / "g.png").is_file() and str(nfe) in err
+    code = main(["sample", "--checkpoint", str(d / "model"), "--num", "2", "--out", str(d / "g.png"), "--no-progress"])
+    err = capsys.readouterr().err                   # its only measured plan is now the model's default
+    assert code == 0 and "plan: tuned (" in err and str(nfe) in err
+
+
+@pytest.mark.parametrize("checkpoint, name, message", [
+    (None, "mine", "bundled models are part of the installed package"),
+    ("bundled:fashion-edm-cond", "mine", "copy the model directory"),
+    ("{d}/model", "config", "not 'config'"),
+    ("{d}/model", "a b", "a plan name is letters"),
+])
+def test_tune_save_as_is_checked_before_any_work(fixtures, capsys, checkpoint, name, message):
+    d = fixtures
+    where = ["--checkpoint", checkpoint.format(d=d)] if checkpoint else []
+    code = main(["tune", *where, "--ref", str(d / "ref.npz"), "--budget-nfe", "4", "--out", str(d / "p.json"),
+                 "--save-as", name])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_tune_needs_a_budget(fixtures, capsys):

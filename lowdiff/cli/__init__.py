@@ -10,12 +10,15 @@ import argparse
 import os
 import sys
 import warnings
+from pathlib import Path
 
 from .. import __version__
+from ..checks import AUTO_DEVICE, default_device
 from ..errors import LowdiffError
 from . import bench, dataset, evaluation, presets, sample, train, tune, vae
 from .common import INTERRUPTED, Parser
 
+PACKAGE = Path(__file__).resolve().parents[1]             # lowdiff/: where our own warnings come from
 COMMANDS = (presets, train, sample, evaluation, dataset, vae, bench, tune)     # in `lowdiff --help` order
 
 
@@ -32,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = build_parser().parse_args(argv)
-    warnings.formatwarning = lambda message, category, *rest: f"lowdiff: warning: {message}\n"
+    if getattr(args, "device", None) == AUTO_DEVICE:
+        args.device = default_device()
+    warnings.formatwarning = _format_warning
     try:
         return args.func(args) or 0
     except (LowdiffError, ValueError, OSError) as e:
@@ -47,6 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"lowdiff {args.command}: interrupted", file=sys.stderr)
         return INTERRUPTED
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """lowdiff's own warnings as `lowdiff: warning: ...`; those of torch and other libraries
+    keep their origin (file:line: Category: message)."""
+    if Path(filename).resolve().is_relative_to(PACKAGE):
+        return f"lowdiff: warning: {message}\n"
+    return f"{filename}:{lineno}: {category.__name__}: {message}\n"
 
 
 __all__ = ["INTERRUPTED", "build_parser", "main"]

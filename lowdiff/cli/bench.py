@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 from ..checks import batch_size, nonnegative_int, positive_int
+from ..plans import CONFIG_PLAN, NamedPlan
 from ..presets import get_preset
 from .common import add_device, add_progress, add_speed_args, inference_options, sampling_plan
 
@@ -33,7 +34,7 @@ def run(args) -> None:
     opts = BenchOptions(batch=args.batch, repeats=args.repeats, warmup=args.warmup, device=args.device,
                         inference=inference_options(args))
     preset = get_preset(args.preset)
-    stages = sampling_plan(preset.stages, args, preset.precond)
+    stages = sampling_plan(args, NamedPlan(CONFIG_PLAN, preset.stages), precond=preset.precond).stages
     preset.check_plan(stages)
     if args.compare_options:
         return compare_options(preset, stages, opts, args)

@@ -10,7 +10,7 @@ import signal
 import sys
 import warnings
 
-from ..checks import check_device
+from ..checks import AUTO_DEVICE, check_device
 from ..errors import ConfigError
 
 INTERRUPTED = 130                      # exit status after Ctrl-C (128 + SIGINT)
@@ -26,8 +26,8 @@ class Parser(argparse.ArgumentParser):
 # --- option groups ------------------------------------------------------------------------
 
 def add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu); under torchrun each process "
-                   "takes its LOCAL_RANK's GPU")
+    p.add_argument("--device", default=AUTO_DEVICE, help="auto, cpu, cuda or cuda:N (default auto: cuda when a GPU "
+                   "is visible, else cpu); under torchrun each process takes its LOCAL_RANK's GPU")
 
 
 def add_progress(p: argparse.ArgumentParser) -> None:
@@ -37,10 +37,12 @@ def add_progress(p: argparse.ArgumentParser) -> None:
 def add_speed_args(s: argparse.ArgumentParser, plan: bool = True) -> None:
     """The stage-plan and inference speed switches shared by sample, eval fid, bench and tune."""
     from ..diffusion.solvers import SOLVERS
+    from ..plans import DEFAULT_RULE
     g = s.add_argument_group("sampling plan and speed")
     if plan:
-        g.add_argument("--plan", metavar="FILE", help="stage plan JSON (e.g. written by `lowdiff tune`) replacing the "
-                       "model's stages; --solver and --stage apply on top")
+        g.add_argument("--plan", metavar="NAME|FILE", help="one of the model's named plans (`lowdiff info MODEL` "
+                       "lists them with their FIDs and speeds; `config` is config.json's) or a plan JSON file (e.g. "
+                       f"written by `lowdiff tune`); default: {DEFAULT_RULE}. --solver and --stage apply on top")
         g.add_argument("--solver", metavar="NAME", choices=list(SOLVERS),
                        help="this solver in every stage at the same NFE per stage: "
                        + ", ".join(f"{k} ({v.description})" for k, v in SOLVERS.items()))
@@ -85,22 +87,48 @@ def load_plan_file(path: str, flag: str):
         raise ConfigError(f"{flag} {e}") from None
 
 
-def sampling_plan(plan, args, precond=None):
-    """A command's stage plan: the model's or --plan FILE, then --solver, then --stage overrides; a
-    warning when a stage's sigma range lies far outside `precond`'s sampling range (EDM's by default)."""
+def sampling_plan(args, default, plans=None, precond=None):
+    """A command's stage plan as a `NamedPlan`: --plan NAME (one of `plans`, a model's `ModelPlans`)
+    or FILE, else `default` (a NamedPlan); then --solver, then --stage overrides (the name says
+    so, and the figures go); a warning when a stage's sigma range lies far outside `precond`'s
+    sampling range (EDM's by default)."""
     from ..diffusion.precond import EDM
+    from ..plans import NamedPlan
+    chosen = default
     if getattr(args, "plan", None):
-        plan = load_plan_file(args.plan, "--plan")
-    if getattr(args, "solver", None):
-        plan = plan.with_solver(args.solver)
-    plan = plan.override(getattr(args, "stage", None) or [])
+        chosen = _named_or_file(args.plan, plans)
+    edits = ([f"--solver {args.solver}"] if getattr(args, "solver", None) else []) + \
+        [f"--stage {o}" for o in getattr(args, "stage", None) or []]
+    if edits:
+        plan = chosen.stages.with_solver(args.solver) if getattr(args, "solver", None) else chosen.stages
+        chosen = NamedPlan(f"{chosen.name} with {' '.join(edits)}", plan.override(getattr(args, "stage", None) or []),
+                           chosen.description)
     low, high = (precond or EDM()).sampling_range
-    for s in plan:
+    for s in chosen.stages:
         if s.schedule == "edm" and 0 < s.sigma_min < s.sigma_max < float("inf") and (s.sigma_max > 6 * high or
                                                                                       s.sigma_min < low / 200):
             warnings.warn(f"stage {s.resolution}: sigma range [{s.sigma_min:g}, {s.sigma_max:g}] is far outside the "
                           f"noise levels these models sample from ([{low:g}, {high:g}]); expect poor images")
-    return plan
+    return chosen
+
+
+def _named_or_file(value: str, plans):
+    """--plan VALUE: a plan of the model by that name, else a plan file."""
+    from pathlib import Path
+
+    from ..plans import NamedPlan
+    if plans is not None and value in plans.plans:
+        return plans.get(value)
+    if plans is not None and not Path(value).exists() and "/" not in value and not value.endswith(".json"):
+        raise ConfigError(f"--plan {value}: neither one of this model's plans ({', '.join(plans.plans)}) nor a file")
+    return NamedPlan(value, load_plan_file(value, "--plan"), "a plan file")
+
+
+def say_plan(chosen, plans=None) -> None:
+    """Tell which plan a command samples with (stderr), and the others the model has."""
+    others = [n for n in (plans.plans if plans is not None else []) if n != chosen.name]
+    print(f"plan: {chosen.summary()}" + (f"; --plan NAME for another: {', '.join(others)}" if others else ""),
+          file=sys.stderr)
 
 
 def extractor_of(args, channels: int = 1, ref: str | None = None, world=None):

@@ -8,7 +8,7 @@ import sys
 from ..checks import at_least_2, batch_size, check_output, nonnegative_int, positive_float, positive_int
 from ..errors import ConfigError
 from .common import add_device, add_features_args, add_progress, add_speed_args, extractor_of, inference_options, \
-    joined, sampling_plan
+    joined, sampling_plan, say_plan
 
 
 def register(sub) -> None:
@@ -133,9 +133,11 @@ def _fid_of_model(args, world, evaluate) -> None:
     pipe = load(args.checkpoint, device=world.device, options=inference_options(args))
     extractor = extractor_of(args, pipe.image_channels, args.ref, world)
     ref = evaluate.check_reference(args.ref, {**extractor.identity, "feature_space": args.features})
-    stages = sampling_plan(pipe.preset.stages, args, pipe.preset.precond)
+    chosen = sampling_plan(args, pipe.default_plan, pipe.plans, pipe.preset.precond)
+    stages = pipe.plan(chosen.stages)
     num, seed = args.num or 10_000, args.seed or 0
     if world.is_main:
+        say_plan(chosen, pipe.plans)
         ranks = f" on {world.size} processes" if world.size > 1 else ""
         print(f"generating seeds {seed}-{seed + num - 1} with {pipe.preset.name}{ranks}", file=sys.stderr)
     ev = evaluate.evaluate_pipeline(pipe, ref, extractor, args.features, num=num, seed=seed, stages=stages,
@@ -143,4 +145,4 @@ def _fid_of_model(args, world, evaluate) -> None:
     if world.is_main:
         print(json.dumps({"fid": ev.fid, "inception_score": ev.inception_score, "num": ev.num, "seeds": ev.seeds,
                           "feature_space": ev.feature_space, "checkpoint": args.checkpoint or "bundled",
-                          "nfe_per_stage": stages.nfe_per_stage}, indent=2))
+                          "plan": chosen.name, "nfe_per_stage": stages.nfe_per_stage}, indent=2))

@@ -6,10 +6,12 @@ import sys
 import time
 from pathlib import Path
 
+from ..bundled import models as bundled_models
 from ..checks import batch_size, check_output, nonnegative_int, positive_int, seed_list
 from ..errors import ConfigError
 from ..seeds import Seeds
-from .common import INTERRUPTED, add_device, add_progress, add_speed_args, inference_options, joined, sampling_plan
+from .common import INTERRUPTED, add_device, add_progress, add_speed_args, inference_options, joined, sampling_plan, \
+    say_plan
 
 MAX_GRID = 10_000          # images in one grid PNG (100 x 100 tiles)
 MAX_LABELLED = 1_000_000   # images whose classes are laid out in blocks (--by-class)
@@ -18,7 +20,7 @@ MAX_LABELLED = 1_000_000   # images whose classes are laid out in blocks (--by-c
 def register(sub) -> None:
     s = sub.add_parser("sample", help="generate images: a PNG grid or a folder of PNGs")
     s.add_argument("--checkpoint", help="model directory (an unfinished run samples its newest state's EMA), or "
-                   "bundled:NAME (fashion-lowdiff-cond, fashion-edm-cond; default bundled:fashion-lowdiff-cond)")
+                   f"bundled:NAME ({', '.join(bundled_models())}; default bundled:fashion-lowdiff-cond)")
     s.add_argument("-n", "--num", type=positive_int, default=64, help="number of images (default 64; write -n N "
                    "under torchrun, whose own parser takes --num for its --numa-binding)")
     s.add_argument("--seed", type=nonnegative_int, default=0, help="first seed; image i uses seed+i (default 0)")
@@ -102,9 +104,11 @@ def _sample(args, world, grid: bool, seeds: Seeds) -> int | None:
     preset, label_dim = pipe.preset, pipe.preset.network.label_dim
     if pipe.source != "model.safetensors":
         say(f"{args.checkpoint}: sampling {pipe.source}", file=sys.stderr)
-    stages = sampling_plan(preset.stages, args, preset.precond)
-    preset.check_plan(stages)
+    chosen = sampling_plan(args, pipe.default_plan, pipe.plans, preset.precond)
+    stages = pipe.plan(chosen.stages)
     labels, seeds = _labels(args, pipe, seeds, grid)
+    if world.is_main:
+        say_plan(chosen, pipe.plans)
     names = preset.class_names or [str(c) for c in range(label_dim)]
     writer = (FolderWriter(args.out, names if label_dim else None, args.overwrite) if not grid and world.is_main
               else None)

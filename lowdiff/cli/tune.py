@@ -47,6 +47,10 @@ def register(sub) -> None:
                    help="do not search warm-started stages (start=upsampled)")
     s.add_argument("--out", required=True, help="the chosen plan, JSON")
     s.add_argument("--plot", help="PNG of the Pareto front (default: --out with .png)")
+    s.add_argument("--save-as", dest="save_as", metavar="NAME",
+                   help="also add the chosen plan to the model directory's plans.json under NAME, with the FID and "
+                   "img/s measured here (then `lowdiff sample --checkpoint DIR --plan NAME`; the model's default plan "
+                   "follows the rule of `lowdiff sample --help`); not for bundled models: copy the directory first")
     add_device(s)
     add_progress(s)
     add_speed_args(s, plan=False)
@@ -60,36 +64,70 @@ def run(args) -> None:
     check_output(args.out)
     check_output(plot, "--plot")
     args.start_plans = [(Path(path).name, load_plan_file(path, "--start")) for path in args.start]    # before any work
+    if args.save_as is not None:
+        check_save_as(args.save_as, args.checkpoint)
     with joined(args.device) as world:
         _tune(args, world, plot)
 
 
 def _tune(args, world, plot: str) -> None:
-    from tqdm import tqdm
-
     from ..eval.tune import Tuner, TuneOptions, format_table, plot_front, save_tuned_plan
     from ..pipeline import load
+    from ..progress import image_bar
     pipe = load(args.checkpoint, device=world.device, options=inference_options(args))
     extractor = extractor_of(args, pipe.image_channels, args.ref, world)
     opts = TuneOptions(budget_nfe=args.budget_nfe, budget_latency=args.budget_latency, trials=args.trials,
                        num=args.num, screen_num=args.screen_num, confirm=args.confirm, seed=args.seed,
                        batch=args.batch, solvers=tuple(args.solvers.split(",")), cost=args.cost,
                        warm_start=args.warm_start)
-    bar = tqdm(total=opts.trials, unit="plan", desc="tune", disable=args.no_progress or not world.is_main)
+    most = opts.trials * min(opts.screen_num, opts.num) + opts.confirm * opts.num     # images, at most
+    bar = image_bar(most, "tune", disable=args.no_progress or not world.is_main)
 
     def progress(trial, n):
-        bar.update(1)
-        bar.set_postfix_str(f"FID {trial.fid:.3f} at {trial.effective_nfe} eff. NFE ({trial.move})"[:90])
+        bar.set_postfix_str(f"plan {n}: FID {trial.fid:.3f} at {trial.effective_nfe} eff. NFE ({trial.move})"[:90])
 
-    tuner = Tuner(pipe, args.ref, extractor, args.features, opts, progress, world, args.start_plans)
+    tuner = Tuner(pipe, args.ref, extractor, args.features, opts, progress, world, args.start_plans, bar)
     chosen = tuner.run()
+    bar.total = bar.n                    # the search may end before its most plans
     bar.close()
     if not world.is_main:
         return
     save_tuned_plan(args.out, tuner, chosen, checkpoint=args.checkpoint or "bundled", feature_space=args.features,
                     ref=str(args.ref), start_plans=args.start, inference=dict(vars(pipe.options)))
+    if args.save_as is not None:
+        _save_into_model(args, tuner, chosen, world)
     trials = list(tuner.trials.values())
     print(format_table(trials, chosen))
     plot_front(trials, chosen, plot, title=f"{pipe.preset.name}: {len(trials)} plans screened on "
                f"{tuner.screen_num} samples")
     print(f"wrote the plan to {args.out} (lowdiff sample --plan {args.out}) and the front to {plot}", file=sys.stderr)
+
+
+def check_save_as(name: str, checkpoint: str | None) -> None:
+    """--save-as NAME: a new plan name for a model directory this user may write (before any work)."""
+    from ..plans import CONFIG_PLAN, PLANS_FILE
+    from ..storage import model_dir
+    if checkpoint is None or checkpoint.startswith("bundled:"):
+        raise ConfigError(f"--save-as {name}: bundled models are part of the installed package; copy the model "
+                          "directory (cp -r) and tune the copy (--checkpoint DIR)")
+    if name == CONFIG_PLAN or not name or not all(c.isalnum() or c in "-_." for c in name):
+        raise ConfigError(f"--save-as {name!r}: a plan name is letters, digits, '-', '_' or '.', and not "
+                          f"{CONFIG_PLAN!r} (config.json's plan)")
+    check_output(model_dir(checkpoint) / PLANS_FILE, "--save-as")
+
+
+def _save_into_model(args, tuner, chosen, world) -> None:
+    from ..eval.bench import device_name
+    from ..plans import Figures, ModelPlans, NamedPlan
+    from ..storage import model_dir
+    o = tuner.opts
+    figures = Figures(fid=chosen.fid_confirmed if chosen.fid_confirmed is not None else chosen.fid, samples=o.num,
+                      images_per_s=chosen.images_per_s, device=device_name(str(world.device)), batch=o.batch,
+                      seeds=f"{o.seed}-{o.seed + o.num - 1}", feature_space=args.features,
+                      source=f"lowdiff tune (budget: {o.budget_nfe or o.budget_latency}; plan file {args.out})")
+    plans = ModelPlans.read(args.checkpoint)
+    plans.add(NamedPlan(args.save_as, chosen.stages, f"tuned by lowdiff tune at budget {o.budget_nfe or o.budget_latency}",
+                        figures))
+    path = plans.write(model_dir(args.checkpoint))
+    print(f"added plan {args.save_as!r} to {path}; the model's default plan is now {plans.default().name!r}",
+          file=sys.stderr)

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from ..data import open_dataset
 from ..distributed import SINGLE, World
 from ..errors import ConfigError, MetricError
+from ..progress import image_bar
 from ..seeds import Seeds
 from .metrics import FeatureStats, frechet_distance, inception_score, load_stats, save_stats, statistics
 
@@ -107,7 +108,8 @@ def reference_stats(data, out: str | Path, extractor, feature_space: str, split:
             f, lg = extractor(ds.images[i * batch:(i + 1) * batch])
         return f.double().cpu().numpy(), None if lg is None else lg.double().cpu().numpy()
 
-    stats = accumulate(world, (len(ds) + batch - 1) // batch, features_of, progress, "features")
+    with image_bar(len(ds), "features", disable=not progress or not world.is_main) as bar:
+        stats = accumulate(world, (len(ds) + batch - 1) // batch, features_of, bar)
     if not world.is_main:
         return None
     write_stats(out, stats, extractor, data=ds.name)
@@ -137,12 +139,13 @@ class Evaluation:
 
 
 def evaluate_pipeline(pipe, ref: str | Path | tuple, extractor, feature_space: str, num: int = 10_000, seed: int = 0,
-                      stages=None, batch: int = 256, progress: bool = True, world: World = SINGLE) -> Evaluation:
+                      stages=None, batch: int = 256, progress: bool = True, world: World = SINGLE,
+                      bar=None) -> Evaluation:
     """Generate seeds [seed, seed + num) and compare their features with `ref`: a statistics
     file (checked against the extractor first) or (mu, sigma) already checked. Under torchrun
     (`world`) each rank makes and extracts every N-th batch and rank 0 accumulates the float64
     statistics in batch order, so the FID equals one process's to the last digit; every rank
-    returns it."""
+    returns it. `bar`: an image progress bar to advance (e.g. a tune's), else one of its own."""
     if num < 2:
         raise ConfigError(f"an FID needs at least 2 samples, got num={num}")
     if isinstance(ref, tuple):
@@ -152,10 +155,12 @@ def evaluate_pipeline(pipe, ref: str | Path | tuple, extractor, feature_space: s
     seeds = Seeds.count(seed, num)
     plan = pipe.plan(stages)
     generation_s, generated = [0.0], [0]
+    own_bar = bar is None
+    bar = image_bar(num, "fid", disable=not progress or not world.is_main) if own_bar else bar
 
     def features_of(i: int):
         start_time = time.perf_counter()
-        images, _, _ = pipe.sample_batch(seeds.batch(i, batch), None, plan)
+        images, _, _ = pipe.sample_batch(seeds.batch(i, batch), None, plan, bar if world.size == 1 else None)
         generation_s[0] += time.perf_counter() - start_time
         generated[0] += len(images)
         with torch.inference_mode():
@@ -163,7 +168,9 @@ def evaluate_pipeline(pipe, ref: str | Path | tuple, extractor, feature_space: s
         return f.double().cpu().numpy(), None if lg is None else lg.double().cpu().numpy()
 
     result = None
-    stats = accumulate(world, seeds.num_batches(batch), features_of, progress, "fid")
+    stats = accumulate(world, seeds.num_batches(batch), features_of, bar, counted=world.size == 1)
+    if own_bar:
+        bar.close()
     if world.is_main:
         fid = frechet_distance(stats.mu, stats.sigma, mu_ref, sigma_ref)
         score = inception_score(np.concatenate(stats.logits)) if stats.logits else None
@@ -179,12 +186,12 @@ class _Stats(FeatureStats):
         self.logits: list[np.ndarray] = []
 
 
-def accumulate(world: World, num_batches: int, features_of, progress: bool, desc: str) -> _Stats | None:
+def accumulate(world: World, num_batches: int, features_of, bar, counted: bool = False) -> _Stats | None:
     """Feature statistics over batches 0 .. num_batches - 1, `features_of(i)` -> (features,
     logits or None) float64: made by the ranks in turn, summed by rank 0 in batch order (None
-    on the other ranks)."""
+    on the other ranks). `bar` (an image bar) advances by each batch's images unless
+    `features_of` already `counted` them."""
     stats = None
-    bar = tqdm(total=num_batches, disable=not progress or not world.is_main, desc=desc, unit="batch")
     for i in world.rounds(num_batches):
         for item in world.gather(features_of(i) if i is not None else None) or []:
             if item is None:
@@ -194,8 +201,8 @@ def accumulate(world: World, num_batches: int, features_of, progress: bool, desc
             stats.update(f)
             if lg is not None:
                 stats.logits.append(lg)
-            bar.update(1)
-    bar.close()
+            if not counted:
+                bar.update(len(f))
     return stats
 
 

@@ -14,7 +14,8 @@ from functools import cached_property
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
+
+from ..progress import image_bar
 
 
 def weights_sha256(module: nn.Module) -> str:
@@ -129,8 +130,10 @@ def extract(extractor, images_uint8, batch: int = 256,
         raise ValueError(f"extract needs images (N, C, H, W), got shape {tuple(images.shape)}")
     feats, logits = [], []
     with torch.inference_mode():
-        for start in tqdm(range(0, len(images), batch), disable=not progress, desc="features", unit="batch"):
+        bar = image_bar(len(images), "features", disable=not progress)
+        for start in range(0, len(images), batch):
             f, lg = extractor(images[start:start + batch])
+            bar.update(len(f))
             feats.append(f.detach().to("cpu", torch.float64).numpy())
             if lg is not None:
                 logits.append(lg.detach().to("cpu", torch.float64).numpy())

@@ -331,7 +331,7 @@ class Tuner:
     every rank takes the same decisions and one process's plan comes out."""
 
     def __init__(self, pipe, ref, extractor, feature_space: str, opts: TuneOptions, progress=None,
-                 world: World = SINGLE, start_plans: list[tuple[str, StagePlan]] = ()):
+                 world: World = SINGLE, start_plans: list[tuple[str, StagePlan]] = (), bar=None):
         for name, plan in start_plans:       # a plan for other resolutions fails here, not as a skipped trial
             try:
                 pipe.preset.check_plan(plan)
@@ -345,7 +345,7 @@ class Tuner:
             raise ConfigError("tune needs screen_num >= 2, confirm >= 1 and trials >= 1")
         self.pipe, self.extractor, self.feature_space = pipe, extractor, feature_space
         self.ref = check_reference(ref, {**extractor.identity, "feature_space": feature_space})   # before any work
-        self.opts, self.progress, self.world = opts, progress, world
+        self.opts, self.progress, self.world, self.bar = opts, progress, world, bar
         self.costs = world.broadcast(measure_costs(pipe, opts) if world.is_main else None)
         self.trials: dict[str, Trial] = {}
 
@@ -356,7 +356,8 @@ class Tuner:
     def _fid(self, stages: StagePlan, num: int):
         o = self.opts
         return evaluate_pipeline(self.pipe, self.ref, self.extractor, self.feature_space, num=num, seed=o.seed,
-                                 stages=stages, batch=min(o.batch, num), progress=False, world=self.world)
+                                 stages=stages, batch=min(o.batch, num), progress=False, world=self.world,
+                                 bar=self.bar)
 
     def evaluate(self, stages, move: str) -> Trial | None:
         """Screening FID of a plan (memoised); None when out of budget, invalid or out of trials."""

@@ -1,0 +1,73 @@
+"""Write the named plans that ship with the bundled models (lowdiff/assets/NAME/plans.json) from
+the measured frontier rows (docs/results/frontier*.json): each plan's stages and figures are the
+row's, never retyped. Re-run after a frontier is re-measured:
+
+    python scripts/ship_plans.py
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lowdiff import bundled
+from lowdiff.diffusion.plan import StagePlan
+from lowdiff.plans import Figures, ModelPlans, NamedPlan
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER = {"lowdiff": "paper plan, Heun", "baseline": "Heun 18 steps"}
+# model -> (frontier file, family, {plan name: (frontier row label, description)})
+SHIPPED = {
+    "fashion-lowdiff-cond": ("frontier.json", "lowdiff", {
+        "best": ("tuned, budget 9 eff. NFE", "lowest FID: tuned at budget 9"),
+        "balanced": ("tuned, budget 6 eff. NFE", "tuned at budget 6"),
+        "fast": ("tuned, budget 4 eff. NFE", "tuned at budget 4 (warm-started 16x16 and 32x32)")}),
+    "fashion-edm-cond": ("frontier.json", "baseline", {
+        "best": ("tuned, budget 13 eff. NFE", "lowest FID: tuned at budget 13"),
+        "fast": ("tuned, budget 6 eff. NFE", "tuned at budget 6"),
+        "fastest": ("tuned, budget 5 eff. NFE", "tuned at budget 5")}),
+    "cifar-lowdiff-cond": ("frontier-cifar.json", "lowdiff", {
+        "best": ("tuned, budget 9 eff. NFE", "lowest FID: tuned at budget 9"),
+        "fast": ("tuned, budget 6 eff. NFE", "tuned at budget 6"),
+        "fastest": ("tuned, budget 5 eff. NFE", "tuned at budget 5")}),
+    "cifar-edm-cond": ("frontier-cifar.json", "baseline", {
+        "best": ("tuned, budget 7 eff. NFE", "lowest FID: tuned at budget 7"),
+        "fast": ("tuned, budget 6 eff. NFE", "tuned at budget 6"),
+        "fastest": ("tuned, budget 5 eff. NFE, search also started from tuned2-cifar-edm-b6 and tuned2-cifar-edm-b7",
+                    "tuned at budget 5")}),
+}
+
+
+def row_plan(row: dict, name: str, description: str, frontier: dict, source: str) -> NamedPlan:
+    figures = Figures(fid=row["fid"], samples=frontier["num"], images_per_s=row["images_per_s"],
+                      device=f"one CPU thread, {row['switches']}", batch=frontier["batch"],
+                      seeds="100000-101999", feature_space="classifier (bundled)",
+                      source=f"docs/benchmarks.md, section {source} ({frontier['title']})")
+    return NamedPlan(name, StagePlan.from_list(row["plan"], f"{source}: {row['label']}"), description, figures)
+
+
+def ship(model: str) -> Path:
+    file, family, named = SHIPPED[model]
+    frontier = json.loads((ROOT / "docs" / "results" / file).read_text())
+    rows = {r["label"]: r for r in frontier["rows"] if r["family"] == family}
+    section = "frontier" if file == "frontier.json" else "frontier-cifar"
+    directory = bundled.ASSETS / model
+    plans = ModelPlans.read(directory)
+    plans.plans = {k: v for k, v in plans.plans.items() if k == "config"}
+    paper = row_plan(rows[PAPER[family]], "paper", "the preset's plan from the paper (its config.json)", frontier,
+                     section)
+    if paper.stages != plans.plans["config"].stages:
+        raise SystemExit(f"{model}: the frontier's paper row is not config.json's plan")
+    plans.add(paper)
+    for name, (label, description) in named.items():
+        plans.add(row_plan(rows[label], name, description, frontier, section))
+    plans.fid_noise = frontier["noise"]
+    plans.extra = {"fid_noise_source": f"seed-to-seed spread of the tuned baseline's best FID on 5 disjoint sets of "
+                                       f"{frontier['num']} seeds (docs/benchmarks.md, section {section})"}
+    return plans.write(directory)
+
+
+if __name__ == "__main__":
+    for model in SHIPPED:
+        path = ship(model)
+        default = ModelPlans.read(path.parent).default()
+        print(f"{path.relative_to(ROOT)}: default {default.summary()}")
