@@ -265,7 +265,8 @@ def markdown(rows, report, noise, noise_row, noise_fids, headlines, bf16_gaps, a
                 if args.fast_fid == "fp32" else
                 "The fast rows take the FID of their precision's eager samples (compilation and channels_last "
                 "change samples only by rounding)."), "",
-             f"Command: `{command}`", "",
+             f"Command: `{command}`, run from the repository root after the reference was made there by "
+             f"`lowdiff eval ref --data {args.ref_name.split('|')[0]} --out {args.ref}`.", "",
              f"FID noise: {noise:.3f} = the standard deviation of the FIDs of the baseline's best plan "
              f"(*{noise_row}*) on {args.noise_sets} disjoint seed ranges of {args.num} samples, seeds {args.seed}-"
              f"{args.seed + args.noise_sets * args.num - 1} ({noise_fids}): the seed-to-seed noise of a FID at this "
