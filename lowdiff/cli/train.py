@@ -44,6 +44,11 @@ def register(sub) -> None:
                    help="training-state interval in kimg (default: the preset's)")
     s.add_argument("--log-kimg", dest="log_kimg", type=positive_float, help="loss log interval in kimg "
                    "(default: the preset's)")
+    s.add_argument("--init-from", dest="init_from", metavar="MODEL",
+                   help="start a new run from a trained single-resolution model of the same architecture: a lowdiff "
+                   "model directory, bundled:NAME (e.g. bundled:fashion-edm-cond) or a .safetensors state dict "
+                   "exported from EDM's code (README); at step 0 the top-resolution stage computes what MODEL "
+                   "computes. A resumed run continues from its state")
     s.add_argument("--restart", action="store_true", help="discard the run in --out (states, log, model) and start "
                    "afresh; needed when its states are corrupt or it has a model but no state")
     add_progress(s)
@@ -51,6 +56,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int | None:
+    from ..train.init_from import load_baseline_for
     from ..train.loop import check_same_data, open_training_data, run_training
     check_device(args.device)
     check_output(args.out, directory=True)
@@ -60,6 +66,7 @@ def run(args) -> int | None:
             setattr(preset.train, key, getattr(args, key))
     preset.validate()                    # every number and size checked before the data are read
     matched = size_by_compute(preset, args)
+    baseline = load_baseline_for(args.init_from, preset) if args.init_from else None
     dataset = open_training_data(preset, args.data)
     if matched is not None:
         check_same_data(matched, dataset)
@@ -69,7 +76,7 @@ def run(args) -> int | None:
                  if args.match_compute or args.duration_tflop else "")
         print(f"training {preset.name} on {dataset.name} ({len(dataset)} images){sized} -> {args.out}", file=sys.stderr)
     trainer = run_training(preset, dataset, args.out, device=args.device, progress=not args.no_progress,
-                           restart=args.restart)
+                           restart=args.restart, init_from=baseline)
     if trainer.stopped_by is not None:
         return stopped_status(trainer.stopped_by)
     if main_rank:

@@ -31,6 +31,7 @@ from ..diffusion.denoiser import Denoiser
 from ..diffusion.loss import BatchNoise, LossModule
 from ..distributed import close_distributed, init_distributed
 from .common import DataStream, StopRequest, load_optimizer, optimizer_tensors
+from .init_from import Baseline
 from .compute import LOG_FILE, RecordedCompute, threads_in_use, training_tflop
 from ..errors import ConfigError
 from .ema import ema_beta, update_ema
@@ -111,7 +112,8 @@ class Trainer:
     """Owns the model, EMA, optimizer, RNG state and data position of one run."""
 
     def __init__(self, preset: Preset, dataset: ImageDataset, run_dir: str | Path, device: str = "cpu",
-                 restart: bool = False):
+                 restart: bool = False, init_from: Baseline | None = None):
+        """`init_from`: the baseline a new run starts from (`--init-from`); a resumed run ignores it."""
         preset.validate()
         check_dataset(preset, dataset)
         record_dataset(preset, dataset)
@@ -136,6 +138,7 @@ class Trainer:
         training_tflop(preset, 0)                           # counts the FLOPs per image now, outside the timed loop
         self.thread_seconds, self.started = 0.0, None      # one-thread seconds before this process; its start
         self.restart, self.stopped_by = restart, None     # stopped_by: the signal that ended the run early
+        self.init_from = init_from
         torch.manual_seed(t.seed * 7919 + self.rank)      # dropout differs per rank, as in EDM
 
     @property
@@ -155,7 +158,8 @@ class Trainer:
             return
         meta = dict(nimg=self.nimg, epoch=self.stream.epoch, position=self.stream.position,
                     param_groups=self.opt.state_dict()["param_groups"], scaler=self.scaler.state_dict(),
-                    preset=self.preset.to_dict(), thread_seconds=self.spent_thread_seconds())
+                    preset=self.preset.to_dict(), thread_seconds=self.spent_thread_seconds(),
+                    init_from=self.init_from.spec if self.init_from else None)
         storage.save_state(self.run_dir, self.step, self.state_tensors(), meta,
                            keep=self.preset.train.keep_checkpoints)
 
@@ -189,6 +193,18 @@ class Trainer:
         self.thread_seconds = meta.get("thread_seconds", 0.0)     # states written before it was recorded: 0
         self.stream.epoch, self.stream.position = meta["epoch"], meta["position"]
         return True
+
+    def start(self) -> bool:
+        """Resume from the newest state in the run directory, else start afresh: from the baseline
+        when `init_from` is given (model and EMA alike). True when resumed."""
+        if self.try_resume():
+            return True
+        if self.init_from is not None:
+            self.init_from.apply(self.model)
+            self.ema.load_state_dict(self.model.state_dict())
+            if self.is_main:
+                tqdm.write(f"started from {self.init_from.spec}", file=sys.stderr)
+        return False
 
     # --- one optimisation step ---------------------------------------------------------------
     def _rows(self, k: int) -> slice:
@@ -264,7 +280,7 @@ class Trainer:
     def run(self, duration_kimg: float | None = None, progress: bool = True) -> Path:
         t = self.preset.train
         total = int((duration_kimg or t.duration_kimg) * 1000)
-        resumed = self.try_resume()
+        resumed = self.start()
         if self.world > 1:
             dist.barrier()      # every rank has read --out before rank 0 writes a file into it
         if self.is_main:
@@ -357,11 +373,12 @@ def train(preset: Preset, dataset: ImageDataset, run_dir: str | Path, device: st
 
 
 def run_training(preset: Preset, dataset: ImageDataset, run_dir: str | Path, device: str = "cpu",
-                 duration_kimg: float | None = None, progress: bool = True, restart: bool = False) -> "Trainer":
+                 duration_kimg: float | None = None, progress: bool = True, restart: bool = False,
+                 init_from: Baseline | None = None) -> "Trainer":
     """Train (or resume) a run and return the trainer (`run_dir`, `stopped_by`). Under torchrun the
     process group is left afterwards, once all ranks arrive (at once after an error)."""
     try:
-        trainer = Trainer(preset, dataset, run_dir, device, restart=restart)
+        trainer = Trainer(preset, dataset, run_dir, device, restart=restart, init_from=init_from)
         trainer.run(duration_kimg, progress)
     except BaseException:
         close_distributed(barrier=False)
