@@ -190,6 +190,8 @@ BAD_INPUTS = [
      "not a training run"),
     (["train", "--preset", "lowdiff-fashion-tiny", "--out", "{tmp}/r", "--data", "synthetic:8", "--match-compute",
       "{otherdata}"], "that run trained on cifar10:train"),
+    (["train", "--preset", "lowdiff-fashion-tiny", "--out", "{tmp}/r", "--data", "synthetic:8", "--match-compute",
+      "{legacyrun}"], "a run of another dataset"),         # a log without the dataset's name: its network must fit
     (["train", "--preset", "lowdiff-fashion-tiny-cond", "--out", "{tmp}/r", "--init-from", "bundled:cifar-edm-cond"],
      "network in_channels: 3 there, 1"),
     (["train", "--preset", "lowdiff-fashion-tiny-cond", "--out", "{tmp}/r", "--init-from",
@@ -263,6 +265,10 @@ def bad_files(model: Path, tmp: Path) -> dict[str, Path]:
     paths["otherdata"].mkdir()
     (paths["otherdata"] / "config.json").write_text(json.dumps(config))
     (paths["otherdata"] / "log.jsonl").write_text(json.dumps({"kimg": 1, "train_tflop": 10, "dataset": "cifar10:train"}))
+    paths["legacyrun"] = tmp / "legacyrun"                 # 3 classes; its log predates train_tflop and dataset
+    paths["legacyrun"].mkdir()
+    (paths["legacyrun"] / "config.json").write_text(json.dumps(config))
+    (paths["legacyrun"] / "log.jsonl").write_text(json.dumps({"kimg": 100}))
     paths["logonly"] = tmp / "logonly"                     # a log but no config.json
     paths["logonly"].mkdir()
     (paths["logonly"] / "log.jsonl").write_text(json.dumps({"kimg": 1}))
