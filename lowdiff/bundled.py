@@ -15,8 +15,9 @@ def names() -> list[str]:
 
 
 def models() -> list[str]:
-    """The bundled models (`lowdiff sample --checkpoint bundled:NAME`): assets with a config.json."""
-    return [n for n in names() if (ASSETS / n / "config.json").is_file()]
+    """The bundled models (`lowdiff sample --checkpoint bundled:NAME`): model directories, not the
+    VAE or the classifiers."""
+    return [n for n in names() if (ASSETS / n / "model.safetensors").is_file()]
 
 
 def resolve(spec: str | Path) -> Path:

@@ -43,6 +43,23 @@ def flops_per_evaluation(preset: Preset) -> dict[int, float]:
     return _flops(preset.to_json())
 
 
+# Training compute. A training step runs the network forward and backward at every stage
+# resolution of each image (`multires_loss`; a baseline has one resolution, a CDM one network
+# per resolution). Convention: the backward pass costs twice the forward (gradients with
+# respect to activations and to weights, each as many multiply-adds as the forward; Kaplan et
+# al. 2020, "Scaling laws for neural language models", Sec. 2.1), so a training image costs
+# 3x the forward FLOPs summed over the stage resolutions. FLOPs are what `FlopCounterMode`
+# counts: convolutions, matrix products and attention (2 x MACs); normalisations,
+# activations and the optimizer are left out.
+TRAINING_FLOPS_PER_FORWARD = 3
+
+
+def training_flops_per_image(preset: Preset) -> dict[int, float]:
+    """Training FLOPs (forward + backward) per image at each stage resolution."""
+    forward = flops_per_evaluation(preset)
+    return {r: TRAINING_FLOPS_PER_FORWARD * forward[r] for r in preset.resolutions}
+
+
 def describe(preset: Preset | str) -> dict:
     preset = get_preset(preset) if isinstance(preset, str) else preset
     preset.validate()
@@ -82,6 +99,9 @@ def describe(preset: Preset | str) -> dict:
                      "lr_rampup_kimg": t.lr_rampup_kimg, "ema_halflife_kimg": t.ema_halflife_kimg,
                      "precision": t.precision, "seed": t.seed, "checkpoint_kimg": t.checkpoint_kimg,
                      "log_kimg": t.log_kimg}
+    train_flops = training_flops_per_image(preset)
+    info["train"]["gflops_per_image"] = {r: round(v / 1e9, 4) for r, v in train_flops.items()}
+    info["train"]["gflops_per_image_total"] = round(sum(train_flops.values()) / 1e9, 4)
     if preset.latent is not None:
         info["latent"] = {"image_resolution": preset.latent.image_resolution, "vae": preset.latent.vae or
                           "recorded from the latent dataset at training (`lowdiff dataset encode --vae ...`)"}
@@ -159,6 +179,9 @@ def format_info(info: dict) -> str:
     lines.append(f"  training        data {t['data'] or '(pass --data)'}, batch {t['batch']}, lr {t['lr']:g}, "
                  f"{t['duration_kimg']:g} kimg, EMA half-life {t['ema_halflife_kimg']:g} kimg, {t['precision']}, "
                  f"seed {t['seed']}, states every {t['checkpoint_kimg']:g} kimg")
+    per_res = ", ".join(f"{r}x{r} {v:g}" for r, v in t["gflops_per_image"].items())
+    lines.append(f"  training FLOPs  {t['gflops_per_image_total']:g} GFLOP per image ({per_res}; forward + "
+                 f"backward = {TRAINING_FLOPS_PER_FORWARD}x the forward at every stage resolution)")
     if "latent" in info:
         lines.append(f"  latents         of {info['latent']['image_resolution']}px images; VAE: {info['latent']['vae']}")
     if "paper" in info:

@@ -13,7 +13,7 @@ import lowdiff
 from lowdiff import bundled
 
 RECORD = Path(__file__).parent / "data" / "bundled_samples.safetensors"
-MODELS = [n for n in bundled.names() if (bundled.ASSETS / n / "model.safetensors").is_file()]
+MODELS = bundled.models()
 
 
 def sample(name: str) -> torch.Tensor:

@@ -11,6 +11,7 @@ from lowdiff.diffusion.denoiser import Denoiser, count_parameters
 from lowdiff.diffusion.loss import multires_loss
 from lowdiff.info import describe, meta_denoiser
 from lowdiff.nn.unet import UnifiedUNet, convert_edm_state_dict
+from helpers import to_edm_layout
 
 
 @pytest.mark.parametrize("name,count", [("edm-cifar10-uncond", 55_733_891), ("edm-cifar10-cond", 55_735_299),
@@ -108,29 +109,11 @@ def test_edm_key_map_loads_an_edm_layout_state_dict(tiny):
     """Round trip through EDM's naming (model.-prefixed, stem `enc.RxR_conv`, head `aux_*`,
     resample_filter buffers) recovers our weights exactly."""
     p = tiny(stages=(32,))
-    net = UnifiedUNet(p.network)
-    ours = net.state_dict()
-    edm = {}
-    for k, v in ours.items():
-        k = k.replace("inputs.32x32.", "enc.32x32_conv.").replace("outputs.32x32.norm.", "dec.32x32_aux_norm.")
-        k = k.replace("outputs.32x32.conv.", "dec.32x32_aux_conv.")
-        edm["model." + k] = v
-    edm["model.enc.16x16_down.conv0.resample_filter"] = torch.ones(1, 1, 2, 2)
+    ours = UnifiedUNet(p.network).state_dict()
+    edm = to_edm_layout(ours, 32)
     converted = convert_edm_state_dict(edm, 32)
     assert converted.keys() == ours.keys()
     UnifiedUNet(p.network).load_state_dict(converted)
-
-
-def to_edm_layout(state: dict, resolution: int) -> dict:
-    """Our UnifiedUNet state dict in NVlabs/edm's naming (inside EDMPrecond: `model.` prefix,
-    stem `enc.RxR_conv`, head `dec.RxR_aux_*`, resample_filter buffers)."""
-    R = f"{resolution}x{resolution}"
-    out = {}
-    for k, v in state.items():
-        k = k.replace(f"inputs.{R}.", f"enc.{R}_conv.").replace(f"outputs.{R}.norm.", f"dec.{R}_aux_norm.")
-        out["model." + k.replace(f"outputs.{R}.conv.", f"dec.{R}_aux_conv.")] = v
-    out[f"model.enc.{resolution // 2}x{resolution // 2}_down.resample_filter"] = torch.ones(1, 1, 2, 2)
-    return out
 
 
 @pytest.mark.parametrize("name", ["edm-cifar10-uncond", "edm-cifar10-cond", "edm-ffhq64"])

@@ -180,6 +180,27 @@ BAD_INPUTS = [
     (["train", "--preset", "lowdiff-fashion-tiny", "--out", "{tmp}/r", "--batch", "0"], "--batch"),
     (["train", "--preset", "lowdiff-fashion-tiny", "--out", "{tmp}/r", "--duration-kimg", "0"], "--duration-kimg"),
     (["train", "--preset", "lowdiff-fashion-latent-tiny", "--out", "{tmp}/r"], "dataset encode"),
+    (["train", "--preset", "lowdiff-fashion-tiny", "--out", "{tmp}/r", "--duration-tflop", "nan"], "--duration-tflop"),
+    (["train", "--preset", "lowdiff-fashion-tiny", "--out", "{tmp}/r", "--duration-tflop", "-1"], "--duration-tflop"),
+    (["train", "--preset", "lowdiff-fashion-tiny", "--out", "{tmp}/r", "--duration-tflop", "0.01"], "one batch"),
+    (["train", "--preset", "lowdiff-fashion-tiny", "--out", "{tmp}/r", "--duration-tflop", "1", "--duration-kimg", "1"],
+     "--duration-kimg"),
+    (["train", "--preset", "lowdiff-fashion-tiny", "--out", "{tmp}/r", "--match-compute", "{tmp}"], "not a training run"),
+    (["train", "--preset", "lowdiff-fashion-tiny", "--out", "{tmp}/r", "--match-compute", "{logonly}"],
+     "not a training run"),
+    (["train", "--preset", "lowdiff-fashion-tiny", "--out", "{tmp}/r", "--data", "synthetic:8", "--match-compute",
+      "{otherdata}"], "that run trained on cifar10:train"),
+    (["train", "--preset", "lowdiff-fashion-tiny", "--out", "{tmp}/r", "--data", "synthetic:8", "--match-compute",
+      "{legacyrun}"], "a run of another dataset"),         # a log without the dataset's name: its network must fit
+    (["train", "--preset", "lowdiff-fashion-tiny-cond", "--out", "{tmp}/r", "--init-from", "bundled:cifar-edm-cond"],
+     "network in_channels: 3 there, 1"),
+    (["train", "--preset", "lowdiff-fashion-tiny-cond", "--out", "{tmp}/r", "--init-from",
+      "bundled:fashion-lowdiff-cond"], "cascade"),
+    (["train", "--preset", "lowdiff-fashion-tiny-cond", "--out", "{tmp}/r", "--init-from", "bundled:fashion-latent-flow"],
+     "family"),
+    (["train", "--preset", "lowdiff-fashion-tiny-cond", "--out", "{tmp}/r", "--init-from", "{tmp}/absent"], "--init-from"),
+    (["train", "--preset", "cdm-fashion-tiny-2stage", "--out", "{tmp}/r", "--init-from", "bundled:fashion-edm-cond"],
+     "one network per stage"),
     (["tune", "--ref", "{tmp}/r.npz", "--out", "{tmp}/p.json", "--trials", "0"], "--trials"),
     (["tune", "--ref", "{tmp}/r.npz", "--out", "{tmp}/p.json", "--budget-nfe", "-2"], "--budget-nfe"),
     (["vae", "train", "--data", "synthetic", "--out", "{tmp}/v", "--kimg", "0"], "--kimg"),
@@ -240,6 +261,17 @@ def bad_files(model: Path, tmp: Path) -> dict[str, Path]:
                             ("wrongmu", np.zeros(64), np.eye(64)), ("shortmu", np.zeros(127), np.eye(128))):
         paths[name] = tmp / f"{name}.npz"
         np.savez(paths[name], mu=mu, sigma=sigma, **(identity if name != "wrongmu" else dict(identity)))
+    paths["otherdata"] = tmp / "otherdata"                 # a run of CIFAR-10 (as its log says)
+    paths["otherdata"].mkdir()
+    (paths["otherdata"] / "config.json").write_text(json.dumps(config))
+    (paths["otherdata"] / "log.jsonl").write_text(json.dumps({"kimg": 1, "train_tflop": 10, "dataset": "cifar10:train"}))
+    paths["legacyrun"] = tmp / "legacyrun"                 # 3 classes; its log predates train_tflop and dataset
+    paths["legacyrun"].mkdir()
+    (paths["legacyrun"] / "config.json").write_text(json.dumps(config))
+    (paths["legacyrun"] / "log.jsonl").write_text(json.dumps({"kimg": 100}))
+    paths["logonly"] = tmp / "logonly"                     # a log but no config.json
+    paths["logonly"].mkdir()
+    (paths["logonly"] / "log.jsonl").write_text(json.dumps({"kimg": 1}))
     paths["truncated"] = tmp / "truncated.npz"
     paths["truncated"].write_bytes(paths["okstats"].read_bytes()[:200])
     paths["garbage"] = tmp / "garbage.npz"

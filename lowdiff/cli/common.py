@@ -94,15 +94,12 @@ def sampling_plan(args, default, plans=None, precond=None):
     sampling range (EDM's by default)."""
     from ..diffusion.precond import EDM
     from ..plans import NamedPlan
-    chosen = default
-    if getattr(args, "plan", None):
-        chosen = _named_or_file(args.plan, plans)
-    edits = ([f"--solver {args.solver}"] if getattr(args, "solver", None) else []) + \
-        [f"--stage {o}" for o in getattr(args, "stage", None) or []]
-    if edits:
-        plan = chosen.stages.with_solver(args.solver) if getattr(args, "solver", None) else chosen.stages
-        chosen = NamedPlan(f"{chosen.name} with {' '.join(edits)}", plan.override(getattr(args, "stage", None) or []),
-                           chosen.description)
+    chosen = _named_or_file(args.plan, plans) if getattr(args, "plan", None) else default
+    solver, overrides = getattr(args, "solver", None), getattr(args, "stage", None) or []
+    if solver or overrides:
+        plan = chosen.stages.with_solver(solver) if solver else chosen.stages
+        edits = ([f"--solver {solver}"] if solver else []) + [f"--stage {o}" for o in overrides]
+        chosen = NamedPlan(f"{chosen.name} with {' '.join(edits)}", plan.override(overrides), chosen.description)
     low, high = (precond or EDM()).sampling_range
     for s in chosen.stages:
         if s.schedule == "edm" and 0 < s.sigma_min < s.sigma_max < float("inf") and (s.sigma_max > 6 * high or

@@ -31,12 +31,24 @@ def register(sub) -> None:
     s.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="mixed precision (default: the preset's)")
     s.add_argument("--compile", action="store_true", default=None, help="torch.compile the network")
     s.add_argument("--seed", type=nonnegative_int, help="training seed (default: the preset's, 0)")
-    s.add_argument("--duration-kimg", dest="duration_kimg", type=positive_float,
-                   help="training length in thousands of images (default: the preset's)")
+    length = s.add_mutually_exclusive_group()
+    length.add_argument("--duration-kimg", dest="duration_kimg", type=positive_float,
+                        help="training length in thousands of images (default: the preset's)")
+    length.add_argument("--duration-tflop", dest="duration_tflop", type=positive_float, metavar="TFLOP",
+                        help="training length as training compute: images x the preset's training FLOPs per image "
+                        "(`lowdiff info PRESET`; forward + backward at every stage resolution)")
+    length.add_argument("--match-compute", dest="match_compute", metavar="RUN_DIR",
+                        help="train until this run's compute equals the compute RUN_DIR's log records (a run of "
+                        "the same dataset), e.g. a cascade at its baseline's compute")
     s.add_argument("--checkpoint-kimg", dest="checkpoint_kimg", type=positive_float,
                    help="training-state interval in kimg (default: the preset's)")
     s.add_argument("--log-kimg", dest="log_kimg", type=positive_float, help="loss log interval in kimg "
                    "(default: the preset's)")
+    s.add_argument("--init-from", dest="init_from", metavar="MODEL",
+                   help="start a new run from a trained single-resolution model of the same architecture: a lowdiff "
+                   "model directory, bundled:NAME (e.g. bundled:fashion-edm-cond) or a .safetensors state dict "
+                   "exported from EDM's code (README); at step 0 the top-resolution stage computes what MODEL "
+                   "computes. A resumed run continues from its state")
     s.add_argument("--restart", action="store_true", help="discard the run in --out (states, log, model) and start "
                    "afresh; needed when its states are corrupt or it has a model but no state")
     add_progress(s)
@@ -44,7 +56,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int | None:
-    from ..train.loop import open_training_data, run_training
+    from ..train.init_from import load_baseline_for
+    from ..train.loop import check_same_data, open_training_data, run_training
     check_device(args.device)
     check_output(args.out, directory=True)
     preset = get_preset(args.preset)
@@ -52,14 +65,35 @@ def run(args) -> int | None:
         if getattr(args, key) is not None:
             setattr(preset.train, key, getattr(args, key))
     preset.validate()                    # every number and size checked before the data are read
+    matched = size_by_compute(preset, args)
+    baseline = load_baseline_for(args.init_from, preset) if args.init_from else None
     dataset = open_training_data(preset, args.data)
+    if matched is not None:
+        check_same_data(matched, dataset)
     main_rank = os.environ.get("RANK", "0") == "0"
     if main_rank:
-        print(f"training {preset.name} on {dataset.name} ({len(dataset)} images) -> {args.out}", file=sys.stderr)
+        sized = (f" for {preset.train.duration_kimg:g} kimg (the compute asked for)"
+                 if args.match_compute or args.duration_tflop else "")
+        print(f"training {preset.name} on {dataset.name} ({len(dataset)} images){sized} -> {args.out}", file=sys.stderr)
     trainer = run_training(preset, dataset, args.out, device=args.device, progress=not args.no_progress,
-                           restart=args.restart)
+                           restart=args.restart, init_from=baseline)
     if trainer.stopped_by is not None:
         return stopped_status(trainer.stopped_by)
     if main_rank:
         print(f"run directory {trainer.run_dir} (model.safetensors holds the EMA weights)", file=sys.stderr)
     return None
+
+
+def size_by_compute(preset, args):
+    """--duration-tflop / --match-compute as the preset's duration_kimg; the matched run's record, if any."""
+    from ..train.compute import duration_kimg_for, recorded_compute
+    matched = recorded_compute(args.match_compute) if args.match_compute else None
+    if matched is not None:
+        tflop, option = matched.tflop, f"--match-compute {args.match_compute}"
+    elif args.duration_tflop is not None:
+        tflop, option = args.duration_tflop, "--duration-tflop"
+    else:
+        return None
+    preset.train.duration_kimg = duration_kimg_for(preset, tflop, option)
+    preset.validate()
+    return matched

@@ -265,6 +265,8 @@ class UnifiedDiT(nn.Module):
     the flow time t (N,), class_labels one-hot (N, K) with all-zero rows for the null class.
     Resolutions above `cfg.base_resolution` need `cond` (N, C, r, r).
     """
+    # The parts `baseline.load_baseline` sets: per-resolution stems, resolution and condition-noise embeddings.
+    STEM, RES_EMBED, COND_NOISE_EMBED = "x_embed", "res_embed", "cond_noise_embed"
 
     def __init__(self, cfg: DiTConfig):
         super().__init__()

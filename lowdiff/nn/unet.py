@@ -217,6 +217,8 @@ class UnifiedUNet(nn.Module):
             cond_noise_labels=None): x is (N, C, r, r) for a served r. Resolutions above
     `cfg.base_resolution` are conditioned: `cond` (N, C, r, r) is concatenated to x.
     """
+    # The parts `baseline.load_baseline` sets: per-resolution stems, resolution and condition-noise embeddings.
+    STEM, RES_EMBED, COND_NOISE_EMBED = "inputs", "map_resolution", "map_cond_noise"
 
     def __init__(self, cfg: UNetConfig):
         super().__init__()

@@ -31,6 +31,8 @@ from ..diffusion.denoiser import Denoiser
 from ..diffusion.loss import BatchNoise, LossModule
 from ..distributed import close_distributed, init_distributed
 from .common import DataStream, StopRequest, load_optimizer, optimizer_tensors
+from .init_from import Baseline
+from .compute import LOG_FILE, RecordedCompute, threads_in_use, training_tflop
 from ..errors import ConfigError
 from .ema import ema_beta, update_ema
 
@@ -57,6 +59,19 @@ def check_dataset(preset: Preset, ds: ImageDataset) -> None:
     if net.label_dim and (ds.labels is None or ds.num_classes > net.label_dim):
         raise ConfigError(f"preset {preset.name} is class-conditional with {net.label_dim} classes but dataset "
                           f"{ds.name} has {'no labels' if ds.labels is None else f'{ds.num_classes} classes'}")
+
+
+def check_same_data(run: RecordedCompute, ds: ImageDataset) -> None:
+    """--match-compute RUN_DIR: a ConfigError unless `ds` is the dataset that run trained on (for
+    logs written before the name was recorded: a dataset its network fits)."""
+    where = f"--match-compute {run.run_dir}"
+    if run.dataset is not None and run.dataset != ds.name:
+        raise ConfigError(f"{where}: that run trained on {run.dataset}, this one on {ds.name}; "
+                          "match the compute of a run of the same dataset")
+    try:
+        check_dataset(run.preset, ds)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: a run of another dataset ({e})") from None
 
 
 def _is_latent(ds) -> bool:
@@ -97,7 +112,8 @@ class Trainer:
     """Owns the model, EMA, optimizer, RNG state and data position of one run."""
 
     def __init__(self, preset: Preset, dataset: ImageDataset, run_dir: str | Path, device: str = "cpu",
-                 restart: bool = False):
+                 restart: bool = False, init_from: Baseline | None = None):
+        """`init_from`: the baseline a new run starts from (`--init-from`); a resumed run ignores it."""
         preset.validate()
         check_dataset(preset, dataset)
         record_dataset(preset, dataset)
@@ -119,7 +135,10 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
         self.stream = DataStream(len(dataset), t.seed)
         self.step, self.nimg = 0, 0
+        training_tflop(preset, 0)                           # counts the FLOPs per image now, outside the timed loop
+        self.thread_seconds, self.started = 0.0, None      # one-thread seconds before this process; its start
         self.restart, self.stopped_by = restart, None     # stopped_by: the signal that ended the run early
+        self.init_from = init_from
         torch.manual_seed(t.seed * 7919 + self.rank)      # dropout differs per rank, as in EDM
 
     @property
@@ -139,7 +158,8 @@ class Trainer:
             return
         meta = dict(nimg=self.nimg, epoch=self.stream.epoch, position=self.stream.position,
                     param_groups=self.opt.state_dict()["param_groups"], scaler=self.scaler.state_dict(),
-                    preset=self.preset.to_dict())
+                    preset=self.preset.to_dict(), thread_seconds=self.spent_thread_seconds(),
+                    init_from=self.init_from.spec if self.init_from else None)
         storage.save_state(self.run_dir, self.step, self.state_tensors(), meta,
                            keep=self.preset.train.keep_checkpoints)
 
@@ -150,7 +170,7 @@ class Trainer:
             return False
         found = storage.load_latest_state(self.run_dir)
         if found is None:
-            finished = [n for n in (storage.MODEL_FILE, "log.jsonl") if (self.run_dir / n).is_file()]
+            finished = [n for n in (storage.MODEL_FILE, LOG_FILE) if (self.run_dir / n).is_file()]
             if finished:
                 raise ConfigError(f"{self.run_dir} holds {' and '.join(finished)} but no training state to resume "
                                   "from; pass --restart to train afresh (overwriting them) or use a new --out")
@@ -170,8 +190,21 @@ class Trainer:
         if self.world == 1:
             torch.set_rng_state(tensors["rng.torch"])
         self.step, self.nimg = meta["step"], meta["nimg"]
+        self.thread_seconds = meta.get("thread_seconds", 0.0)     # states written before it was recorded: 0
         self.stream.epoch, self.stream.position = meta["epoch"], meta["position"]
         return True
+
+    def start(self) -> bool:
+        """Resume from the newest state in the run directory, else start afresh: from the baseline
+        when `init_from` is given (model and EMA alike). True when resumed."""
+        if self.try_resume():
+            return True
+        if self.init_from is not None:
+            self.init_from.apply(self.model)
+            self.ema.load_state_dict(self.model.state_dict())
+            if self.is_main:
+                tqdm.write(f"started from {self.init_from.spec}", file=sys.stderr)
+        return False
 
     # --- one optimisation step ---------------------------------------------------------------
     def _rows(self, k: int) -> slice:
@@ -247,7 +280,7 @@ class Trainer:
     def run(self, duration_kimg: float | None = None, progress: bool = True) -> Path:
         t = self.preset.train
         total = int((duration_kimg or t.duration_kimg) * 1000)
-        resumed = self.try_resume()
+        resumed = self.start()
         if self.world > 1:
             dist.barrier()      # every rank has read --out before rank 0 writes a file into it
         if self.is_main:
@@ -259,7 +292,8 @@ class Trainer:
                    desc=f"train {self.preset.name}" + (" (resumed)" if resumed else ""), smoothing=0.05)
         window: list[dict[int, torch.Tensor]] = []
         start, start_nimg = time.time(), self.nimg
-        log = open(self.run_dir / "log.jsonl", "a") if self.is_main else None
+        self.started = start
+        log = open(self.run_dir / LOG_FILE, "a") if self.is_main else None
         self.tensorboard = _tensorboard_writer(self.run_dir) if self.is_main else None
         try:
             with StopRequest() as stop:
@@ -289,6 +323,13 @@ class Trainer:
             storage.save_pretrained(self.run_dir, self.preset, self.ema.state_dict())
         return self.run_dir
 
+    def spent_thread_seconds(self) -> float:
+        """The run's one-thread seconds so far: those of earlier processes (resumed) plus this one's wall
+        seconds times its threads (`compute.threads_in_use`)."""
+        if self.started is None:
+            return self.thread_seconds
+        return self.thread_seconds + (time.time() - self.started) * threads_in_use(self.world)
+
     def _log(self, window, log, bar, start, start_nimg) -> None:
         mean = {r: float(np.mean([w[r].item() for w in window])) for r in window[0]}
         mean = self._mean_over_ranks(mean)
@@ -297,6 +338,8 @@ class Trainer:
         elapsed = time.time() - start
         record = {"step": self.step, "kimg": self.nimg / 1000, "seconds": round(elapsed, 1),
                   "images_per_s": round((self.nimg - start_nimg) / max(elapsed, 1e-9), 2),
+                  "train_tflop": training_tflop(self.preset, self.nimg),
+                  "thread_seconds": round(self.spent_thread_seconds(), 1), "dataset": self.ds.name,
                   "loss": sum(mean.values()), **{f"loss_{r}": v for r, v in mean.items()}}
         log.write(json.dumps(record) + "\n")
         log.flush()
@@ -319,7 +362,7 @@ def discard_run(run_dir: Path) -> None:
     import shutil
     for name in (storage.STATE_DIR, "tensorboard"):
         shutil.rmtree(run_dir / name, ignore_errors=True)
-    for name in (storage.MODEL_FILE, storage.CONFIG_FILE, "log.jsonl", storage.RUN_CONFIG_FILE):
+    for name in (storage.MODEL_FILE, storage.CONFIG_FILE, LOG_FILE, storage.RUN_CONFIG_FILE):
         (run_dir / name).unlink(missing_ok=True)
 
 
@@ -330,11 +373,12 @@ def train(preset: Preset, dataset: ImageDataset, run_dir: str | Path, device: st
 
 
 def run_training(preset: Preset, dataset: ImageDataset, run_dir: str | Path, device: str = "cpu",
-                 duration_kimg: float | None = None, progress: bool = True, restart: bool = False) -> "Trainer":
+                 duration_kimg: float | None = None, progress: bool = True, restart: bool = False,
+                 init_from: Baseline | None = None) -> "Trainer":
     """Train (or resume) a run and return the trainer (`run_dir`, `stopped_by`). Under torchrun the
     process group is left afterwards, once all ranks arrive (at once after an error)."""
     try:
-        trainer = Trainer(preset, dataset, run_dir, device, restart=restart)
+        trainer = Trainer(preset, dataset, run_dir, device, restart=restart, init_from=init_from)
         trainer.run(duration_kimg, progress)
     except BaseException:
         close_distributed(barrier=False)
