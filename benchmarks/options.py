@@ -42,6 +42,16 @@ def variants() -> list[Variant]:
     return out
 
 
+def bf16_units() -> str:
+    """Which bf16 instructions this CPU has (they decide whether bf16 autocast pays off)."""
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return "unknown"
+    found = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return ", ".join(found) if found else "none"
+
+
 def markdown(rows: list[dict], opts: BenchOptions, command: str) -> str:
     base = {r["label"].split(" ")[0]: r["images_per_s"] for r in rows if "[eager fp32]" in r["label"]
             and "paper" in r["label"]}
@@ -49,7 +59,8 @@ def markdown(rows: list[dict], opts: BenchOptions, command: str) -> str:
                   and "paper" not in r["label"]}
     lines = ["## Speed switches on this CPU: the shipped plans of the bundled Fashion pair", "",
              f"Measured {date.today().isoformat()} on **{device_name('cpu')}**; batch {opts.batch}, mean of "
-             f"{opts.repeats} timed runs after {opts.warmup} warm-up (compilation happens there), all "
+             f"{opts.repeats} timed runs after {opts.warmup} warm-up (compilation happens there); bf16 "
+             f"instructions of this CPU: {bf16_units()}; all "
              f"{len(rows)} rows timed alternately in one process, trained weights "
              f"(`{MODELS['LowDiff']}`, `{MODELS['EDM']}`). The default plan is what `lowdiff sample` and "
              "`lowdiff.load()` use (`lowdiff info bundled:NAME` lists the plans).", "",
