@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from .. import bundled
 from ..errors import CheckpointError
-from ..storage import atomic_write
+from ..files import atomic_write
 
 CACHE = Path("~/.cache/lowdiff").expanduser()
 DEFAULT_CLASSIFIER_DIR = Path(os.environ.get("LOWDIFF_CLASSIFIER", CACHE / "fashion-classifier")).expanduser()

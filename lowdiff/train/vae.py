@@ -27,6 +27,7 @@ from ..data.base import ImageDataset
 from ..data.vae import autoencoder_kl_class
 from ..errors import ConfigError
 from ..fields import jsonable
+from ..files import FILE_MODE
 from .common import DataStream, StopRequest, load_optimizer, optimizer_tensors
 
 
@@ -195,7 +196,7 @@ def save_vae(vae, out: Path) -> None:
     """The diffusers model directory (config.json + diffusion_pytorch_model.safetensors), world-readable."""
     vae.save_pretrained(out, safe_serialization=True)
     for name in ("config.json", "diffusion_pytorch_model.safetensors"):
-        (out / name).chmod(storage.FILE_MODE)
+        (out / name).chmod(FILE_MODE)
 
 
 def train_vae(dataset: ImageDataset, out: str | Path, model: VAEConfig | None = None,
