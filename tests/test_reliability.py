@@ -279,7 +279,7 @@ def test_bad_input_is_one_line_exit_2_naming_the_option(argv, named, model, tmp_
 def test_an_absurd_sigma_max_warns(model, tmp_path, capsys):
     with pytest.warns(UserWarning, match="sigma range .* far outside"):
         code, _, err = run(capsys, "sample", "--checkpoint", model, "--num", "3", "--out", tmp_path / "g.png",
-                           "--stage", "32:sigma_max=1e6", "--no-progress")
+                           "--stage", "32:sigma_max=1e4", "--no-progress")
     assert code == 0
 
 
