@@ -69,8 +69,15 @@ class Pipeline:
     @property
     def image_channels(self) -> int:
         """Channels of the images this pipeline returns (decoded ones for a latent model)."""
-        latent = self.preset.latent
-        return latent.image_channels if latent is not None else self.preset.network.in_channels
+        return self.image_shape[0]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images this pipeline returns (decoded ones for a latent model)."""
+        latent, net = self.preset.latent, self.preset.network
+        if latent is not None:
+            return latent.image_channels, latent.image_resolution, latent.image_resolution
+        return net.in_channels, net.img_resolution, net.img_resolution
 
     def __call__(self, num: int | None = None, seed: int = 0, seeds=None,
                  class_labels: list[int] | int | None = None, stages: StagePlan | list | None = None,

@@ -88,16 +88,17 @@ def load_plan_file(path: str, flag: str):
 def sampling_plan(plan, args, precond=None):
     """A command's stage plan: the model's or --plan FILE, then --solver, then --stage overrides; a
     warning when a stage's sigma range lies far outside `precond`'s sampling range (EDM's by default)."""
+    from ..diffusion.plan import far_outside
     from ..diffusion.precond import EDM
     if getattr(args, "plan", None):
         plan = load_plan_file(args.plan, "--plan")
     if getattr(args, "solver", None):
         plan = plan.with_solver(args.solver)
     plan = plan.override(getattr(args, "stage", None) or [])
-    low, high = (precond or EDM()).sampling_range
+    precond = precond or EDM()
+    low, high = precond.sampling_range
     for s in plan:
-        if s.schedule == "edm" and 0 < s.sigma_min < s.sigma_max < float("inf") and (s.sigma_max > 6 * high or
-                                                                                      s.sigma_min < low / 200):
+        if far_outside(s, precond):
             warnings.warn(f"stage {s.resolution}: sigma range [{s.sigma_min:g}, {s.sigma_max:g}] is far outside the "
                           f"noise levels these models sample from ([{low:g}, {high:g}]); expect poor images")
     return plan

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ..checks import batch_size, check_device, check_output, nonnegative_int, positive_float
+from ..checks import batch_size, check_device, check_output, nonnegative_int, positive_float, seed_value
 from ..presets import get_preset
 from .common import add_device, add_progress, stopped_status
 
@@ -30,7 +30,7 @@ def register(sub) -> None:
     s.add_argument("--lr", type=positive_float, help="learning rate (default: the preset's)")
     s.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="mixed precision (default: the preset's)")
     s.add_argument("--compile", action="store_true", default=None, help="torch.compile the network")
-    s.add_argument("--seed", type=nonnegative_int, help="training seed (default: the preset's, 0)")
+    s.add_argument("--seed", type=seed_value, help="training seed (default: the preset's, 0)")
     s.add_argument("--duration-kimg", dest="duration_kimg", type=positive_float,
                    help="training length in thousands of images (default: the preset's)")
     s.add_argument("--checkpoint-kimg", dest="checkpoint_kimg", type=positive_float,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..checks import at_least_2, batch_size, check_output, nonnegative_int, positive_float, positive_int
+from ..checks import at_least_2, batch_size, check_output, positive_float, positive_int, seed_value
 from ..errors import ConfigError
 from .common import add_device, add_features_args, add_progress, add_speed_args, extractor_of, inference_options, \
     joined, load_plan_file
@@ -35,7 +35,7 @@ def register(sub) -> None:
                    help="samples per FID when screening, the first of the --num seeds (default 200)")
     s.add_argument("--confirm", type=positive_int, default=8,
                    help="best screened plans evaluated again on --num samples (default 8)")
-    s.add_argument("--seed", type=nonnegative_int, default=0, help="first seed; every plan uses seeds seed..seed+num-1")
+    s.add_argument("--seed", type=seed_value, default=0, help="first seed; every plan uses seeds seed..seed+num-1")
     s.add_argument("--batch", type=batch_size, default=250, help="images per batch (default 250)")
     s.add_argument("--trials", type=positive_int, default=100, help="plans screened at most (default 100)")
     s.add_argument("--solvers", default="heun,dpmpp2m,ipndm", help="solvers to try, comma-separated (default "

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import sys
 
-from ..checks import batch_size, check_device, check_output, nonnegative_int, positive_float, positive_int
+from ..checks import batch_size, check_device, check_output, positive_float, positive_int, seed_value
 from .common import add_device, add_features_args, add_progress, extractor_of, stopped_status
 
 
@@ -24,7 +24,7 @@ def register(sub) -> None:
     v.add_argument("--kl-weight", dest="kl_weight", type=positive_float, help="weight of the KL term (default 1e-5)")
     v.add_argument("--latent-channels", dest="latent_channels", type=positive_int, help="latent channels (default 4)")
     v.add_argument("--channels", help="widths per level, comma-separated; levels - 1 halvings (default 16,32,64: f4)")
-    v.add_argument("--seed", type=nonnegative_int, help="seed (default 0)")
+    v.add_argument("--seed", type=seed_value, help="seed (default 0)")
     add_device(v)
     add_progress(v)
     v = vs.add_parser("eval", help="PSNR and FID of a VAE's reconstructions of a dataset")
