@@ -42,6 +42,17 @@ batch_size = _number(int, 1, strict=False, high=MAX_BATCH)     # images per batc
 seed_value = _number(int, 0, strict=False, high=MAX_SEED)      # --seed: what a torch.Generator takes without wrapping
 
 
+def positive_int_list(text: str) -> tuple[int, ...]:
+    """'16,32,64' -> (16, 32, 64) (argparse type)."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, like 16,32,64, got {text!r}")
+    return values
+
+
 def in_range(where: str, value, low: float, high: float, integer: bool = False) -> None:
     """A ConfigError unless `value` is a finite number (an integer with `integer`) in [low, high]."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

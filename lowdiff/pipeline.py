@@ -43,6 +43,11 @@ class Pipeline:
         self.fast = FastDenoiser(self.denoiser, options, self.device)
         self.vae, self._decoder = vae, None
         self.source = "model.safetensors"          # where the weights came from (set by from_pretrained)
+        if vae is not None:                        # given: loaded and checked now, before any sampling
+            if preset.latent is None:
+                raise ConfigError(f"VAE {vae}: {preset.name} is a pixel-space model, which decodes nothing; drop the "
+                                  "VAE (it is for latent models)")
+            self._decoder = self._latent_decoder()
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Cascade output -> images in [-1, 1]: the VAE decodes latent models' samples
@@ -50,9 +55,18 @@ class Pipeline:
         if self.preset.latent is None:
             return x
         if self._decoder is None:
-            from .data.latents import LatentDecoder
-            self._decoder = LatentDecoder(self.preset.latent, self.device, self.vae)
+            self._decoder = self._latent_decoder()
         return self._decoder(x)
+
+    def _latent_decoder(self):
+        """The VAE decoder of a latent model, whose latents must have the network's channels."""
+        from .data.latents import LatentDecoder
+        decoder = LatentDecoder(self.preset.latent, self.device, self.vae)
+        channels, wanted = decoder.vae.config.latent_channels, self.preset.network.in_channels
+        if channels != wanted:
+            raise ConfigError(f"VAE {self.vae or self.preset.latent.vae}: its latents have {channels} channels, the "
+                              f"model samples {wanted}; use the VAE the model was trained with")
+        return decoder
 
     @property
     def options(self) -> InferenceOptions:

@@ -28,6 +28,8 @@ from safetensors.torch import save_file
 from .. import bundled
 from ..config import LatentConfig
 from ..diffusion import pyramid
+from ..errors import ConfigError
+from ..files import atomic_write, read_json, write_text
 from .base import LATENT_MANIFEST, DatasetError, ImageDataset
 from .vae import load_vae, to_vae_input
 
@@ -138,7 +140,7 @@ def encode_dataset(ds: ImageDataset, vae_path: str | Path, out: str | Path, *, i
                 "resolutions": res, "count": len(ds), "num_classes": ds.num_classes if ds.labels is not None else 0,
                 "class_names": ds.class_names, "shards": shards,
                 "stats": {str(r): s.result() for r, s in stats.items()}}
-    (out / LATENT_MANIFEST).write_text(json.dumps(manifest, indent=2))
+    write_text(out / LATENT_MANIFEST, json.dumps(manifest, indent=2))
     return manifest
 
 
@@ -151,7 +153,8 @@ def _write_shard(out: Path, index: int, buffer: dict[str, list[torch.Tensor]], s
     """Write the first `size` buffered rows as shard `index`; returns the rest."""
     tensors = {k: torch.cat(v) for k, v in buffer.items()}
     name = f"latents-{index:05d}.safetensors"
-    save_file({k: v[:size].contiguous() for k, v in tensors.items()}, str(out / name))
+    shard = {k: v[:size].contiguous() for k, v in tensors.items()}
+    atomic_write(out / name, lambda p: save_file(shard, str(p)))
     shards.append({"file": name, "count": min(size, len(next(iter(tensors.values()))))})
     return {k: [v[size:]] for k, v in tensors.items() if len(v) > size}
 
@@ -191,10 +194,10 @@ class LatentDataset:
         self.directory = Path(directory)
         path = self.directory / LATENT_MANIFEST
         try:
-            self.manifest = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+            self.manifest = read_json(path)
+        except (OSError, ConfigError) as e:
             raise DatasetError(f"{path}: cannot read the latent manifest ({e})") from None
-        if self.manifest.get("format") != FORMAT:
+        if not isinstance(self.manifest, dict) or self.manifest.get("format") != FORMAT:
             raise DatasetError(f"{path}: not a {FORMAT} manifest")
         m = self.manifest
         self.shards = [_map_safetensors(self.directory / s["file"]) for s in m["shards"]]
