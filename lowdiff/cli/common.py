@@ -104,13 +104,16 @@ def sampling_plan(plan, args, precond=None):
     return plan
 
 
-def extractor_of(args, channels: int = 1, ref: str | None = None, world=None):
+def extractor_of(args, channels: int = 1, ref: str | None = None, world=None, shape: tuple | None = None):
     """The feature extractor the options name; the default classifier is chosen for `channels`-channel images,
-    or by the weights that made the statistics `ref`."""
+    or by the weights that made the statistics `ref`. Statistics `ref` of images of another `shape` (C, H, W)
+    than the ones to measure are refused before anything is printed."""
     from ..eval import evaluate
     weights = args.inception if args.features == "inception" else args.classifier
     device = str(world.device) if world is not None else str(check_device(args.device))
     extractor = evaluate.get_extractor(args.features, weights, device, channels, ref)
+    if ref is not None and shape is not None:
+        evaluate.check_reference_images(ref, shape, extractor)
     if args.features == "classifier" and weights is None and (world is None or world.is_main):
         model = extractor.model
         accuracy = f", test accuracy {model.test_accuracy:.1%}" if model.test_accuracy is not None else ""
@@ -139,13 +142,13 @@ def sigterm_as_interrupt():
 @contextlib.contextmanager
 def joined(device: str):
     """This process's `World` (the torchrun group, or one process), left at the end; SIGTERM
-    ends the work like Ctrl-C."""
-    from ..distributed import World, close_distributed
+    ends the work like Ctrl-C, and a process of the launch lost midway is one line on the others."""
+    from ..distributed import World, close_distributed, peer_loss_as_error
     check_device(device)
     world = World.join(device)
     ok = False
     try:
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt(), peer_loss_as_error(world.rank, world.size):
             yield world
         ok = True
     finally:

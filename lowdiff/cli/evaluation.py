@@ -121,7 +121,7 @@ def fid(args) -> None:
 def _fid_of_folder(args, evaluate) -> None:
     from ..eval.metrics import frechet_distance
     images = evaluate.image_folder(args.images)
-    extractor = extractor_of(args, images.channels, args.ref)
+    extractor = extractor_of(args, images.channels, args.ref, shape=images.images.shape[1:])
     ref = evaluate.reference_for(args.ref, extractor, args.features, images.images.shape[1:])
     stats = evaluate.folder_stats(images, extractor, num=args.num, batch=args.batch, progress=not args.no_progress)
     print(json.dumps({"fid": frechet_distance(stats.mu, stats.sigma, *ref), "num": stats.n,
@@ -131,7 +131,7 @@ def _fid_of_folder(args, evaluate) -> None:
 def _fid_of_model(args, world, evaluate) -> None:
     from ..pipeline import load
     pipe = load(args.checkpoint, device=world.device, options=inference_options(args))
-    extractor = extractor_of(args, pipe.image_channels, args.ref, world)
+    extractor = extractor_of(args, pipe.image_channels, args.ref, world, pipe.image_shape)
     ref = evaluate.reference_for(args.ref, extractor, args.features, pipe.image_shape)
     stages = sampling_plan(pipe.preset.stages, args, pipe.preset.precond)
     num, seed = args.num or 10_000, args.seed or 0

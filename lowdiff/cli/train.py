@@ -44,6 +44,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int | None:
+    from ..distributed import peer_loss_as_error
     from ..train.loop import open_training_data, run_training
     check_device(args.device)
     check_output(args.out, directory=True)
@@ -56,8 +57,9 @@ def run(args) -> int | None:
     main_rank = os.environ.get("RANK", "0") == "0"
     if main_rank:
         print(f"training {preset.name} on {dataset.name} ({len(dataset)} images) -> {args.out}", file=sys.stderr)
-    trainer = run_training(preset, dataset, args.out, device=args.device, progress=not args.no_progress,
-                           restart=args.restart)
+    with peer_loss_as_error(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))):
+        trainer = run_training(preset, dataset, args.out, device=args.device, progress=not args.no_progress,
+                               restart=args.restart)
     if trainer.stopped_by is not None:
         return stopped_status(trainer.stopped_by)
     if main_rank:

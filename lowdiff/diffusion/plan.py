@@ -303,7 +303,7 @@ FINITE_FIELDS = ("sigma_min", "sigma_max", "rho", "S_churn", "S_min", "S_noise",
 # Beyond these the float arithmetic of the schedules and solvers breaks (rho: sigma^(1/rho) under- or overflows;
 # S_noise, cfg_scale: the noise or the guided output overflows float32) long before any sampler could use them.
 BOUNDS = {"rho": (0.1, 1000.0), "S_noise": (0.0, 10.0), "cfg_scale": (0.0, 1000.0), "shift": (1e-3, 1000.0)}
-SIGMA_SPAN = 1000.0         # an EDM-schedule sigma lies at most this factor outside its preconditioning's sampling range
+SIGMA_SPAN = 1000.0         # how far outside its preconditioning's sampling range an EDM-schedule sigma may lie
 
 
 def _validate_numbers(s: StageConfig) -> None:

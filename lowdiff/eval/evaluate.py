@@ -59,6 +59,11 @@ def reference_for(ref: str | Path, extractor, feature_space: str, shape) -> tupl
                            getattr(extractor, "input_channels", None))
 
 
+def check_reference_images(ref: str | Path, shape, extractor=None) -> None:
+    """Refuse statistics `ref` of images of another shape (C, H, W) than `shape` (`check_reference`)."""
+    _check_shape(ref, stats_identity(ref).get(IMAGE_SHAPE), shape, getattr(extractor, "input_channels", None))
+
+
 def _check_shape(ref, recorded, shape, input_channels) -> None:
     if shape is None:
         return

@@ -41,6 +41,7 @@ from ..diffusion.precond import EDM
 from ..diffusion.solvers import SOLVERS
 from ..distributed import SINGLE, World
 from ..errors import ConfigError
+from ..files import atomic_write
 from .bench import BenchOptions, NetworkTimer, time_sampling
 from .evaluate import evaluate_pipeline, reference_for
 
@@ -497,5 +498,5 @@ def plot_front(trials: list[Trial], chosen: Trial, path: str | Path, title: str 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    atomic_write(path, lambda p: fig.savefig(p, format=Path(path).suffix[1:].lower() or "png"))
     plt.close(fig)

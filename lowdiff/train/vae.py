@@ -28,6 +28,7 @@ from ..data.vae import autoencoder_kl_class
 from ..errors import ConfigError
 from ..fields import jsonable
 from ..files import FILE_MODE
+from ..seeds import derived_seed
 from .common import DataStream, StopRequest, load_optimizer, optimizer_tensors
 
 
@@ -143,7 +144,7 @@ class VAETrainer:
         c = self.cfg
         idx = self.stream.next(c.batch)
         images = torch.from_numpy(self.ds.images[idx.numpy()]).to(self.device, torch.float32) / 127.5 - 1
-        gen = torch.Generator(self.device).manual_seed(c.seed * 1_000_003 + self.step + 1)
+        gen = torch.Generator(self.device).manual_seed(derived_seed(c.seed, self.step + 1))
         loss, psnr, kl = vae_loss(self.vae, images, c.kl_weight, gen)
         if not torch.isfinite(loss):
             raise ConfigError(f"non-finite VAE loss at step {self.step}; lower --lr")
