@@ -44,7 +44,7 @@ def out_of_space(e: BaseException) -> bool:
 
 def _write_failure(path: Path, e: BaseException) -> str:
     if out_of_space(e):
-        return f"{path}: no space left on the device; free some space (nothing was written)"
+        return f"{path}: no space left on the device; free some space (this file was not written)"
     reason = getattr(e, "strerror", None) or str(e)
     return f"{path}: could not be written ({reason}); check the folder and its permissions"
 

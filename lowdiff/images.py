@@ -99,7 +99,7 @@ class FolderWriter:
     (file, seed, class, class name). The folder holds no earlier images (`check_sample_folder`;
     with `overwrite` those of an earlier run are removed first), so labels.csv always lists
     exactly the images in it. Each PNG is written atomically and each batch's rows in one
-    append (a failed one is cut back), so neither is ever torn."""
+    append (a failed one is cut back, and the batch's PNGs removed), so nothing is ever torn."""
 
     LABELS = "labels.csv"
     HEADER = "file,seed,class,class_name\n"
@@ -112,12 +112,20 @@ class FolderWriter:
         self._rows_written = False
 
     def __call__(self, images: torch.Tensor, seeds: list[int], labels: list[int] | None = None) -> None:
-        for img, seed in zip(images.cpu().numpy(), seeds):
-            save_image(_pil(img), self.out / f"{seed:06d}.png", sync=False)
-        if labels is not None:
-            rows = "".join(f"{seed:06d}.png,{seed},{c},\"{self._name(c)}\"\n" for seed, c in zip(seeds, labels))
-            self._append(("" if self._rows_written else self.HEADER) + rows)
-            self._rows_written = True
+        """Write one batch whole or not at all: a failure (a full disk, Ctrl-C) removes its PNGs again."""
+        written = []
+        try:
+            for img, seed in zip(images.cpu().numpy(), seeds):
+                written.append(self.out / f"{seed:06d}.png")
+                save_image(_pil(img), written[-1], sync=False)
+            if labels is not None:
+                rows = "".join(f"{seed:06d}.png,{seed},{c},\"{self._name(c)}\"\n" for seed, c in zip(seeds, labels))
+                self._append(("" if self._rows_written else self.HEADER) + rows)
+                self._rows_written = True
+        except BaseException:
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
         self.count += len(seeds)
 
     def _name(self, c: int) -> str:
