@@ -126,8 +126,9 @@ def _sample(args, world, grid: bool, seeds: Seeds) -> int | None:
             else:
                 writer(batch_images, chunk, batch_labels)
     except KeyboardInterrupt:
-        say("lowdiff sample: interrupted; " + (f"the {writer.count} images finished are in {args.out}" if writer
-                                                else "no grid written"), file=sys.stderr)
+        kept = (f"the {writer.count} images finished are in {args.out}" if writer else "no grid written"
+                if world.is_main else f"process {world.rank} of {world.size} stopped")
+        print(f"lowdiff sample: interrupted; {kept}", file=sys.stderr)
         return INTERRUPTED
     if not world.is_main:
         return None

@@ -168,19 +168,25 @@ _DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int3
 def _map_safetensors(path: Path) -> dict[str, np.ndarray]:
     """Zero-copy read-only arrays over a safetensors file (8-byte header length, JSON
     header with dtype / shape / data_offsets, raw little-endian data)."""
-    with open(path, "rb") as f:
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    (length,) = struct.unpack("<Q", mm[:8])
-    header = json.loads(mm[8:8 + length])
-    base, arrays = 8 + length, {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if info["dtype"] not in _DTYPES:
-            raise DatasetError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-        begin, end = info["data_offsets"]
-        arrays[name] = np.frombuffer(mm, dtype=_DTYPES[info["dtype"]], count=(end - begin) // np.dtype(
-            _DTYPES[info["dtype"]]).itemsize, offset=base + begin).reshape(info["shape"])
+    try:
+        with open(path, "rb") as f:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        (length,) = struct.unpack("<Q", mm[:8])
+        header = json.loads(mm[8:8 + length])
+        base, arrays = 8 + length, {}
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            if info["dtype"] not in _DTYPES:
+                raise DatasetError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
+            begin, end = info["data_offsets"]
+            arrays[name] = np.frombuffer(mm, dtype=_DTYPES[info["dtype"]], count=(end - begin) // np.dtype(
+                _DTYPES[info["dtype"]]).itemsize, offset=base + begin).reshape(info["shape"])
+    except (OSError, struct.error, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        if isinstance(e, DatasetError):
+            raise
+        raise DatasetError(f"{path}: not a readable latent shard (truncated or corrupt: {type(e).__name__}); "
+                           "encode the dataset again (`lowdiff dataset encode`)") from None
     return arrays
 
 
