@@ -32,7 +32,7 @@ def atomic_write(path: str | Path, write, sync: bool = True) -> None:
         os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError) and not isinstance(e, WriteError) or out_of_space(e):
+        if (isinstance(e, OSError) and not isinstance(e, WriteError)) or out_of_space(e):
             raise WriteError(_write_failure(path, e)) from None
         raise
 

@@ -26,7 +26,7 @@ from . import bundled
 from .config import WEIGHTS_SHA256, Preset
 from .diffusion.denoiser import Denoiser
 from .errors import CheckpointError, ConfigError
-from .files import FILE_MODE, atomic_write, read_json, write_json
+from .files import atomic_write, read_json, write_json
 
 MODEL_FILE, CONFIG_FILE, STATE_DIR = "model.safetensors", "config.json", "checkpoints"
 DEFAULT_MODEL = "bundled:fashion-lowdiff-cond"   # what `lowdiff sample` uses without --checkpoint
