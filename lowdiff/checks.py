@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError
-from .seeds import Seeds
+from .seeds import MAX_SEED, Seeds
 
 
 def _number(kind, low: float, strict: bool, high: float = math.inf):
@@ -39,6 +39,18 @@ nonnegative_int = _number(int, 0, strict=False)
 positive_float = _number(float, 0, strict=True)
 MAX_BATCH = 65_536
 batch_size = _number(int, 1, strict=False, high=MAX_BATCH)     # images per batch: a bound before any allocation
+seed_value = _number(int, 0, strict=False, high=MAX_SEED)      # --seed: what a torch.Generator takes without wrapping
+
+
+def positive_int_list(text: str) -> tuple[int, ...]:
+    """'16,32,64' -> (16, 32, 64) (argparse type)."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, like 16,32,64, got {text!r}")
+    return values
 
 
 def in_range(where: str, value, low: float, high: float, integer: bool = False) -> None:

@@ -20,8 +20,11 @@ from .checks import MAX_BATCH, in_range
 from .errors import ConfigError
 from .fields import from_dict, jsonable
 from .nn import NETWORKS, NetworkConfig
+from .seeds import MAX_SEED
 
 __all__ = ["ConfigError", "LatentConfig", "Preset", "StageConfig", "StagePlan", "TrainConfig"]
+
+WEIGHTS_SHA256 = "model_sha256"     # beside the preset in a model's config.json: the SHA-256 of its model.safetensors
 
 
 @dataclass
@@ -61,7 +64,7 @@ class TrainConfig:
         if self.ema_rampup_ratio is not None:
             in_range("train ema_rampup_ratio", self.ema_rampup_ratio, 0, 1e6)
         in_range("train keep_checkpoints", self.keep_checkpoints, 1, 1000, integer=True)
-        in_range("train seed", self.seed, 0, 2 ** 63 - 1, integer=True)
+        in_range("train seed", self.seed, 0, MAX_SEED, integer=True)
         for beta in self.adam_betas:
             in_range("train adam_betas", beta, 0, 0.999999)
         for r, w in self.loss_weights.items():
@@ -129,6 +132,10 @@ class Preset:
             raise ConfigError(f"latent norm {self.latent.norm!r}: choose channel or scale")
         self.network.validate()
         self.train.validate()
+        label_dim = self.network.label_dim
+        if self.class_names and len(self.class_names) != label_dim:
+            raise ConfigError(f"class_names lists {len(self.class_names)} names, the network has {label_dim} classes "
+                              "(label_dim); give one name per class")
 
     def check_plan(self, plan: StagePlan) -> None:
         """A stage plan must fit this model: the same resolutions, valid schedules."""
@@ -161,7 +168,7 @@ class Preset:
         latent = from_dict(LatentConfig, latent, f"{where}.latent") if latent is not None else None
         precond = preconditioning_from(d.pop("precond", "edm"), f"{where}.precond")
         return from_dict(cls, {**d, "network": network, "stages": stages, "train": train, "latent": latent,
-                               "precond": precond}, where)
+                               "precond": precond}, where, ignore=frozenset({WEIGHTS_SHA256}))
 
     def replace(self, **changes) -> "Preset":
         return dataclasses.replace(copy.deepcopy(self), **changes)

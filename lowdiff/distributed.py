@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from .errors import LowdiffError
 
 
 def init_distributed(device: str) -> tuple[int, int, torch.device]:
@@ -31,12 +34,37 @@ def init_distributed(device: str) -> tuple[int, int, torch.device]:
 
 
 def close_distributed(barrier: bool = True) -> None:
-    """Leave the process group (after all ranks arrive), so that no gloo / NCCL thread is
-    still alive when the interpreter exits (which aborts the process)."""
+    """Leave the process group (after all ranks arrive, unless one was lost: then it is left at
+    once), so that no gloo / NCCL thread is still alive when the interpreter exits (which aborts
+    the process)."""
     if dist.is_initialized():
-        if barrier:
-            dist.barrier()
-        dist.destroy_process_group()
+        try:
+            if barrier:
+                dist.barrier()
+        except RuntimeError as e:
+            if not peer_lost(e):
+                raise
+        finally:
+            dist.destroy_process_group()
+
+
+def peer_lost(e: BaseException) -> bool:
+    """A collective that failed because another process of the launch ended (crashed, killed, stopped)."""
+    text = str(e)
+    return isinstance(e, getattr(dist, "DistError", ())) or any(
+        marker in text for marker in ("Connection closed by peer", "Connection reset by peer", "gloo", "NCCL"))
+
+
+@contextmanager
+def peer_loss_as_error(rank: int, size: int):
+    """A collective failing because another process ended becomes one LowdiffError line on this one."""
+    try:
+        yield
+    except RuntimeError as e:
+        if size == 1 or not peer_lost(e):
+            raise
+        raise LowdiffError(f"process {rank} of {size}: another process of the torchrun launch ended (crashed or "
+                           "was stopped), so this one stops too; its log says why") from None
 
 
 @dataclass(frozen=True)

@@ -21,3 +21,7 @@ class CheckpointError(LowdiffError, RuntimeError):
 
 class MetricError(LowdiffError, ValueError):
     """Statistics that cannot give a meaningful FID / IS (non-finite, not a covariance, mismatched)."""
+
+
+class WriteError(LowdiffError, OSError):
+    """A file that could not be written (a full disk, no permission); nothing torn is left behind."""

@@ -1,6 +1,8 @@
-"""Image conversion and grids."""
+"""Image conversion, grids and folders of samples (their PNGs and labels.csv)."""
 from __future__ import annotations
 
+import csv
+import os
 import re
 from pathlib import Path
 
@@ -8,7 +10,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .errors import ConfigError
+from .errors import ConfigError, WriteError
+from .files import atomic_write
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -54,10 +57,16 @@ def is_grid_path(out: str | Path) -> bool:
     return Path(out).suffix.lower() in GRID_SUFFIXES
 
 
+def save_image(image: Image.Image, out: str | Path, sync: bool = True) -> None:
+    """Write a PIL image atomically, in the format its suffix names (.png, .jpg)."""
+    image_format = Image.registered_extensions()[Path(out).suffix.lower()]
+    atomic_write(out, lambda p: image.save(p, format=image_format), sync)
+
+
 def save_grid(images: torch.Tensor, out: str | Path, **grid_kwargs) -> None:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    make_grid(images, **grid_kwargs).save(out)
+    save_image(make_grid(images, **grid_kwargs), out)
 
 
 SAMPLE_NAME = re.compile(r"^\d{6,}\.png$")          # what FolderWriter writes: {seed:06d}.png
@@ -73,10 +82,11 @@ def check_sample_folder(out: str | Path, overwrite: bool = False) -> list[Path]:
         return []
     files = [p for p in out.iterdir() if p.is_file()]
     ours = [p for p in files if SAMPLE_NAME.match(p.name) or p.name == FolderWriter.LABELS]
-    others = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES and not SAMPLE_NAME.match(p.name)]
+    others = [p for p in out.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+              and not (p.parent == out and SAMPLE_NAME.match(p.name))]            # subfolders too: eval reads them
     if others:
-        raise ConfigError(f"--out {out}: holds other images ({others[0].name}, {len(others)} in all); sample into "
-                          "an empty folder")
+        raise ConfigError(f"--out {out}: holds other images ({others[0].relative_to(out)}, {len(others)} in all); "
+                          "sample into an empty folder")
     if ours and not overwrite:
         raise ConfigError(f"--out {out}: holds {len(ours)} files of an earlier run; pass --overwrite to replace "
                           "them, or choose an empty folder")
@@ -88,30 +98,74 @@ class FolderWriter:
     keeps what it finished), and, for class-conditional samples, one `labels.csv` row per image
     (file, seed, class, class name). The folder holds no earlier images (`check_sample_folder`;
     with `overwrite` those of an earlier run are removed first), so labels.csv always lists
-    exactly the images in it."""
+    exactly the images in it. Each PNG is written atomically and each batch's rows in one
+    append (a failed one is cut back, and the batch's PNGs removed), so nothing is ever torn."""
 
     LABELS = "labels.csv"
+    HEADER = "file,seed,class,class_name\n"
 
     def __init__(self, out: str | Path, class_names: list[str] | None = None, overwrite: bool = False):
         self.out, self.class_names, self.count = Path(out), class_names or [], 0
         for old in check_sample_folder(self.out, overwrite):
             old.unlink()
         self.out.mkdir(parents=True, exist_ok=True)
-        self._labels = None
+        self._rows_written = False
 
     def __call__(self, images: torch.Tensor, seeds: list[int], labels: list[int] | None = None) -> None:
-        for img, seed in zip(images.cpu().numpy(), seeds):
-            _pil(img).save(self.out / f"{seed:06d}.png")
-        if labels is not None:
-            if self._labels is None:
-                self._labels = open(self.out / self.LABELS, "w")
-                self._labels.write("file,seed,class,class_name\n")
-            for seed, c in zip(seeds, labels):
-                name = self.class_names[c] if c < len(self.class_names) else ""
-                self._labels.write(f"{seed:06d}.png,{seed},{c},\"{name}\"\n")
-            self._labels.flush()
+        """Write one batch whole or not at all: a failure (a full disk, Ctrl-C) removes its PNGs again."""
+        written = []
+        try:
+            for img, seed in zip(images.cpu().numpy(), seeds):
+                written.append(self.out / f"{seed:06d}.png")
+                save_image(_pil(img), written[-1], sync=False)
+            if labels is not None:
+                rows = "".join(f"{seed:06d}.png,{seed},{c},\"{self._name(c)}\"\n" for seed, c in zip(seeds, labels))
+                self._append(("" if self._rows_written else self.HEADER) + rows)
+                self._rows_written = True
+        except BaseException:
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
         self.count += len(seeds)
 
-    def close(self) -> None:
-        if self._labels is not None:
-            self._labels.close()
+    def _name(self, c: int) -> str:
+        return self.class_names[c] if c < len(self.class_names) else ""
+
+    def _append(self, text: str) -> None:
+        """Append to labels.csv in one write; on failure (a full disk) cut the file back to its old length."""
+        path = self.out / self.LABELS
+        data = text.encode()
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | (0 if self._rows_written else os.O_TRUNC), 0o644)
+        size = os.fstat(fd).st_size
+        try:
+            if os.write(fd, data) != len(data):
+                raise OSError(28, "No space left on device")
+        except OSError as e:
+            os.ftruncate(fd, size)
+            raise WriteError(f"{path}: could not be written ({e.strerror}); free some space (its rows end with the "
+                             "last whole batch)") from None
+        finally:
+            os.close(fd)
+
+
+def check_labels_csv(folder: str | Path) -> None:
+    """A folder of samples whose labels.csv lists other files than the images in it and its
+    subfolders is refused: it holds a mixture or an unfinished copy."""
+    folder = Path(folder)
+    path = folder / FolderWriter.LABELS
+    if not path.is_file():
+        return
+    images = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+              and p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+    try:
+        with open(path, newline="") as f:
+            listed = [row["file"] for row in csv.DictReader(f)]
+    except (KeyError, UnicodeDecodeError, csv.Error):
+        raise ConfigError(f"{path}: not a labels.csv of `lowdiff sample` (needs a 'file' column)") from None
+    extra, missing = sorted(set(images) - set(listed)), sorted(set(listed) - set(images))
+    if extra or missing or len(listed) != len(set(listed)):
+        what = (f"{len(extra)} image(s) it does not list (e.g. {extra[0]})" if extra else
+                f"{len(missing)} listed file(s) that are missing (e.g. {missing[0]})" if missing else
+                "rows listing one file twice")
+        raise ConfigError(f"{folder}: labels.csv and the images disagree: {what}; measure a folder written by one "
+                          "`lowdiff sample` run")

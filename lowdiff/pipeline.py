@@ -46,6 +46,11 @@ class Pipeline:
         self.vae, self._decoder = vae, None
         self.source = "model.safetensors"          # where the weights came from (set by from_pretrained)
         self.plans = ModelPlans({CONFIG_PLAN: NamedPlan(CONFIG_PLAN, preset.stages, "the plan in config.json")})
+        if vae is not None:                        # given: loaded and checked now, before any sampling
+            if preset.latent is None:
+                raise ConfigError(f"VAE {vae}: {preset.name} is a pixel-space model, which decodes nothing; drop the "
+                                  "VAE (it is for latent models)")
+            self._decoder = self._latent_decoder()
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Cascade output -> images in [-1, 1]: the VAE decodes latent models' samples
@@ -53,9 +58,18 @@ class Pipeline:
         if self.preset.latent is None:
             return x
         if self._decoder is None:
-            from .data.latents import LatentDecoder
-            self._decoder = LatentDecoder(self.preset.latent, self.device, self.vae)
+            self._decoder = self._latent_decoder()
         return self._decoder(x)
+
+    def _latent_decoder(self):
+        """The VAE decoder of a latent model, whose latents must have the network's channels."""
+        from .data.latents import LatentDecoder
+        decoder = LatentDecoder(self.preset.latent, self.device, self.vae)
+        channels, wanted = decoder.vae.config.latent_channels, self.preset.network.in_channels
+        if channels != wanted:
+            raise ConfigError(f"VAE {self.vae or self.preset.latent.vae}: its latents have {channels} channels, the "
+                              f"model samples {wanted}; use the VAE the model was trained with")
+        return decoder
 
     @property
     def options(self) -> InferenceOptions:
@@ -79,8 +93,15 @@ class Pipeline:
     @property
     def image_channels(self) -> int:
         """Channels of the images this pipeline returns (decoded ones for a latent model)."""
-        latent = self.preset.latent
-        return latent.image_channels if latent is not None else self.preset.network.in_channels
+        return self.image_shape[0]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images this pipeline returns (decoded ones for a latent model)."""
+        latent, net = self.preset.latent, self.preset.network
+        if latent is not None:
+            return latent.image_channels, latent.image_resolution, latent.image_resolution
+        return net.in_channels, net.img_resolution, net.img_resolution
 
     def __call__(self, num: int | None = None, seed: int = 0, seeds=None,
                  class_labels: list[int] | int | None = None, stages: StagePlan | list | str | None = None,

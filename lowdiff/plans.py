@@ -15,7 +15,6 @@ adds a plan; `lowdiff sample --plan NAME` picks one; `lowdiff info MODEL` lists 
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,8 @@ from pathlib import Path
 from .diffusion.plan import StagePlan
 from .errors import ConfigError
 from .fields import from_dict, jsonable
-from .storage import load_config, model_dir, write_json
+from .files import read_json, write_json
+from .storage import load_config, model_dir
 
 PLANS_FILE = "plans.json"
 CONFIG_PLAN = "config"            # the reserved name of config.json's own plan
@@ -131,10 +131,7 @@ class ModelPlans:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise ConfigError(f"{path}: not a JSON plans file ({type(e).__name__})") from None
+    data = read_json(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a plans file is a JSON object with 'plans'")
     return data

@@ -8,12 +8,12 @@ another stage list. `lowdiff presets` lists them, `lowdiff info NAME` prints one
 from __future__ import annotations
 
 import copy
-import json
 import math
 
 from .config import LatentConfig, Preset, TrainConfig
 from .diffusion.plan import StageConfig
 from .errors import ConfigError
+from .files import read_json
 from .nn import DiTConfig, UNetConfig
 
 # ---------------------------------------------------------------------------------------
@@ -214,12 +214,9 @@ def get_preset(name: str) -> Preset:
         return copy.deepcopy(PRESETS[name])
     if name.endswith(".json"):
         try:
-            with open(name) as f:
-                return Preset.from_dict(json.load(f), name)
+            return Preset.from_dict(read_json(name), name)
         except OSError as e:
             raise ConfigError(f"preset file {name}: {e.strerror}") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"preset file {name} is not JSON: {e}") from None
     close = [p for p in PRESETS if name.split("-")[0] in p]
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     raise ConfigError(f"unknown preset {name!r}.{hint} `lowdiff presets` lists them all.")

@@ -9,6 +9,24 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterator, Sequence
 
+from .errors import ConfigError
+
+MAX_SEED = 2 ** 63 - 1       # a torch.Generator seed; every seed up to it gives its own image
+
+
+def check_seed(seed: int, where: str = "seed") -> int:
+    """`seed` when 0 <= seed <= MAX_SEED; a ConfigError otherwise (a larger seed would wrap onto another's image)."""
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"{where} {seed}: seeds must be in 0..{MAX_SEED} (2^63 - 1); larger ones would repeat "
+                          "the images of smaller seeds")
+    return seed
+
+
+def derived_seed(seed: int, counter: int) -> int:
+    """The generator seed of step or epoch `counter` of a run seeded `seed`: seed * 1,000,003 + counter,
+    folded into 0..MAX_SEED (unchanged for every seed below about 9 * 10^12)."""
+    return (seed * 1_000_003 + counter) % (MAX_SEED + 1)
+
 
 class Seeds(Sequence):
     """An ordered list of seeds made of inclusive ranges (first, last); len, indexing, slicing
@@ -24,12 +42,17 @@ class Seeds(Sequence):
 
     @classmethod
     def count(cls, first: int, num: int) -> "Seeds":
-        """seeds first .. first + num - 1."""
+        """seeds first .. first + num - 1, which must all be valid seeds (`check_seed`)."""
+        check_seed(first, "first seed")
+        if first + num - 1 > MAX_SEED:
+            raise ConfigError(f"seeds {first}..{first + num - 1} pass the largest seed {MAX_SEED} (2^63 - 1); "
+                              "lower the first seed or the number of images")
         return cls([(first, first + num - 1)])
 
     @classmethod
     def parse(cls, text: str) -> "Seeds":
-        """'0-63,100' -> ranges (0, 63), (100, 100); ValueError naming the bad part."""
+        """'0-63,100' -> ranges (0, 63), (100, 100); ValueError naming the bad part, a seed past
+        MAX_SEED, or a seed listed twice (two images of one seed would be one file)."""
         ranges = []
         for part in text.split(","):
             lo, sep, hi = part.strip().partition("-")
@@ -39,7 +62,9 @@ class Seeds(Sequence):
                 raise ValueError(f"expected seeds like 0-63,100, got {text!r}") from None
             if first < 0 or last < first:
                 raise ValueError(f"seed range {part!r} must be A-B with 0 <= A <= B")
+            check_seed(last, "seed")
             ranges.append((first, last))
+        _check_disjoint(ranges)
         return cls(ranges)
 
     def __len__(self) -> int:
@@ -92,3 +117,14 @@ class Seeds(Sequence):
         """'0-63,100' (the first eight ranges)."""
         parts = [f"{a}-{b}" if b > a else str(a) for a, b in self.ranges[:8]]
         return ",".join(parts) + (",..." if len(self.ranges) > 8 else "")
+
+
+def _check_disjoint(ranges: list[tuple[int, int]]) -> None:
+    """A ConfigError naming the first seed that two of the ranges share."""
+    ordered = sorted(ranges)
+    for (a, b), (c, d) in zip(ordered, ordered[1:]):
+        if c <= b:
+            def text(lo, hi):
+                return f"{lo}-{hi}" if hi > lo else str(lo)
+            raise ConfigError(f"seed {c} is listed twice (in {text(a, b)} and {text(c, d)}); each seed names one "
+                              "image, give every seed once")

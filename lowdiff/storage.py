@@ -2,8 +2,9 @@
 atomically, never pickled. Sampling reads it without importing any training code.
 
 A model directory (what `lowdiff sample --checkpoint DIR` and `lowdiff.load(DIR)` read):
-  config.json          the resolved preset (architecture, precond, stage plan)
-  model.safetensors    the EMA weights of the denoiser
+  config.json          the resolved preset (architecture, precond, stage plan) and `model_sha256`,
+                       the SHA-256 of model.safetensors, checked when loading
+  model.safetensors    the EMA weights of the denoiser (checked: floating point and finite)
 A training run is a model directory in the making: it adds
 `checkpoints/state-{step:09d}.{safetensors,json}` (model, EMA, optimizer, RNG states, data
 position), with the tensor file's SHA-256 in the JSON so that a truncated or corrupt file is
@@ -13,8 +14,6 @@ weights of its newest valid state.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,12 +23,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import bundled
-from .config import Preset
+from .config import WEIGHTS_SHA256, Preset
 from .diffusion.denoiser import Denoiser
 from .errors import CheckpointError, ConfigError
+from .files import atomic_write, read_json, write_json
 
 MODEL_FILE, CONFIG_FILE, STATE_DIR = "model.safetensors", "config.json", "checkpoints"
-FILE_MODE = 0o644                    # model files are readable by everyone, like any installed data
 DEFAULT_MODEL = "bundled:fashion-lowdiff-cond"   # what `lowdiff sample` uses without --checkpoint
 
 
@@ -37,26 +36,6 @@ def model_dir(spec: str | Path | None) -> Path:
     """A model directory from `--checkpoint`: None (the default bundled model), `bundled:NAME`
     (lowdiff/assets/NAME), or a path."""
     return bundled.resolve(DEFAULT_MODEL if spec is None else spec)
-
-
-def atomic_write(path: str | Path, write) -> None:
-    """Write via `write(tmp)`, fsync, then rename over `path`: readers never see a partial
-    file, and a failed write leaves no temporary file behind."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2) + "\n"))
 
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
@@ -85,40 +64,59 @@ def sha256(path: str | Path) -> str:
 # --- model directories ------------------------------------------------------------------
 
 def save_pretrained(directory: str | Path, preset: Preset, state_dict: dict[str, torch.Tensor]) -> None:
+    """Write model.safetensors, then config.json with the SHA-256 of the weights file in it."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     save_tensors(d / MODEL_FILE, state_dict, metadata={"format": "pt"})
-    write_json(d / CONFIG_FILE, preset.to_dict())
+    write_json(d / CONFIG_FILE, {**preset.to_dict(), WEIGHTS_SHA256: sha256(d / MODEL_FILE)})
 
 
 RUN_CONFIG_FILE = "training_options.json"   # written when a run starts; config.json when it ends
 
 
-def load_config(directory: str | Path) -> Preset:
-    """The preset of a model directory, or of a run still training (its training_options.json)."""
+def config_file(directory: str | Path) -> Path:
+    """The file holding a model directory's preset: config.json, or training_options.json of a run still training."""
     directory = Path(directory)
-    path = directory / CONFIG_FILE
+    if directory.is_file():
+        raise CheckpointError(f"{directory} is a file; give a model directory (config.json + {MODEL_FILE})")
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: no such model directory")
+    path = directory / CONFIG_FILE
     if not path.is_file() and (directory / RUN_CONFIG_FILE).is_file() and state_files(directory):
         path = directory / RUN_CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{directory} is not a lowdiff model directory: {CONFIG_FILE} is missing")
-    if '"_class_name"' in path.read_text()[:4096]:
-        raise CheckpointError(f"{directory} is a diffusers model (a VAE?), not a lowdiff model directory")
+    return path
+
+
+def read_config(directory: str | Path) -> tuple[Preset, str | None]:
+    """(the preset of a model directory, the SHA-256 its config.json records of the weights or None)."""
+    path = config_file(directory)
     try:
-        return Preset.from_dict(json.loads(path.read_text()), str(path))
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is not valid JSON: {e}") from e
+        data = read_json(path)
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
+    if isinstance(data, dict) and "_class_name" in data:
+        raise CheckpointError(f"{Path(directory)} is a diffusers model (a VAE?), not a lowdiff model directory")
+    recorded = data.pop(WEIGHTS_SHA256, None) if isinstance(data, dict) else None
+    try:
+        return Preset.from_dict(data, str(path)), recorded
     except ConfigError as e:
         raise CheckpointError(f"{path} is corrupt or from an incompatible version: {e}") from e
 
 
-def load_weights(directory: str | Path) -> tuple[dict[str, torch.Tensor], str]:
-    """The denoiser weights of a model directory, and where they came from: model.safetensors,
-    else (a run still training or interrupted) the EMA of its newest valid training state."""
+def load_config(directory: str | Path) -> Preset:
+    """The preset of a model directory, or of a run still training (its training_options.json)."""
+    return read_config(directory)[0]
+
+
+def load_weights(directory: str | Path, recorded: str | None = None) -> tuple[dict[str, torch.Tensor], str]:
+    """The denoiser weights of a model directory, and where they came from: model.safetensors
+    (checked against the SHA-256 `recorded` in config.json; a notice when it records none), else (a
+    run still training or interrupted) the EMA of its newest valid training state."""
     directory = Path(directory)
     if (directory / MODEL_FILE).is_file():
+        check_weights_file(directory / MODEL_FILE, recorded)
         return load_tensors(directory / MODEL_FILE), MODEL_FILE
     found = load_latest_state(directory)
     if found is None:
@@ -128,11 +126,38 @@ def load_weights(directory: str | Path) -> tuple[dict[str, torch.Tensor], str]:
             f"the EMA of training state {meta['step']} ({meta['nimg'] / 1000:g} kimg; training unfinished)")
 
 
+def check_weights_file(path: Path, recorded: str | None) -> None:
+    """model.safetensors must have the SHA-256 its config.json records (a flipped byte, a swapped file);
+    directories of older lowdiff versions record none and load with a notice."""
+    if recorded is None:
+        warnings.warn(f"{path.parent}: {CONFIG_FILE} records no checksum of {MODEL_FILE} (written by an older "
+                      "lowdiff), so corrupt weights cannot be detected")
+    elif sha256(path) != recorded:
+        raise CheckpointError(f"{path} does not match the SHA-256 recorded in {CONFIG_FILE} (corrupt or replaced); "
+                              "copy the model directory again")
+
+
+def check_tensors(state: dict[str, torch.Tensor], model: torch.nn.Module, where: Path) -> None:
+    """Every stored tensor has the kind of its parameter (floating where the network is floating) and
+    finite values; the first that is not is named."""
+    expected = model.state_dict()
+    for name, tensor in state.items():
+        if name in expected and expected[name].is_floating_point() and not tensor.is_floating_point():
+            raise CheckpointError(f"{where}: tensor {name} is stored as {tensor.dtype}, the network needs floating "
+                                  "point; the weights are corrupt")
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{where}: tensor {name} holds NaN or inf values; the weights are corrupt")
+
+
 def from_pretrained(directory: str | Path) -> tuple[Preset, Denoiser, str]:
     """(preset, denoiser with its weights, where the weights came from) of a model directory."""
-    preset = load_config(directory)
-    model = Denoiser.from_preset(preset)
-    state, source = load_weights(directory)
+    preset, recorded = read_config(directory)
+    try:
+        model = Denoiser.from_preset(preset)
+    except ConfigError as e:                                   # a network that cannot be built from config.json
+        raise CheckpointError(f"{config_file(directory)}: {e}") from None
+    state, source = load_weights(directory, recorded)
+    check_tensors(state, model, Path(directory) / source if source == MODEL_FILE else Path(directory))
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:                                  # a tensor of the wrong shape
@@ -173,11 +198,11 @@ def load_latest_state(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dic
     for meta_path in state_files(run_dir):
         tensor_path = meta_path.with_suffix(".safetensors")
         try:
-            meta = json.loads(meta_path.read_text())
+            meta = read_json(meta_path)
             if not tensor_path.is_file() or sha256(tensor_path) != meta["sha256"]:
                 raise CheckpointError(f"{tensor_path.name} is missing or fails its checksum")
             return load_tensors(tensor_path), meta
-        except (CheckpointError, json.JSONDecodeError, KeyError, TypeError) as e:
+        except (CheckpointError, ConfigError, KeyError, TypeError) as e:
             bad.append(f"{meta_path.name} ({e})")
             warnings.warn(f"skipping corrupt training state {meta_path.name}: {e}; trying an older one")
     if bad:

@@ -169,4 +169,4 @@ def test_the_default_feature_space_follows_the_images_and_the_reference(tmp_path
     save_image_folder(gray, tmp_path / "gray")
     code, out, err = run(capsys, "eval", "fid", "--images", tmp_path / "gray", "--ref", tmp_path / "rgb.npz",
                          "--no-progress")
-    assert code == 0 and "cifar-cnn-v1" in err, err                     # chosen by the reference
+    assert code == 2 and "RGB images, these are 32x32 grayscale" in err, err   # another kind of image: refused

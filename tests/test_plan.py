@@ -31,7 +31,7 @@ def test_stage_overrides_and_errors(tiny):
 
 def test_plan_files_round_trip_and_reject_junk(tiny, tmp_path):
     stages = tiny().stages
-    stages.save(tmp_path / "p.json", note="x")
+    stages.save(tmp_path / "p.json", preset="x")
     assert StagePlan.load(tmp_path / "p.json") == stages
     (tmp_path / "bad.json").write_text(json.dumps([{"resolution": 8, "bogus": 1}]))
     with pytest.raises(ConfigError, match="only the keys"):
@@ -66,9 +66,9 @@ def test_plans_are_immutable_and_json_round_trips_every_field(tmp_path):
                                                                                      start="upsampled")])
     edited = plan.replace(0, nfe=2)
     assert plan[0].nfe == 4 and edited[0].nfe == 2 and edited != plan
-    plan.save(tmp_path / "p.json", note="x")
+    plan.save(tmp_path / "p.json", preset="x")
     data = json.loads((tmp_path / "p.json").read_text())
-    assert data["note"] == "x" and data["stages"][1]["start"] == "upsampled"
+    assert data["preset"] == "x" and data["stages"][1]["start"] == "upsampled"
     assert StagePlan.load(tmp_path / "p.json") == plan
     with pytest.raises(ConfigError, match="no such plan file"):
         StagePlan.load(tmp_path / "absent.json")

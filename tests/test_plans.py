@@ -55,7 +55,7 @@ def test_plans_round_trip_through_a_model_directory(tmp_path):
     ('{"plans": {"x": {}}}', "plan 'x': needs a 'stages' list"),
     ('{"plans": {"x": {"stages": [], "speed": 1}}}', "unknown keys ['speed']"),
     ('{"fid_noise": -1, "plans": {}}', "fid_noise must be a finite number >= 0"),
-    ("{" * 100_000, "not a JSON plans file"),
+    ("[" * 100_000, "JSON nested deeper than"),
 ])
 def test_a_bad_plans_file_is_one_line_naming_it(tmp_path, capsys, content, message):
     d = tmp_path / "model"

@@ -5,13 +5,15 @@ import os
 import signal
 import subprocess
 import sys
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from PIL import Image
+from safetensors.torch import load_file, save_file
 
 import lowdiff.pipeline
 from helpers import run
@@ -233,6 +235,51 @@ BAD_INPUTS = [
     # family 5: our own words, no traceback
     (["eval", "fid", "--stats", "{truncated}", "--ref", "{okstats}"], "not a readable .npz"),
     (["eval", "fid", "--stats", "{garbage}", "--ref", "{okstats}"], "not a readable .npz"),
+    # round three (issue 43), family 1: an FID only between statistics of the same kind of images
+    (["eval", "fid", "--checkpoint", "{model}", "--ref", "{rgbref}", "--num", "4"],
+     "measured 32x32 RGB images, these are 32x32 grayscale images"),
+    (["eval", "fid", "--images", "{rgbfolder}", "--ref", "{grayref}"],
+     "measured 32x32 grayscale images, these are 32x32 RGB"),
+    (["eval", "fid", "--images", "{rgbfolder}", "--ref", "{oldgrayref}"], "a classifier of 1-channel images"),
+    (["eval", "fid", "--stats", "{rgbref}", "--ref", "{grayref}"], "RGB images"),
+    (["tune", "--checkpoint", "{model}", "--ref", "{rgbref}", "--budget-nfe", "9", "--out", "{tmp}/p.json"],
+     "RGB images"),
+    # family 2: model directories whose weights are wrong
+    (["sample", "--checkpoint", "{nanweights}"], "tensor nets.unified.dec.16x16_block0.affine.weight holds NaN"),
+    (["sample", "--checkpoint", "{intweights}"], "stored as torch.int32"),
+    (["sample", "--checkpoint", "{flipped}"], "does not match the SHA-256"),
+    # family 3: seeds name one image each, within the generator's range
+    (["sample", "--seeds", "0-4,2-6", "--out", "{tmp}/o"], "seed 2 is listed twice"),
+    (["sample", "--seeds", "3,3", "--out", "{tmp}/o"], "seed 3 is listed twice"),
+    (["sample", "--seeds", "99999999999999999999"], "--seeds"),
+    (["sample", "--seed", "99999999999999999999"], "--seed"),
+    (["sample", "--seed", "9223372036854775807", "-n", "5"], "largest seed"),
+    (["eval", "fid", "--seed", "9223372036854775808", "--ref", "{tmp}/r.npz"], "--seed"),
+    # family 4: sample folders and their labels
+    (["sample", "--out", "{subfolder}"], "other images"),
+    (["eval", "fid", "--images", "{mislabelled}", "--ref", "{okstats}"], "labels.csv and the images disagree"),
+    # family 5: labels that fit the model
+    (["sample", "--checkpoint", "{twonames}"], "class_names lists 2 names"),
+    (["sample", "--checkpoint", "{twelvenames}"], "class_names lists 12 names"),
+    # family 6: finite numbers beyond what sampling can represent
+    (["sample", "--stage", "32:sigma_max=1e308"], "can sample"),
+    (["sample", "--stage", "32:rho=1e300"], "rho must be in"),
+    (["sample", "--plan", "{bigsnoise}"], "S_noise must be in"),
+    # family 7: malformed inputs that reach a library
+    (["sample", "--plan", "{deepplan}"], "nested deeper"),
+    (["eval", "fid", "--ref", "{npy}", "--num", "4"], "a single array (.npy)"),
+    (["eval", "fid", "--stats", "{strmu}", "--ref", "{okstats}"], "array 'mu' holds"),
+    (["sample", "--checkpoint", "{groupnorm}"], "model_channels"),
+    (["sample", "--checkpoint", "bundled:fashion-latent-lowdiff", "--vae", "{model}"], "a lowdiff model directory"),
+    (["sample", "--checkpoint", "bundled:fashion-latent-lowdiff", "--vae", "{garbage}"], "not a readable weight file"),
+    (["vae", "train", "--data", "synthetic", "--out", "{tmp}/v", "--channels", "16,abc"], "--channels"),
+    # family 8: input that would be ignored is refused
+    (["sample", "--vae", "{model}"], "pixel-space model"),
+    (["sample", "--plan", "{extrakey}"], "unknown key(s) note"),
+    (["sample", "--seeds", "0-3", "-n", "4"], "drop -n/--num"),
+    (["tune", "--checkpoint", "{model}", "--ref", "{tmp}/r.npz", "--budget-nfe", "9", "--out", "{tmp}/p.json",
+      "-n", "10", "--screen-num", "20"], "--screen-num 20 is more than"),
+    (["sample", "--checkpoint", "{model}/model.safetensors"], "is a file; give a model directory"),
 ]
 if not torch.cuda.is_available():
     BAD_INPUTS += [(["sample", "--device", "cuda"], "--device"), (["bench", "--preset", "lowdiff-fashion-tiny",
@@ -272,6 +319,7 @@ def bad_files(model: Path, tmp: Path) -> dict[str, Path]:
     paths["logonly"] = tmp / "logonly"                     # a log but no config.json
     paths["logonly"].mkdir()
     (paths["logonly"] / "log.jsonl").write_text(json.dumps({"kimg": 1}))
+    bad_round_three(model, tmp, paths)
     paths["truncated"] = tmp / "truncated.npz"
     paths["truncated"].write_bytes(paths["okstats"].read_bytes()[:200])
     paths["garbage"] = tmp / "garbage.npz"
@@ -282,6 +330,61 @@ def bad_files(model: Path, tmp: Path) -> dict[str, Path]:
         for f in files:
             (paths[name] / f).write_bytes(b"x")
     return paths
+
+
+def bad_round_three(model: Path, tmp: Path, paths: dict[str, Path]) -> None:
+    """Issue 43's files: references of other images, corrupt weights, folders, class names, plans, arrays."""
+    from lowdiff.eval.classifier import load_classifier
+    from lowdiff.eval.features import weights_sha256
+    from lowdiff.storage import load_config
+    gray_sha = weights_sha256(load_classifier(channels=1))
+    identity = {"feature_space": "classifier", "feature_dim": 128}
+    for name, extra in (("rgbref", {"image_shape": [3, 32, 32]}), ("grayref", {"image_shape": [1, 32, 32]}),
+                        ("oldgrayref", {"extractor_sha256": gray_sha})):
+        paths[name] = tmp / f"{name}.npz"
+        np.savez(paths[name], mu=np.zeros(128), sigma=np.eye(128), **identity, **extra)
+    paths["rgbfolder"] = tmp / "rgbfolder"
+    paths["rgbfolder"].mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(paths["rgbfolder"] / f"{i:06d}.png")
+    preset, state = load_config(model), load_file(str(model / "model.safetensors"))
+    for name, change in (("nanweights", lambda t: t.fill_(float("nan"))), ("intweights", lambda t: t.to(torch.int32))):
+        key = "nets.unified.dec.16x16_block0.affine.weight"
+        broken = dict(state, **{key: change(state[key].clone())})
+        save_pretrained(tmp / name, preset, broken)
+        paths[name] = tmp / name
+    paths["flipped"] = tmp / "flipped"
+    shutil.copytree(model, paths["flipped"])
+    data = bytearray((model / "model.safetensors").read_bytes())
+    data[-1] ^= 1
+    (paths["flipped"] / "model.safetensors").write_bytes(bytes(data))
+    config = json.loads((model / "config.json").read_text())
+    for name, change in (("twonames", dict(class_names=["a", "b"])),
+                         ("twelvenames", dict(class_names=list("abcdefghijkl"))),
+                         ("groupnorm", dict(network=dict(config["network"], model_channels=18)))):
+        paths[name] = tmp / name
+        shutil.copytree(model, paths[name])
+        (paths[name] / "config.json").write_text(json.dumps(dict(config, **change)))
+    paths["subfolder"] = tmp / "subfolder"
+    (paths["subfolder"] / "more").mkdir(parents=True)
+    (paths["subfolder"] / "more" / "000001.png").write_bytes(b"x")
+    paths["mislabelled"] = tmp / "mislabelled"
+    paths["mislabelled"].mkdir()
+    for f in ("000000.png", "000001.png"):
+        (paths["mislabelled"] / f).write_bytes(b"x")
+    (paths["mislabelled"] / "labels.csv").write_text('file,seed,class,class_name\n000000.png,0,0,"a"\n')
+    stages = config["stages"]
+    for name, plan in (("bigsnoise", {"stages": [dict(s, S_noise=1e300) for s in stages]}),
+                       ("extrakey", {"stages": stages, "note": "x"})):
+        paths[name] = tmp / f"{name}.json"
+        paths[name].write_text(json.dumps(plan))
+    paths["deepplan"] = tmp / "deep.json"
+    paths["deepplan"].write_text("[" * 100_000 + "]" * 100_000)
+    paths["npy"] = tmp / "x.npy"
+    np.save(paths["npy"], np.zeros(128))
+    paths["strmu"] = tmp / "strmu.npz"
+    np.savez(paths["strmu"], mu=np.array(["abc"] * 128), sigma=np.eye(128), **identity)
+    paths["model"] = model
 
 
 @pytest.mark.parametrize("argv,named", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
@@ -299,6 +402,7 @@ def test_bad_input_is_one_line_exit_2_naming_the_option(argv, named, model, tmp_
     paths = bad_files(model, tmp_path)
     argv = [a.format(tmp=tmp_path, nostages=tmp_path / "nostages.json", badvalue=tmp_path / "badvalue.json",
                      wrongtype=tmp_path / "wrongtype", wrongshape=tmp_path / "wrongshape", **paths) for a in argv]
+    assert not list(tmp_path.rglob("*.tmp"))
     if argv[0] == "sample" and "--checkpoint" not in argv:
         argv += ["--checkpoint", str(model)]
     if argv[0] == "sample" and "--out" not in argv:
@@ -311,7 +415,7 @@ def test_bad_input_is_one_line_exit_2_naming_the_option(argv, named, model, tmp_
 def test_an_absurd_sigma_max_warns(model, tmp_path, capsys):
     with pytest.warns(UserWarning, match="sigma range .* far outside"):
         code, _, err = run(capsys, "sample", "--checkpoint", model, "--num", "3", "--out", tmp_path / "g.png",
-                           "--stage", "32:sigma_max=1e6", "--no-progress")
+                           "--stage", "32:sigma_max=1e4", "--no-progress")
     assert code == 0
 
 
@@ -394,3 +498,111 @@ def test_a_budget_no_plan_meets_is_refused_naming_the_cheapest_plan(model, ref, 
                        "--screen-num", "4", "-n", "4", "--out", tmp_path / "p.json", "--no-progress")
     assert code == 2 and "smaller than the cheapest plan" in err and "effective NFE" in err and "ms per image" in err
     assert not (tmp_path / "p.json").exists()
+
+
+# --- 8. round three (issue 43): integrity records, writes that cannot tear ---------------
+
+def test_a_model_directory_without_a_checksum_loads_with_a_notice(model, tmp_path, capsys):
+    config = json.loads((model / "config.json").read_text())
+    del config["model_sha256"]
+    (model / "config.json").write_text(json.dumps(config))
+    with pytest.warns(UserWarning, match="records no checksum of model.safetensors"):
+        code, _, err = run(capsys, "sample", "--checkpoint", model, "--num", "3", "--out", tmp_path / "g.png",
+                           "--no-progress")
+    assert code == 0, err
+
+
+def test_references_record_the_image_shape(ref):
+    with np.load(ref) as f:
+        assert f["image_shape"].tolist() == [1, 32, 32]
+
+
+def full_disk(monkeypatch, module, name):
+    """`module.name` writes half its output, then fails as a full disk does."""
+    real = getattr(module, name)
+
+    def write_then_fail(*args, **kwargs):
+        real(*args, **kwargs)
+        target = next(a for a in args if isinstance(a, (str, Path)) or hasattr(a, "write"))
+        if hasattr(target, "write"):
+            target.truncate(10)
+        else:
+            Path(target).write_bytes(Path(target).read_bytes()[:10])
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(module, name, write_then_fail)
+
+
+@pytest.mark.parametrize("out", ["folder", "grid.png"])
+def test_a_full_disk_while_sampling_is_one_line_and_leaves_no_torn_image(out, model, tmp_path, capsys, monkeypatch):
+    from PIL import Image as PILImage
+    full_disk(monkeypatch, PILImage.Image, "save")
+    code, _, err = run(capsys, "sample", "--checkpoint", model, "--num", "3", "--out", tmp_path / out, "--no-progress")
+    errors = [line for line in err.strip().splitlines() if not line.startswith("plan: ")]   # which plan: said first
+    assert code == 2 and "no space left" in err and str(tmp_path) in err and len(errors) == 1, err
+    assert not [p for p in tmp_path.rglob("*") if p.suffix in (".png", ".tmp")]
+
+
+def test_a_full_disk_while_writing_statistics_leaves_no_npz(tmp_path, capsys, monkeypatch):
+    full_disk(monkeypatch, np, "savez")
+    code, _, err = run(capsys, "eval", "ref", "--data", "synthetic:16:32", "--out", tmp_path / "ref.npz",
+                       "--no-progress")
+    last = err.strip().splitlines()[-1]                       # after the line naming the feature classifier
+    assert code == 2 and "ref.npz: no space left" in last and "Traceback" not in err, err
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_full_disk_while_saving_a_training_state_is_one_line(tiny, tmp_path, capsys, monkeypatch):
+    import lowdiff.storage
+    from safetensors import SafetensorError
+
+    def no_space(*a, **k):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    monkeypatch.setattr(lowdiff.storage, "save_file", no_space)
+    spec = tmp_path / "preset.json"
+    spec.write_text(tiny().to_json())
+    code, _, err = run(capsys, "train", "--preset", spec, "--data", "synthetic:16", "--out", tmp_path / "run",
+                       "--no-progress", "--duration-kimg", "0.016")
+    last = err.strip().splitlines()[-1]                       # after the line saying what is trained
+    assert code == 2 and "state-" in last and "no space left" in last and "Traceback" not in err, err
+    assert not list((tmp_path / "run").rglob("*.tmp"))
+
+
+def test_labels_rows_are_cut_back_when_a_batch_cannot_be_written(tmp_path, monkeypatch):
+    from lowdiff.errors import WriteError
+    from lowdiff.images import FolderWriter
+    writer = FolderWriter(tmp_path / "o", ["a", "b"])
+    images = torch.zeros(2, 1, 4, 4, dtype=torch.uint8)
+    writer(images, [0, 1], [0, 1])
+    before = (tmp_path / "o" / "labels.csv").read_text()
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, data[:7]))          # a short write: disk full
+    with pytest.raises(WriteError, match="labels.csv"):
+        writer(images, [2, 3], [1, 0])
+    assert (tmp_path / "o" / "labels.csv").read_text() == before
+
+
+def test_transparent_images_are_read_with_a_notice(tmp_path, capsys):
+    (tmp_path / "d").mkdir()
+    Image.new("RGBA", (8, 8), (10, 20, 30, 128)).save(tmp_path / "d" / "a.png")
+    with pytest.warns(UserWarning, match="1 image.* with transparency .*a.png.* composited onto white"):
+        code, _, err = run(capsys, "dataset", "info", tmp_path / "d")
+    assert code == 0, err
+
+
+@pytest.mark.slow
+def test_a_killed_torchrun_rank_ends_the_other_with_one_line(model, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "o"
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "-m", "lowdiff.cli", "sample", "--checkpoint", str(model), "-n", "100000", "--batch", "4",
+                             "--out", str(out), "--no-progress"], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while len(list(out.glob("*.png"))) < 8 and time.time() < deadline:
+        time.sleep(0.1)
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    os.kill(max(int(w) for w in workers), signal.SIGKILL)                       # the later-started worker: rank 1
+    _, err = proc.communicate(timeout=120)
+    ours = [line for line in err.splitlines() if line.startswith(("lowdiff sample", "[rank"))]   # not torchrun's
+    assert len(ours) == 1 and ("another process of the torchrun launch ended" in ours[0] or
+                               "interrupted" in ours[0]), err
+    assert "[rank0]" not in err and not list(out.glob("*.tmp"))

@@ -49,7 +49,6 @@ def test_a_known_rgb_image_survives_readers_grid_and_folder(tmp_path):
     assert grid.mode == "RGB" and np.array_equal(np.asarray(grid).transpose(2, 0, 1), img)
     writer = FolderWriter(tmp_path / "out")
     writer(torch.from_numpy(img[None]), [7])
-    writer.close()
     again = open_dataset(str(tmp_path / "out"))
     assert np.array_equal(again.images[0], img)
     assert tuple(np.asarray(Image.open(tmp_path / "out" / "000007.png"))[0, 0]) == (255, 0, 0)
@@ -62,7 +61,6 @@ def test_an_rgb_model_samples_colour_images_that_reload_equal(tmp_path):
     assert out.images.shape == (3, 3, 32, 32) and out.images.dtype == torch.uint8
     writer = FolderWriter(tmp_path / "s", [str(c) for c in range(10)])
     writer(out.images, out.seeds, out.class_labels)
-    writer.close()
     back = open_dataset(str(tmp_path / "s"), use_labels=False)
     assert np.array_equal(back.images, out.images.numpy())
     save_grid(out.images, tmp_path / "g.png", scale=2)

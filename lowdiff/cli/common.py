@@ -92,6 +92,7 @@ def sampling_plan(args, default, plans=None, precond=None):
     or FILE, else `default` (a NamedPlan); then --solver, then --stage overrides (the name says
     so, and the figures go); a warning when a stage's sigma range lies far outside `precond`'s
     sampling range (EDM's by default)."""
+    from ..diffusion.plan import far_outside
     from ..diffusion.precond import EDM
     from ..plans import NamedPlan
     chosen = _named_or_file(args.plan, plans) if getattr(args, "plan", None) else default
@@ -100,10 +101,10 @@ def sampling_plan(args, default, plans=None, precond=None):
         plan = chosen.stages.with_solver(solver) if solver else chosen.stages
         edits = ([f"--solver {solver}"] if solver else []) + [f"--stage {o}" for o in overrides]
         chosen = NamedPlan(f"{chosen.name} with {' '.join(edits)}", plan.override(overrides), chosen.description)
-    low, high = (precond or EDM()).sampling_range
+    precond = precond or EDM()
+    low, high = precond.sampling_range
     for s in chosen.stages:
-        if s.schedule == "edm" and 0 < s.sigma_min < s.sigma_max < float("inf") and (s.sigma_max > 6 * high or
-                                                                                      s.sigma_min < low / 200):
+        if far_outside(s, precond):
             warnings.warn(f"stage {s.resolution}: sigma range [{s.sigma_min:g}, {s.sigma_max:g}] is far outside the "
                           f"noise levels these models sample from ([{low:g}, {high:g}]); expect poor images")
     return chosen
@@ -128,13 +129,16 @@ def say_plan(chosen, plans=None) -> None:
           file=sys.stderr)
 
 
-def extractor_of(args, channels: int = 1, ref: str | None = None, world=None):
+def extractor_of(args, channels: int = 1, ref: str | None = None, world=None, shape: tuple | None = None):
     """The feature extractor the options name; the default classifier is chosen for `channels`-channel images,
-    or by the weights that made the statistics `ref`."""
+    or by the weights that made the statistics `ref`. Statistics `ref` of images of another `shape` (C, H, W)
+    than the ones to measure are refused before anything is printed."""
     from ..eval import evaluate
     weights = args.inception if args.features == "inception" else args.classifier
     device = str(world.device) if world is not None else str(check_device(args.device))
     extractor = evaluate.get_extractor(args.features, weights, device, channels, ref)
+    if ref is not None and shape is not None:
+        evaluate.check_reference_images(ref, shape, extractor)
     if args.features == "classifier" and weights is None and (world is None or world.is_main):
         model = extractor.model
         accuracy = f", test accuracy {model.test_accuracy:.1%}" if model.test_accuracy is not None else ""
@@ -163,13 +167,13 @@ def sigterm_as_interrupt():
 @contextlib.contextmanager
 def joined(device: str):
     """This process's `World` (the torchrun group, or one process), left at the end; SIGTERM
-    ends the work like Ctrl-C."""
-    from ..distributed import World, close_distributed
+    ends the work like Ctrl-C, and a process of the launch lost midway is one line on the others."""
+    from ..distributed import World, close_distributed, peer_loss_as_error
     check_device(device)
     world = World.join(device)
     ok = False
     try:
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt(), peer_loss_as_error(world.rank, world.size):
             yield world
         ok = True
     finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from ..checks import batch_size, check_device, check_output, nonnegative_int, positive_int
+from ..checks import batch_size, check_device, check_output, positive_int, seed_value
 from .common import add_device, add_progress
 
 COMMANDS = {"info": "print size, resolution, channels and class counts",
@@ -35,7 +35,7 @@ def register(sub) -> None:
             d.add_argument("--batch", type=batch_size, default=64, help="images per VAE batch (default 64)")
             d.add_argument("--shard-size", dest="shard_size", type=positive_int, default=10_000,
                            help="images per shard (default 10000)")
-            d.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the posterior samples")
+            d.add_argument("--seed", type=seed_value, default=0, help="seed of the posterior samples")
             add_device(d)
             add_progress(d)
     ds.set_defaults(func=run)

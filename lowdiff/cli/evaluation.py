@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from ..checks import at_least_2, batch_size, check_output, nonnegative_int, positive_float, positive_int
+from ..checks import at_least_2, batch_size, check_output, positive_float, positive_int, seed_value
 from ..errors import ConfigError
 from .common import add_device, add_features_args, add_progress, add_speed_args, extractor_of, inference_options, \
     joined, sampling_plan, say_plan
@@ -43,7 +43,7 @@ def register(sub) -> None:
     source.add_argument("--stats", help="a statistics .npz instead of a model (FID between two .npz files)")
     e.add_argument("-n", "--num", type=at_least_2, help="number of samples (default 10000; with --images: all; "
                    "-n N under torchrun)")
-    e.add_argument("--seed", type=nonnegative_int, help="first seed; seeds seed..seed+num-1 are used (default 0)")
+    e.add_argument("--seed", type=seed_value, help="first seed; seeds seed..seed+num-1 are used (default 0)")
     e.add_argument("--batch", type=batch_size, default=250, help="images per batch")
     add_speed_args(e)
     ev.set_defaults(func=run)
@@ -66,7 +66,7 @@ def _register_train_classifier(evs) -> None:
     e.add_argument("--batch", type=at_least_2, default=128, help="batch size (default 128)")
     e.add_argument("--lr", type=positive_float, default=2e-3, help="peak Adam learning rate, cosine decay "
                    "(default 2e-3)")
-    e.add_argument("--seed", type=nonnegative_int, default=0)
+    e.add_argument("--seed", type=seed_value, default=0)
     add_progress(e)
 
 
@@ -120,10 +120,10 @@ def fid(args) -> None:
 
 def _fid_of_folder(args, evaluate) -> None:
     from ..eval.metrics import frechet_distance
-    extractor = extractor_of(args, 1, args.ref)
-    ref = evaluate.check_reference(args.ref, {**extractor.identity, "feature_space": args.features})
-    stats = evaluate.folder_stats(args.images, extractor, num=args.num, batch=args.batch,
-                                  progress=not args.no_progress)
+    images = evaluate.image_folder(args.images)
+    extractor = extractor_of(args, images.channels, args.ref, shape=images.images.shape[1:])
+    ref = evaluate.reference_for(args.ref, extractor, args.features, images.images.shape[1:])
+    stats = evaluate.folder_stats(images, extractor, num=args.num, batch=args.batch, progress=not args.no_progress)
     print(json.dumps({"fid": frechet_distance(stats.mu, stats.sigma, *ref), "num": stats.n,
                       "images": args.images, "feature_space": args.features}, indent=2))
 
@@ -131,8 +131,8 @@ def _fid_of_folder(args, evaluate) -> None:
 def _fid_of_model(args, world, evaluate) -> None:
     from ..pipeline import load
     pipe = load(args.checkpoint, device=world.device, options=inference_options(args))
-    extractor = extractor_of(args, pipe.image_channels, args.ref, world)
-    ref = evaluate.check_reference(args.ref, {**extractor.identity, "feature_space": args.features})
+    extractor = extractor_of(args, pipe.image_channels, args.ref, world, pipe.image_shape)
+    ref = evaluate.reference_for(args.ref, extractor, args.features, pipe.image_shape)
     chosen = sampling_plan(args, pipe.default_plan, pipe.plans, pipe.preset.precond)
     stages = pipe.plan(chosen.stages)
     num, seed = args.num or 10_000, args.seed or 0

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from ..bundled import models as bundled_models
-from ..checks import batch_size, check_output, nonnegative_int, positive_int, seed_list
+from ..checks import batch_size, check_output, positive_int, seed_list, seed_value
 from ..errors import ConfigError
 from ..seeds import Seeds
 from .common import INTERRUPTED, add_device, add_progress, add_speed_args, inference_options, joined, sampling_plan, \
@@ -21,10 +21,11 @@ def register(sub) -> None:
     s = sub.add_parser("sample", help="generate images: a PNG grid or a folder of PNGs")
     s.add_argument("--checkpoint", help="model directory (an unfinished run samples its newest state's EMA), or "
                    f"bundled:NAME ({', '.join(bundled_models())}; default bundled:fashion-lowdiff-cond)")
-    s.add_argument("-n", "--num", type=positive_int, default=64, help="number of images (default 64; write -n N "
+    s.add_argument("-n", "--num", type=positive_int, help="number of images (default 64; write -n N "
                    "under torchrun, whose own parser takes --num for its --numa-binding)")
-    s.add_argument("--seed", type=nonnegative_int, default=0, help="first seed; image i uses seed+i (default 0)")
-    s.add_argument("--seeds", type=seed_list, help="explicit seeds instead of --num/--seed, e.g. 0-63,100")
+    s.add_argument("--seed", type=seed_value, help="first seed; image i uses seed+i (default 0)")
+    s.add_argument("--seeds", type=seed_list, help="explicit seeds instead of --num/--seed, e.g. 0-63,100 (each "
+                   "seed once, at most 2^63 - 1)")
     s.add_argument("--out", required=True, help="grid.png, or a folder for one PNG per seed (plus labels.csv with each "
                    "image's class for class-conditional models)")
     s.add_argument("--overwrite", action="store_true", help="replace the images and labels.csv of an earlier run "
@@ -47,7 +48,15 @@ def register(sub) -> None:
 
 def seeds_of(args) -> Seeds:
     """--seeds LIST, else --num images from --seed (ranges, never a list in memory)."""
-    return args.seeds if args.seeds else Seeds.count(args.seed, args.num)
+    if args.seeds:
+        given = [name for name, value in (("-n/--num", args.num), ("--seed", args.seed)) if value is not None]
+        if given:
+            raise ConfigError(f"--seeds lists the images to make; drop {' and '.join(given)}")
+        return args.seeds
+    try:
+        return Seeds.count(args.seed or 0, args.num or 64)
+    except ConfigError as e:
+        raise ConfigError(f"--seed {args.seed} with -n {args.num or 64}: {e}") from None
 
 
 def grid_labels(seeds: Seeds, label_dim: int, by_class: bool) -> list[int] | None:
@@ -121,10 +130,9 @@ def _sample(args, world, grid: bool, seeds: Seeds) -> int | None:
             else:
                 writer(batch_images, chunk, batch_labels)
     except KeyboardInterrupt:
-        if writer is not None:
-            writer.close()
-        say("lowdiff sample: interrupted; " + (f"the {writer.count} images finished are in {args.out}" if writer
-                                                else "no grid written"), file=sys.stderr)
+        kept = (f"the {writer.count} images finished are in {args.out}" if writer else "no grid written"
+                if world.is_main else f"process {world.rank} of {world.size} stopped")
+        print(f"lowdiff sample: interrupted; {kept}", file=sys.stderr)
         return INTERRUPTED
     if not world.is_main:
         return None
@@ -132,8 +140,6 @@ def _sample(args, world, grid: bool, seeds: Seeds) -> int | None:
         by_class = isinstance(labels, list) and args.class_label is None
         layout = dict(ncol=len(seeds) // label_dim, row_labels=names) if by_class else {}
         save_grid(torch.cat(images), args.out, scale=args.scale, **layout)
-    else:
-        writer.close()
     _report(args, world, seeds, stages, reports, time.time() - start, label_dim and writer is not None)
     return None
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ..checks import batch_size, check_device, check_output, nonnegative_int, positive_float
+from ..checks import batch_size, check_device, check_output, nonnegative_int, positive_float, seed_value
 from ..presets import get_preset
 from .common import add_device, add_progress, stopped_status
 
@@ -30,7 +30,7 @@ def register(sub) -> None:
     s.add_argument("--lr", type=positive_float, help="learning rate (default: the preset's)")
     s.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="mixed precision (default: the preset's)")
     s.add_argument("--compile", action="store_true", default=None, help="torch.compile the network")
-    s.add_argument("--seed", type=nonnegative_int, help="training seed (default: the preset's, 0)")
+    s.add_argument("--seed", type=seed_value, help="training seed (default: the preset's, 0)")
     length = s.add_mutually_exclusive_group()
     length.add_argument("--duration-kimg", dest="duration_kimg", type=positive_float,
                         help="training length in thousands of images (default: the preset's)")
@@ -56,6 +56,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int | None:
+    from ..distributed import peer_loss_as_error
     from ..train.init_from import load_baseline_for
     from ..train.loop import check_same_data, open_training_data, run_training
     check_device(args.device)
@@ -75,8 +76,9 @@ def run(args) -> int | None:
         sized = (f" for {preset.train.duration_kimg:g} kimg (the compute asked for)"
                  if args.match_compute or args.duration_tflop else "")
         print(f"training {preset.name} on {dataset.name} ({len(dataset)} images){sized} -> {args.out}", file=sys.stderr)
-    trainer = run_training(preset, dataset, args.out, device=args.device, progress=not args.no_progress,
-                           restart=args.restart, init_from=baseline)
+    with peer_loss_as_error(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))):
+        trainer = run_training(preset, dataset, args.out, device=args.device, progress=not args.no_progress,
+                               restart=args.restart, init_from=baseline)
     if trainer.stopped_by is not None:
         return stopped_status(trainer.stopped_by)
     if main_rank:

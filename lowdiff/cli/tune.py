@@ -4,8 +4,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..checks import at_least_2, batch_size, check_output, nonnegative_int, positive_float, positive_int
+from ..checks import at_least_2, batch_size, check_output, positive_float, positive_int, seed_value
 from ..errors import ConfigError
+from ..seeds import Seeds
 from .common import add_device, add_features_args, add_progress, add_speed_args, extractor_of, inference_options, \
     joined, load_plan_file
 
@@ -31,11 +32,12 @@ def register(sub) -> None:
                    help="per-evaluation cost behind effective NFE (default latency, measured here)")
     s.add_argument("-n", "--num", type=at_least_2, default=500,
                    help="samples per FID of the confirmed plans (default 500; -n N under torchrun)")
-    s.add_argument("--screen-num", dest="screen_num", type=at_least_2, default=200,
-                   help="samples per FID when screening, the first of the --num seeds (default 200)")
+    s.add_argument("--screen-num", dest="screen_num", type=at_least_2,
+                   help="samples per FID when screening, the first of the --num seeds, at most --num (default 200, "
+                   "or --num when smaller)")
     s.add_argument("--confirm", type=positive_int, default=8,
                    help="best screened plans evaluated again on --num samples (default 8)")
-    s.add_argument("--seed", type=nonnegative_int, default=0, help="first seed; every plan uses seeds seed..seed+num-1")
+    s.add_argument("--seed", type=seed_value, default=0, help="first seed; every plan uses seeds seed..seed+num-1")
     s.add_argument("--batch", type=batch_size, default=250, help="images per batch (default 250)")
     s.add_argument("--trials", type=positive_int, default=100, help="plans screened at most (default 100)")
     s.add_argument("--solvers", default="heun,dpmpp2m,ipndm", help="solvers to try, comma-separated (default "
@@ -60,6 +62,10 @@ def register(sub) -> None:
 def run(args) -> None:
     if args.budget_nfe is None and args.budget_latency is None:
         raise ConfigError("give a budget: --budget-nfe N (effective NFE) and/or --budget-latency SECONDS (per image)")
+    if args.screen_num is not None and args.screen_num > args.num:
+        raise ConfigError(f"--screen-num {args.screen_num} is more than -n/--num {args.num}: the screening seeds are "
+                          "the first of the --num seeds; lower --screen-num or raise -n")
+    Seeds.count(args.seed, args.num)                 # every seed within the generator's range
     plot = args.plot or str(Path(args.out).with_suffix(".png"))
     check_output(args.out)
     check_output(plot, "--plot")
@@ -75,10 +81,10 @@ def _tune(args, world, plot: str) -> None:
     from ..pipeline import load
     from ..progress import image_bar
     pipe = load(args.checkpoint, device=world.device, options=inference_options(args))
-    extractor = extractor_of(args, pipe.image_channels, args.ref, world)
+    extractor = extractor_of(args, pipe.image_channels, args.ref, world, pipe.image_shape)
     opts = TuneOptions(budget_nfe=args.budget_nfe, budget_latency=args.budget_latency, trials=args.trials,
-                       num=args.num, screen_num=args.screen_num, confirm=args.confirm, seed=args.seed,
-                       batch=args.batch, solvers=tuple(args.solvers.split(",")), cost=args.cost,
+                       num=args.num, screen_num=args.screen_num or min(200, args.num), confirm=args.confirm,
+                       seed=args.seed, batch=args.batch, solvers=tuple(args.solvers.split(",")), cost=args.cost,
                        warm_start=args.warm_start)
     most = opts.trials * min(opts.screen_num, opts.num) + opts.confirm * opts.num     # images, at most
     bar = image_bar(most, "tune", disable=args.no_progress or not world.is_main)

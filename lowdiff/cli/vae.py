@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 import sys
 
-from ..checks import batch_size, check_device, check_output, nonnegative_int, positive_float, positive_int
+from ..checks import batch_size, check_device, check_output, positive_float, positive_int, positive_int_list, \
+    seed_value
 from .common import add_device, add_features_args, add_progress, extractor_of, stopped_status
 
 
@@ -23,8 +24,9 @@ def register(sub) -> None:
     v.add_argument("--lr", type=positive_float, help="Adam learning rate (default 1e-3)")
     v.add_argument("--kl-weight", dest="kl_weight", type=positive_float, help="weight of the KL term (default 1e-5)")
     v.add_argument("--latent-channels", dest="latent_channels", type=positive_int, help="latent channels (default 4)")
-    v.add_argument("--channels", help="widths per level, comma-separated; levels - 1 halvings (default 16,32,64: f4)")
-    v.add_argument("--seed", type=nonnegative_int, help="seed (default 0)")
+    v.add_argument("--channels", type=positive_int_list,
+                   help="widths per level, comma-separated; levels - 1 halvings (default 16,32,64: f4)")
+    v.add_argument("--seed", type=seed_value, help="seed (default 0)")
     add_device(v)
     add_progress(v)
     v = vs.add_parser("eval", help="PSNR and FID of a VAE's reconstructions of a dataset")
@@ -55,9 +57,8 @@ def train(args) -> int | None:
     from ..train.vae import VAEConfig, VAETrainConfig, replace, train_vae
     check_output(args.out, directory=True)
     ds = open_dataset(args.data, split=args.split)
-    channels = tuple(int(c) for c in args.channels.split(",")) if args.channels else None
     model = replace(VAEConfig(in_channels=ds.channels), latent_channels=args.latent_channels,
-                    block_out_channels=channels)
+                    block_out_channels=args.channels)
     config = replace(VAETrainConfig(), batch=args.batch, lr=args.lr, duration_kimg=args.kimg,
                      kl_weight=args.kl_weight, seed=args.seed)
     print(f"training a f{model.factor} VAE ({model.latent_channels} latent channels) on {ds.name} "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import warnings
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..files import atomic_write, write_text
 from .base import DatasetError, ImageDataset
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -51,12 +53,13 @@ def _open_folder(path: Path) -> Iterator[tuple[list[str], Callable[[str], bytes 
         yield sorted(n for n in members if not n.endswith("/") and _is_image_name(n)), read_zip
 
 
-def _decode_image(data: bytes, rel: str, where: Path) -> np.ndarray:
-    """Decode PNG/JPG bytes to (C, H, W) uint8: grayscale -> 1 channel, everything else -> RGB on white."""
+def _decode_image(data: bytes, rel: str, where: Path) -> tuple[np.ndarray, bool]:
+    """Decode PNG/JPG bytes to (C, H, W) uint8 (grayscale -> 1 channel, everything else -> RGB on
+    white) and whether the image had transparency, which that drops."""
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
-            return _to_array(img)
+            return _to_array(img), _has_alpha(img)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DatasetError(f"cannot read image {rel} in {where} ({e}); remove or replace the file") from e
 
@@ -65,6 +68,10 @@ def _on_white(color: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """Composite uint8 (H, W, C) colour with (H, W) alpha onto a white background."""
     a = alpha.astype(np.float32)[..., None] / 255
     return np.round(color * a + 255 * (1 - a)).astype(np.uint8)
+
+
+def _has_alpha(img: Image.Image) -> bool:
+    return img.mode in ("LA", "La", "RGBA", "RGBa", "PA") or (img.mode == "P" and "transparency" in img.info)
 
 
 def _to_array(img: Image.Image) -> np.ndarray:
@@ -103,8 +110,8 @@ def _parse_labels(raw: bytes, names: list[str], where: Path) -> tuple[np.ndarray
     """Labels (aligned with `names`) and optional class names from dataset.json's content."""
     try:
         meta = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"dataset.json in {where} is not valid JSON ({e})") from e
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise DatasetError(f"dataset.json in {where} is not valid JSON ({type(e).__name__})") from None
     entries = meta.get("labels") if isinstance(meta, dict) else None
     class_names = meta.get("class_names") if isinstance(meta, dict) else None
     if class_names is not None and not (isinstance(class_names, list) and all(isinstance(n, str) for n in class_names)):
@@ -146,11 +153,16 @@ def load_image_folder(path: str | Path, use_labels: bool = True) -> ImageDataset
         if not names:
             raise DatasetError(f"no images (.png, .jpg, .jpeg) found in {path}")
         images: list[np.ndarray] = []
+        transparent = []
         for rel in names:
-            img = _decode_image(read(rel), rel, path)
+            img, alpha = _decode_image(read(rel), rel, path)
             _check_image(img, rel, (names[0], images[0] if images else img), path)
             images.append(img)
+            transparent += [rel] if alpha else []
         meta = read("dataset.json") if use_labels else None
+    if transparent:
+        warnings.warn(f"{path}: {len(transparent)} image(s) with transparency (e.g. {transparent[0]}) are read "
+                      "composited onto white; remove the alpha channel to silence this")
     labels, class_names = _parse_labels(meta, names, path) if meta is not None else (None, None)
     name = path.name[:-4] if path.suffix.lower() == ".zip" else path.name
     return ImageDataset(np.stack(images), labels, name, class_names)
@@ -167,16 +179,19 @@ def save_image_folder(ds: ImageDataset, path: str | Path) -> None:
     files = ((rel, _png_bytes(img)) for rel, img in zip(rels, ds.images))
     if path.suffix.lower() == ".zip":
         path.parent.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
-            for rel, data in files:
-                zf.writestr(rel, data)
-            zf.writestr("dataset.json", json.dumps(meta))
+
+        def write_zip(tmp: Path) -> None:
+            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+                for rel, data in files:
+                    zf.writestr(rel, data)
+                zf.writestr("dataset.json", json.dumps(meta))
+        atomic_write(path, write_zip)
         return
     for rel, data in files:
         (path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (path / rel).write_bytes(data)
+        atomic_write(path / rel, lambda p, data=data: p.write_bytes(data), sync=False)
     path.mkdir(parents=True, exist_ok=True)
-    (path / "dataset.json").write_text(json.dumps(meta))
+    write_text(path / "dataset.json", json.dumps(meta))
 
 
 def _png_bytes(img: np.ndarray) -> bytes:

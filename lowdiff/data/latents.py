@@ -28,6 +28,8 @@ from safetensors.torch import save_file
 from .. import bundled
 from ..config import LatentConfig
 from ..diffusion import pyramid
+from ..errors import ConfigError
+from ..files import atomic_write, read_json, write_text
 from .base import LATENT_MANIFEST, DatasetError, ImageDataset
 from .vae import load_vae, to_vae_input
 
@@ -138,7 +140,7 @@ def encode_dataset(ds: ImageDataset, vae_path: str | Path, out: str | Path, *, i
                 "resolutions": res, "count": len(ds), "num_classes": ds.num_classes if ds.labels is not None else 0,
                 "class_names": ds.class_names, "shards": shards,
                 "stats": {str(r): s.result() for r, s in stats.items()}}
-    (out / LATENT_MANIFEST).write_text(json.dumps(manifest, indent=2))
+    write_text(out / LATENT_MANIFEST, json.dumps(manifest, indent=2))
     return manifest
 
 
@@ -151,7 +153,8 @@ def _write_shard(out: Path, index: int, buffer: dict[str, list[torch.Tensor]], s
     """Write the first `size` buffered rows as shard `index`; returns the rest."""
     tensors = {k: torch.cat(v) for k, v in buffer.items()}
     name = f"latents-{index:05d}.safetensors"
-    save_file({k: v[:size].contiguous() for k, v in tensors.items()}, str(out / name))
+    shard = {k: v[:size].contiguous() for k, v in tensors.items()}
+    atomic_write(out / name, lambda p: save_file(shard, str(p)))
     shards.append({"file": name, "count": min(size, len(next(iter(tensors.values()))))})
     return {k: [v[size:]] for k, v in tensors.items() if len(v) > size}
 
@@ -165,19 +168,25 @@ _DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int3
 def _map_safetensors(path: Path) -> dict[str, np.ndarray]:
     """Zero-copy read-only arrays over a safetensors file (8-byte header length, JSON
     header with dtype / shape / data_offsets, raw little-endian data)."""
-    with open(path, "rb") as f:
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    (length,) = struct.unpack("<Q", mm[:8])
-    header = json.loads(mm[8:8 + length])
-    base, arrays = 8 + length, {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if info["dtype"] not in _DTYPES:
-            raise DatasetError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-        begin, end = info["data_offsets"]
-        arrays[name] = np.frombuffer(mm, dtype=_DTYPES[info["dtype"]], count=(end - begin) // np.dtype(
-            _DTYPES[info["dtype"]]).itemsize, offset=base + begin).reshape(info["shape"])
+    try:
+        with open(path, "rb") as f:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        (length,) = struct.unpack("<Q", mm[:8])
+        header = json.loads(mm[8:8 + length])
+        base, arrays = 8 + length, {}
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            if info["dtype"] not in _DTYPES:
+                raise DatasetError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
+            begin, end = info["data_offsets"]
+            arrays[name] = np.frombuffer(mm, dtype=_DTYPES[info["dtype"]], count=(end - begin) // np.dtype(
+                _DTYPES[info["dtype"]]).itemsize, offset=base + begin).reshape(info["shape"])
+    except (OSError, struct.error, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        if isinstance(e, DatasetError):
+            raise
+        raise DatasetError(f"{path}: not a readable latent shard (truncated or corrupt: {type(e).__name__}); "
+                           "encode the dataset again (`lowdiff dataset encode`)") from None
     return arrays
 
 
@@ -191,10 +200,10 @@ class LatentDataset:
         self.directory = Path(directory)
         path = self.directory / LATENT_MANIFEST
         try:
-            self.manifest = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+            self.manifest = read_json(path)
+        except (OSError, ConfigError) as e:
             raise DatasetError(f"{path}: cannot read the latent manifest ({e})") from None
-        if self.manifest.get("format") != FORMAT:
+        if not isinstance(self.manifest, dict) or self.manifest.get("format") != FORMAT:
             raise DatasetError(f"{path}: not a {FORMAT} manifest")
         m = self.manifest
         self.shards = [_map_safetensors(self.directory / s["file"]) for s in m["shards"]]

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 
 from .. import bundled
+from ..errors import ConfigError
+from ..files import read_json
 from .base import DatasetError
 
 
@@ -43,9 +45,11 @@ def load_vae(path: str | Path, device: str | torch.device = "cpu", norm_num_grou
     AutoencoderKL = autoencoder_kl_class()
     path = bundled.resolve(path)
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise DatasetError(f"{path}: a VAE directory needs the diffusers config.json and weights")
-        vae = AutoencoderKL.from_pretrained(path, local_files_only=True, low_cpu_mem_usage=False)
+        _check_vae_dir(path)
+        try:
+            vae = AutoencoderKL.from_pretrained(path, local_files_only=True, low_cpu_mem_usage=False)
+        except (OSError, ValueError, RuntimeError, TypeError, KeyError) as e:
+            raise DatasetError(f"VAE {path}: not a loadable diffusers AutoencoderKL ({_first_line(e)})") from None
     elif path.is_file():
         state = _read_weights(path)
         if not any(k.startswith("encoder.down.") for k in state):
@@ -61,12 +65,44 @@ def load_vae(path: str | Path, device: str | torch.device = "cpu", norm_num_grou
     return vae.to(device).eval().requires_grad_(False)
 
 
+def _check_vae_dir(path: Path) -> None:
+    """A diffusers AutoencoderKL directory: its config.json names the class, and a weight file is beside it."""
+    config = path / "config.json"
+    if not config.is_file():
+        raise DatasetError(f"VAE {path}: a VAE directory needs the diffusers config.json and weights")
+    try:
+        data = read_json(config)
+    except ConfigError as e:
+        raise DatasetError(f"VAE {e}") from None
+    kind = data.get("_class_name") if isinstance(data, dict) else None
+    if kind != "AutoencoderKL":
+        lowdiff_model = isinstance(data, dict) and "stages" in data
+        what = "a lowdiff model directory" if lowdiff_model else f"a {kind or 'foreign'} directory"
+        raise DatasetError(f"VAE {path}: {what}, not a diffusers AutoencoderKL (its config.json names no "
+                           "_class_name AutoencoderKL); give the VAE's directory or weight file")
+    if not any((path / name).is_file() for name in VAE_WEIGHT_FILES):
+        raise DatasetError(f"VAE {path}: no weight file ({' or '.join(VAE_WEIGHT_FILES)})")
+
+
+VAE_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:        # safetensors', torch's and its unpickler's errors: all mean "not weights"
+        raise DatasetError(f"VAE {path}: not a readable weight file (.safetensors, or a torch checkpoint of "
+                           f"tensors): {_first_line(e)}") from None
+    if not isinstance(state, dict):
+        raise DatasetError(f"VAE {path}: holds a {type(state).__name__}, not a dict of weights")
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

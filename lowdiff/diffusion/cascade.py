@@ -19,6 +19,7 @@ import torch
 
 from . import pyramid
 from .guidance import guided
+from ..seeds import check_seed
 from .plan import StagePlan
 
 
@@ -27,7 +28,7 @@ class PerImageGenerator:
 
     def __init__(self, seeds: list[int], device: torch.device | str = "cpu"):
         self.device = torch.device(device)
-        self.generators = [torch.Generator(self.device).manual_seed(int(s) % (1 << 63)) for s in seeds]
+        self.generators = [torch.Generator(self.device).manual_seed(check_seed(int(s))) for s in seeds]
 
     def randn(self, shape: tuple[int, ...]) -> torch.Tensor:
         return torch.stack([torch.randn(shape, generator=g, device=self.device) for g in self.generators])

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import torch
 
 from ..errors import ConfigError
 from ..fields import convert, from_dict, jsonable
+from ..files import read_json, write_json
 from .precond import EDM, Preconditioning
 from .schedules import edm_sigmas, flow_sigmas
 from .solvers import SOLVERS
@@ -180,6 +180,7 @@ class StagePlan(Sequence):
     def _validate_stage(self, i: int, s: StageConfig, precond: Preconditioning, conditional: bool) -> None:
         where, final = f"stage {s.resolution}", self.is_final(i)
         _validate_numbers(s)
+        _validate_sigma_span(s, precond)
         self.solver(i)
         if s.schedule not in ("edm", "flow"):
             raise ConfigError(f"{where}: schedule {s.schedule!r}, choose edm or flow")
@@ -271,28 +272,38 @@ class StagePlan(Sequence):
         return cls(from_dict(StageConfig, row, f"{where}: stage {i}") for i, row in enumerate(rows))
 
     def save(self, path: str | Path, **info) -> None:
-        """Write a plan file (`lowdiff sample --plan FILE`): {"stages": [StageConfig fields], **info}."""
-        Path(path).write_text(json.dumps({"stages": self.to_list(), **jsonable(info)}, indent=2) + "\n")
+        """Write a plan file (`lowdiff sample --plan FILE`) atomically: {"stages": [StageConfig fields], **info},
+        `info` keys among PLAN_FILE_KEYS (what `lowdiff tune` records of its search)."""
+        unknown = sorted(set(info) - set(PLAN_FILE_KEYS))
+        if unknown:
+            raise ValueError(f"plan files have no key(s) {', '.join(unknown)}; add them to PLAN_FILE_KEYS")
+        write_json(path, {"stages": self.to_list(), **jsonable(info)})
 
     @classmethod
     def load(cls, path: str | Path) -> "StagePlan":
-        """Read a plan file: {"stages": [...], ...} or a bare list of stages."""
+        """Read a plan file: {"stages": [...], ...} (only PLAN_FILE_KEYS) or a bare list of stages."""
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: {'a directory, not a plan file' if path.is_dir() else 'no such plan file'}")
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: not a JSON plan file ({e})") from None
+        data = read_json(path)
         if isinstance(data, dict):
             if "stages" not in data:
                 raise ConfigError(f"{path}: a plan file needs a 'stages' list")
+            unknown = sorted(set(data) - {"stages", *PLAN_FILE_KEYS})
+            if unknown:
+                raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; a plan file holds 'stages' and "
+                                  f"what `lowdiff tune` records ({', '.join(PLAN_FILE_KEYS)})")
             data = data["stages"]
         return cls.from_list(data, str(path))
 
 
+PLAN_FILE_KEYS = ("preset", "checkpoint", "tuned", "pareto_front")   # beside "stages": the record of `lowdiff tune`
 MAX_STEPS = 10_000          # schedule length: far beyond any sampler's (EDM's 1000-step ablations)
 FINITE_FIELDS = ("sigma_min", "sigma_max", "rho", "S_churn", "S_min", "S_noise", "shift", "cfg_scale")
+# Beyond these the float arithmetic of the schedules and solvers breaks (rho: sigma^(1/rho) under- or overflows;
+# S_noise, cfg_scale: the noise or the guided output overflows float32) long before any sampler could use them.
+BOUNDS = {"rho": (0.1, 1000.0), "S_noise": (0.0, 10.0), "cfg_scale": (0.0, 1000.0), "shift": (1e-3, 1000.0)}
+SIGMA_SPAN = 1000.0         # how far outside its preconditioning's sampling range an EDM-schedule sigma may lie
 
 
 def _validate_numbers(s: StageConfig) -> None:
@@ -309,11 +320,33 @@ def _validate_numbers(s: StageConfig) -> None:
         raise ConfigError(f"{where}: steps must be in [1, {MAX_STEPS:,}], got {s.steps}")
     if s.nfe is not None and not 1 <= s.nfe <= 2 * MAX_STEPS:
         raise ConfigError(f"{where}: nfe must be in [1, {2 * MAX_STEPS:,}], got {s.nfe}")
-    if s.rho <= 0:
-        raise ConfigError(f"{where}: rho must be > 0, got {s.rho:g}")
     for name in ("S_churn", "S_min", "S_noise", "cfg_scale"):
         if getattr(s, name) < 0:
             raise ConfigError(f"{where}: {name} must be >= 0, got {getattr(s, name):g}")
+    for name, (low, high) in BOUNDS.items():
+        if not low <= getattr(s, name) <= high:
+            raise ConfigError(f"{where}: {name} must be in [{low:g}, {high:g}], got {getattr(s, name):g}")
+
+
+def far_outside(s: StageConfig, precond: Preconditioning) -> bool:
+    """An EDM-schedule stage whose sigma range lies far outside the preconditioning's sampling range, but
+    within what can be sampled (`_validate_sigma_span`): worth a warning, not an error."""
+    low, high = precond.sampling_range
+    return (s.schedule == "edm" and 0 < s.sigma_min < s.sigma_max < float("inf")
+            and (s.sigma_max > 6 * high or s.sigma_min < low / 200)
+            and s.sigma_max <= high * SIGMA_SPAN and s.sigma_min >= low / SIGMA_SPAN)
+
+
+def _validate_sigma_span(s: StageConfig, precond: Preconditioning) -> None:
+    """EDM-schedule noise levels within SIGMA_SPAN of the preconditioning's sampling range (far outside it
+    already warns; beyond, float32 overflows: sigma_max = 1e308)."""
+    low, high = precond.sampling_range
+    if s.schedule != "edm" or precond.kind == "flow":
+        return
+    if s.sigma_max > high * SIGMA_SPAN or 0 < s.sigma_min < low / SIGMA_SPAN:
+        raise ConfigError(f"stage {s.resolution}: sigma range [{s.sigma_min:g}, {s.sigma_max:g}] lies beyond what "
+                          f"the {precond.kind} preconditioning can sample ([{low / SIGMA_SPAN:g}, "
+                          f"{high * SIGMA_SPAN:g}]; its models sample [{low:g}, {high:g}])")
 
 
 def _validate_flow_stage(s: StageConfig, final: bool, kind: str) -> None:

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from .. import bundled
 from ..errors import CheckpointError
-from ..storage import atomic_write
+from ..files import atomic_write, read_json
 
 CACHE = Path("~/.cache/lowdiff").expanduser()
 DEFAULT_CLASSIFIER_DIR = Path(os.environ.get("LOWDIFF_CLASSIFIER", CACHE / "fashion-classifier")).expanduser()
@@ -292,9 +292,9 @@ def load_classifier(directory: str | Path | None = None, channels: int = 1) -> I
         raise ClassifierError(f"no trained classifier at {d} ({where}): {_HINT} "
                               f"(or set LOWDIFF_CLASSIFIER to the directory of one)")
     try:
-        meta = json.loads(config.read_text())
+        meta = read_json(config)
         model = _build(meta["arch"])
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError) as e:
         raise ClassifierError(f"{config} is corrupt or from an incompatible version ({e}); {_HINT}") from e
     try:
         state = load_file(str(weights))

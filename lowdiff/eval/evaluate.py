@@ -5,7 +5,8 @@ Feature spaces: 'inception' (the standard FID Inception-v3; its weight file must
 see `lowdiff.eval.inception`) or 'classifier' (our Fashion-MNIST or CIFAR-10 classifier,
 bundled or trained by `lowdiff eval train-classifier`, for offline checks). Statistics are float64 and saved as
 .npz with `mu` and `sigma`, plus the identity of the extractor that made them (feature space,
-dimension, SHA-256 of its weights): an FID between statistics of different extractors is
+dimension, SHA-256 of its weights) and the shape of the images measured: an FID between
+statistics of different extractors, or of images of another shape (channels, size), is
 refused before any sample is made (`check_reference`).
 """
 from __future__ import annotations
@@ -24,21 +25,63 @@ from ..distributed import SINGLE, World
 from ..errors import ConfigError, MetricError
 from ..progress import image_bar
 from ..seeds import Seeds
-from .metrics import FeatureStats, frechet_distance, inception_score, load_stats, save_stats, statistics
+from .metrics import READ_ERRORS, FeatureStats, frechet_distance, inception_score, load_stats, open_npz, save_stats, \
+    statistics
 
 IDENTITY_KEYS = ("feature_space", "feature_dim", "extractor_sha256")
+IMAGE_SHAPE = "image_shape"            # (C, H, W) of the images a statistics file measured
 
 
 def read_stats(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(mu, sigma, the extractor identity recorded with them; keys missing in old files absent),
-    after `load_stats` has checked that the file holds usable statistics."""
+    """(mu, sigma, the extractor identity and image shape recorded with them; keys missing in old
+    files absent), after `load_stats` has checked that the file holds usable statistics."""
     mu, sigma = load_stats(path)
-    with np.load(path, allow_pickle=False) as f:
-        identity = {k: f[k].item() for k in IDENTITY_KEYS if k in f and f[k].ndim == 0}
+    with open_npz(path) as f:
+        try:
+            identity = {k: f[k].item() for k in IDENTITY_KEYS if k in f and f[k].ndim == 0}
+            shape = f[IMAGE_SHAPE] if IMAGE_SHAPE in f else None
+        except READ_ERRORS:
+            raise MetricError(f"{path}: its record of the feature extractor is unreadable; make it again with "
+                              "`lowdiff eval ref`") from None
+    if shape is not None:
+        if shape.shape != (3,) or not np.issubdtype(shape.dtype, np.integer):
+            raise MetricError(f"{path}: '{IMAGE_SHAPE}' must be three integers (C, H, W), got {shape!r}")
+        identity[IMAGE_SHAPE] = tuple(int(v) for v in shape)
     identity.setdefault("feature_dim", int(mu.shape[0]))
     if identity["feature_dim"] != mu.shape[0]:
         raise MetricError(f"{path}: records {identity['feature_dim']} features but its mean has {mu.shape[0]}")
     return mu, sigma, identity
+
+
+def reference_for(ref: str | Path, extractor, feature_space: str, shape) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) of the reference statistics `ref` for images of `shape` (C, H, W) measured by
+    `extractor` (`check_reference`)."""
+    return check_reference(ref, {**extractor.identity, "feature_space": feature_space}, tuple(shape),
+                           getattr(extractor, "input_channels", None))
+
+
+def check_reference_images(ref: str | Path, shape, extractor=None) -> None:
+    """Refuse statistics `ref` of images of another shape (C, H, W) than `shape` (`check_reference`)."""
+    _check_shape(ref, stats_identity(ref).get(IMAGE_SHAPE), shape, getattr(extractor, "input_channels", None))
+
+
+def _check_shape(ref, recorded, shape, input_channels) -> None:
+    if shape is None:
+        return
+    if recorded is not None and tuple(recorded) != tuple(shape):
+        raise ConfigError(f"{ref} measured {describe_images(recorded)}, these are {describe_images(shape)}: an FID "
+                          "between them is meaningless; make a reference of matching images (`lowdiff eval ref`)")
+    if recorded is None and input_channels is not None and input_channels != shape[0]:
+        raise ConfigError(f"{ref} was made by a classifier of {input_channels}-channel images, these are "
+                          f"{describe_images(shape)}: an FID between them is meaningless; make a reference of "
+                          "matching images (`lowdiff eval ref`)")
+
+
+def describe_images(shape) -> str:
+    """'32x32 RGB images' for (3, 32, 32)."""
+    c, h, w = shape
+    kind = {1: "grayscale", 3: "RGB"}.get(c, f"{c}-channel")
+    return f"{h}x{w} {kind} images"
 
 
 def stats_identity(path: str | Path) -> dict:
@@ -46,10 +89,14 @@ def stats_identity(path: str | Path) -> dict:
     return read_stats(path)[2]
 
 
-def check_reference(ref: str | Path, identity: dict) -> tuple[np.ndarray, np.ndarray]:
+def check_reference(ref: str | Path, identity: dict, shape: tuple[int, ...] | None = None,
+                    input_channels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(mu, sigma) of reference statistics, refused when made by another feature extractor
-    than `identity`'s."""
+    than `identity`'s, or of images of another `shape` (C, H, W) than the ones measured. A
+    reference of an older lowdiff records no shape: then an extractor made for `input_channels`
+    channels refuses images of another channel count."""
     mu, sigma, found = read_stats(ref)
+    _check_shape(ref, found.get(IMAGE_SHAPE), shape, input_channels)
     for key in IDENTITY_KEYS:
         if key in found and identity.get(key) and found[key] != identity[key]:
             raise ConfigError(f"{ref} was made with another feature extractor ({key} {str(found[key])[:16]}, this "
@@ -112,7 +159,7 @@ def reference_stats(data, out: str | Path, extractor, feature_space: str, split:
         stats = accumulate(world, (len(ds) + batch - 1) // batch, features_of, bar)
     if not world.is_main:
         return None
-    write_stats(out, stats, extractor, data=ds.name)
+    write_stats(out, stats, extractor, data=ds.name, **{IMAGE_SHAPE: list(ds.images.shape[1:])})
     result = {"data": ds.name, "num": stats.n, "out": str(out), "feature_space": feature_space}
     if stats.logits:
         # IS averages over splits that should each look like the whole set; datasets are often stored
@@ -151,7 +198,7 @@ def evaluate_pipeline(pipe, ref: str | Path | tuple, extractor, feature_space: s
     if isinstance(ref, tuple):
         mu_ref, sigma_ref = ref
     else:
-        mu_ref, sigma_ref = check_reference(ref, {**extractor.identity, "feature_space": feature_space})
+        mu_ref, sigma_ref = reference_for(ref, extractor, feature_space, pipe.image_shape)
     seeds = Seeds.count(seed, num)
     plan = pipe.plan(stages)
     generation_s, generated = [0.0], [0]
@@ -212,14 +259,23 @@ def write_stats(path: str | Path, stats: FeatureStats, extractor, **info) -> Non
     save_stats(path, stats.mu, stats.sigma, num=np.array(stats.n), **extra)
 
 
-def folder_stats(folder: str | Path, extractor, num: int | None = None, batch: int = 256,
-                 progress: bool = True) -> FeatureStats:
-    """Feature statistics of the images in a folder (e.g. `lowdiff sample --out DIR`)."""
+def image_folder(folder: str | Path):
+    """The images of a folder (e.g. `lowdiff sample --out DIR`) as an ImageDataset; a folder
+    whose labels.csv lists other files than its images is refused."""
     from ..data import ImageDataset
-    from .features import extract
+    from ..images import check_labels_csv
+    if Path(folder).is_dir():
+        check_labels_csv(folder)
     ds = open_dataset(str(folder), use_labels=False)
     if not isinstance(ds, ImageDataset):
         raise ConfigError(f"{folder}: holds {type(ds).__name__}, not images")
+    return ds
+
+
+def folder_stats(folder, extractor, num: int | None = None, batch: int = 256, progress: bool = True) -> FeatureStats:
+    """Feature statistics of the images of a folder (a path, or its `image_folder`)."""
+    from .features import extract
+    ds = image_folder(folder) if isinstance(folder, (str, Path)) else folder
     feats, _ = extract(extractor, ds.images[:num] if num else ds.images, batch=batch, progress=progress)
     stats = FeatureStats(feats.shape[1])
     stats.update(feats)
@@ -228,8 +284,9 @@ def folder_stats(folder: str | Path, extractor, num: int | None = None, batch: i
 
 def fid_between(stats_path: str | Path, ref: str | Path) -> float:
     """FID between two statistics files, which must come from the same extractor."""
-    return frechet_distance(*load_stats(stats_path), *check_reference(ref, {**stats_identity(stats_path),
-                                                                          "path": stats_path}))
+    identity = stats_identity(stats_path)
+    return frechet_distance(*load_stats(stats_path), *check_reference(ref, {**identity, "path": stats_path},
+                                                                      identity.get(IMAGE_SHAPE)))
 
 
 def evaluate_autoencoder(vae_spec: str | Path, data: str, extractor, feature_space: str, num: int | None = None,

@@ -87,6 +87,7 @@ class ClassifierFeatures(_ModuleFeatures):
     def __init__(self, model: nn.Module):
         super().__init__(model)
         self.feature_dim = int(model.feature_dim)
+        self.input_channels = int(getattr(model, "in_channels", 1))      # the images it was trained on
 
     def __call__(self, images_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         with torch.inference_mode():

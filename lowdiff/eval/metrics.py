@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import math
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import MetricError
+from ..files import atomic_write
 
 
 class FeatureStats:
@@ -101,27 +103,46 @@ def inception_score(logits, splits: int = 10) -> tuple[float, float]:
 
 
 def save_stats(path: str | Path, mu: np.ndarray, sigma: np.ndarray, **extra) -> None:
-    """Write `mu`, `sigma` (and `extra` arrays) to an .npz, creating missing parent folders."""
+    """Write `mu`, `sigma` (and `extra` arrays) to an .npz atomically, creating missing parent folders."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, mu=mu, sigma=sigma, **extra)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:                     # a file object: np.savez adds no suffix to it
+            np.savez(f, mu=mu, sigma=sigma, **extra)
+    atomic_write(path, write)
+
+
+READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)   # numpy's on a torn or foreign file
+
+
+def open_npz(path: str | Path):
+    """The open NpzFile of a statistics file; one-line errors for files that are missing, truncated, or not .npz."""
+    path = Path(path)
+    if not path.is_file():
+        raise MetricError(f"statistics {path}: {'a folder, not a file' if path.is_dir() else 'no such file'}")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except READ_ERRORS:
+        raise MetricError(f"{path}: not a readable .npz statistics file (truncated, or another format); make "
+                          "it again with `lowdiff eval ref`") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise MetricError(f"{path}: a single array (.npy), not .npz statistics (`lowdiff eval ref` writes those)")
+    return loaded
 
 
 def load_stats(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """(mu, sigma) of a statistics .npz, checked (`check_statistics`); one-line errors for files
     that are missing, truncated, not .npz or not statistics."""
-    path = Path(path)
-    if not path.is_file():
-        raise MetricError(f"statistics {path}: {'a folder, not a file' if path.is_dir() else 'no such file'}")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            if not isinstance(f, np.lib.npyio.NpzFile):
-                raise MetricError(f"{path}: a single array, not .npz statistics (`lowdiff eval ref` writes those)")
-            if "mu" not in f or "sigma" not in f:
-                raise MetricError(f"{path}: not FID statistics (needs arrays 'mu' and 'sigma')")
+    with open_npz(path) as f:
+        if "mu" not in f or "sigma" not in f:
+            raise MetricError(f"{path}: not FID statistics (needs arrays 'mu' and 'sigma')")
+        try:
             mu, sigma = f["mu"], f["sigma"]
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        if isinstance(e, MetricError):
-            raise
-        raise MetricError(f"{path}: not a readable .npz statistics file (truncated, or another format); make "
-                          "it again with `lowdiff eval ref`") from None
+        except READ_ERRORS:
+            raise MetricError(f"{path}: not a readable .npz statistics file (truncated, or another format); make "
+                              "it again with `lowdiff eval ref`") from None
+    for name, array in (("mu", mu), ("sigma", sigma)):
+        if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+            raise MetricError(f"{path}: array '{name}' holds {array.dtype} values, not real numbers; make it again "
+                              "with `lowdiff eval ref`")
     return check_statistics(mu, sigma, str(path))

@@ -41,8 +41,9 @@ from ..diffusion.precond import EDM
 from ..diffusion.solvers import SOLVERS
 from ..distributed import SINGLE, World
 from ..errors import ConfigError
+from ..files import atomic_write
 from .bench import BenchOptions, NetworkTimer, time_sampling
-from .evaluate import check_reference, evaluate_pipeline
+from .evaluate import evaluate_pipeline, reference_for
 
 
 @dataclass
@@ -344,7 +345,7 @@ class Tuner:
         if opts.screen_num < 2 or opts.confirm < 1 or opts.trials < 1:
             raise ConfigError("tune needs screen_num >= 2, confirm >= 1 and trials >= 1")
         self.pipe, self.extractor, self.feature_space = pipe, extractor, feature_space
-        self.ref = check_reference(ref, {**extractor.identity, "feature_space": feature_space})   # before any work
+        self.ref = reference_for(ref, extractor, feature_space, pipe.image_shape)   # before any work
         self.opts, self.progress, self.world, self.bar = opts, progress, world, bar
         self.costs = world.broadcast(measure_costs(pipe, opts) if world.is_main else None)
         self.trials: dict[str, Trial] = {}
@@ -498,5 +499,5 @@ def plot_front(trials: list[Trial], chosen: Trial, path: str | Path, title: str 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    atomic_write(path, lambda p: fig.savefig(p, format=Path(path).suffix[1:].lower() or "png"))
     plt.close(fig)

@@ -119,8 +119,13 @@ def linear(cin: int, cout: int, bias: bool = True, scale: float = 1.0) -> nn.Lin
 
 
 def group_norm(channels: int, eps: float) -> nn.GroupNorm:
-    """EDM's GroupNorm: 32 groups, but at least 4 channels per group."""
-    return nn.GroupNorm(min(32, channels // 4), channels, eps=eps)
+    """EDM's GroupNorm: 32 groups, but at least 4 channels per group; the groups must divide the channels."""
+    groups = min(32, channels // 4)
+    if groups < 1 or channels % groups:
+        raise ConfigError(f"network model_channels: a level of {channels} channels cannot be split into {groups} "
+                          "GroupNorm groups; use a model_channels whose multiples by channel_mult (and their sums, "
+                          "the skip connections) are multiples of 32, e.g. 32, 64, 128")
+    return nn.GroupNorm(groups, channels, eps=eps)
 
 
 def resample(x: torch.Tensor, up: bool, down: bool) -> torch.Tensor:

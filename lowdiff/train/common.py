@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..seeds import derived_seed
+
 
 @dataclass
 class DataStream:
@@ -18,7 +20,7 @@ class DataStream:
     position: int = 0
 
     def _order(self) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        g = torch.Generator().manual_seed(derived_seed(self.seed, self.epoch))
         return torch.randperm(self.size, generator=g)
 
     def next(self, n: int) -> torch.Tensor:

@@ -34,6 +34,7 @@ from .common import DataStream, StopRequest, load_optimizer, optimizer_tensors
 from .init_from import Baseline
 from .compute import LOG_FILE, RecordedCompute, threads_in_use, training_tflop
 from ..errors import ConfigError
+from ..seeds import derived_seed
 from .ema import ema_beta, update_ema
 
 
@@ -230,7 +231,7 @@ class Trainer:
     def train_step(self) -> dict[int, torch.Tensor]:
         t = self.preset.train
         idx = self.stream.next(t.batch)                     # the global batch, same on every rank
-        step_gen = torch.Generator(self.device).manual_seed(t.seed * 1_000_003 + self.step + 1)
+        step_gen = torch.Generator(self.device).manual_seed(derived_seed(t.seed, self.step + 1))
         flip = torch.rand(t.batch, generator=step_gen, device=self.device) < 0.5 if t.xflip else None
         noise_seed = int(torch.randint(1 << 62, (), generator=step_gen, device=self.device))
         autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16 if t.precision == "bf16" else torch.float16)

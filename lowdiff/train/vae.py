@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -25,8 +27,10 @@ from tqdm import tqdm
 from .. import storage
 from ..data.base import ImageDataset
 from ..data.vae import autoencoder_kl_class
-from ..errors import ConfigError
+from ..errors import ConfigError, WriteError
 from ..fields import jsonable
+from ..files import FILE_MODE
+from ..seeds import derived_seed
 from .common import DataStream, StopRequest, load_optimizer, optimizer_tensors
 
 
@@ -142,7 +146,7 @@ class VAETrainer:
         c = self.cfg
         idx = self.stream.next(c.batch)
         images = torch.from_numpy(self.ds.images[idx.numpy()]).to(self.device, torch.float32) / 127.5 - 1
-        gen = torch.Generator(self.device).manual_seed(c.seed * 1_000_003 + self.step + 1)
+        gen = torch.Generator(self.device).manual_seed(derived_seed(c.seed, self.step + 1))
         loss, psnr, kl = vae_loss(self.vae, images, c.kl_weight, gen)
         if not torch.isfinite(loss):
             raise ConfigError(f"non-finite VAE loss at step {self.step}; lower --lr")
@@ -192,10 +196,19 @@ class VAETrainer:
 
 
 def save_vae(vae, out: Path) -> None:
-    """The diffusers model directory (config.json + diffusion_pytorch_model.safetensors), world-readable."""
-    vae.save_pretrained(out, safe_serialization=True)
-    for name in ("config.json", "diffusion_pytorch_model.safetensors"):
-        (out / name).chmod(storage.FILE_MODE)
+    """The diffusers model directory (config.json + diffusion_pytorch_model.safetensors), world-readable,
+    each file written whole: diffusers writes into a scratch folder, whose files are renamed into `out`."""
+    scratch = out / ".vae-save.tmp"
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        vae.save_pretrained(scratch, safe_serialization=True)
+        for name in ("diffusion_pytorch_model.safetensors", "config.json"):
+            (scratch / name).chmod(FILE_MODE)
+            os.replace(scratch / name, out / name)
+    except OSError as e:
+        raise WriteError(f"{out}: the VAE could not be written ({e.strerror or e}); free some space") from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def train_vae(dataset: ImageDataset, out: str | Path, model: VAEConfig | None = None,
