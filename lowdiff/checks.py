@@ -75,17 +75,27 @@ AUTO_DEVICE = "auto"       # every command's --device default, and lowdiff.load'
 
 
 def default_device() -> str:
-    """cuda when a GPU is visible (under torchrun, this process's LOCAL_RANK's GPU), else cpu."""
+    """cuda when a GPU is visible, else cpu. Under torchrun each process takes its LOCAL_RANK's
+    GPU, and every process the CPU when this node has fewer GPUs than processes (the same
+    choice on each, so the launch never mixes NCCL and gloo)."""
     if not torch.cuda.is_available():
         return "cpu"
     local_rank = os.environ.get("LOCAL_RANK")
-    return f"cuda:{int(local_rank)}" if local_rank is not None else "cuda"
+    if local_rank is None:
+        return "cuda"
+    if torch.cuda.device_count() < int(os.environ.get("LOCAL_WORLD_SIZE", "1")):
+        return "cpu"
+    return f"cuda:{int(local_rank)}"
+
+
+def resolve_device(name: str | None) -> str:
+    """The device `name` stands for: `auto` (or None) is `default_device()`, any other name itself."""
+    return default_device() if name in (None, AUTO_DEVICE) else name
 
 
 def check_device(name: str) -> torch.device:
     """The torch device `name` (`auto`: `default_device()`), which must exist here."""
-    if name == AUTO_DEVICE:
-        name = default_device()
+    name = resolve_device(name)
     try:
         device = torch.device(name)
     except RuntimeError:

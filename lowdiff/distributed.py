@@ -16,13 +16,15 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .checks import resolve_device
+
 from .errors import LowdiffError
 
 
 def init_distributed(device: str) -> tuple[int, int, torch.device]:
     """Join the torchrun process group when launched by torchrun; (rank, world, device)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    dev = torch.device(device)
+    dev = torch.device(resolve_device(device))
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     if dist.is_initialized():
@@ -48,11 +50,13 @@ def close_distributed(barrier: bool = True) -> None:
             dist.destroy_process_group()
 
 
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+
+
 def peer_lost(e: BaseException) -> bool:
-    """A collective that failed because another process of the launch ended (crashed, killed, stopped)."""
-    text = str(e)
-    return isinstance(e, getattr(dist, "DistError", ())) or any(
-        marker in text for marker in ("Connection closed by peer", "Connection reset by peer", "gloo", "NCCL"))
+    """A collective that failed because another process of the launch ended (crashed, killed,
+    stopped): its connection went away. Any other error of a collective is this process's own."""
+    return isinstance(e, getattr(dist, "DistNetworkError", ())) or any(marker in str(e) for marker in PEER_GONE)
 
 
 @contextmanager
@@ -64,7 +68,8 @@ def peer_loss_as_error(rank: int, size: int):
         if size == 1 or not peer_lost(e):
             raise
         raise LowdiffError(f"process {rank} of {size}: another process of the torchrun launch ended (crashed or "
-                           "was stopped), so this one stops too; its log says why") from None
+                           f"was stopped), so this one stops too; its log says why ({str(e).splitlines()[0][:120]})"
+                           ) from None
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import json
+import itertools
 import os
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from .errors import ConfigError, WriteError
 
 FILE_MODE = 0o644                  # files are readable by everyone, like any installed data
+_WRITES = itertools.count()        # this process's writes, for temporary names of their own
 MAX_JSON_DEPTH = 100               # configs and plan files nest a few levels; far deeper is not ours
 
 
@@ -22,7 +24,7 @@ def atomic_write(path: str | Path, write, sync: bool = True) -> None:
     never see a partial file, and a failed write leaves no temporary file behind. `sync=False`
     (one image of many) still survives a kill, not a power cut."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{next(_WRITES)}.tmp")     # one per writer: no two share it
     try:
         write(tmp)
         if sync:

@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .config import Preset
 from .diffusion.denoiser import Denoiser, count_parameters
 from .fields import jsonable
-from .plans import DEFAULT_RULE, ModelPlans
+from .plans import DEFAULT_RULE, SHORT_RULE, ModelPlans
 from .presets import get_preset
 from .storage import load_config, model_dir
 
@@ -145,8 +145,7 @@ def _paper_table(paper: dict) -> list[str]:
 
 
 def _plan_lines(info: dict) -> list[str]:
-    lines = [f"  plans           --plan NAME; * the default: the fastest plan within the FID noise ({info['fid_noise']:.3f}) "
-             "of the best measured FID",
+    lines = [f"  plans           --plan NAME; * the default: {SHORT_RULE.format(noise=info['fid_noise'])}",
              f"    {'name':<10}{'NFE per stage':<15}{'solvers':<26}{'FID':>7}{'samples':>9}{'img/s':>8}  measured on"]
     for p in info["plans"]:
         f = p["figures"]

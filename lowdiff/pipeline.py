@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from . import storage
-from .checks import default_device
+from .checks import resolve_device
 from .config import Preset
 from .diffusion.cascade import PerImageGenerator, sample_cascade
 from .diffusion.denoiser import Denoiser
@@ -22,7 +22,7 @@ from .distributed import SINGLE, World
 from .errors import ConfigError
 from .images import to_uint8
 from .inference import FastDenoiser, InferenceOptions
-from .plans import CONFIG_PLAN, ModelPlans, NamedPlan
+from .plans import ModelPlans, NamedPlan
 from .progress import EvaluationTicks, image_bar
 from .seeds import Seeds
 
@@ -45,7 +45,7 @@ class Pipeline:
         self.fast = FastDenoiser(self.denoiser, options, self.device)
         self.vae, self._decoder = vae, None
         self.source = "model.safetensors"          # where the weights came from (set by from_pretrained)
-        self.plans = ModelPlans({CONFIG_PLAN: NamedPlan(CONFIG_PLAN, preset.stages, "the plan in config.json")})
+        self.plans = ModelPlans.of_config(preset.stages)
         if vae is not None:                        # given: loaded and checked now, before any sampling
             if preset.latent is None:
                 raise ConfigError(f"VAE {vae}: {preset.name} is a pixel-space model, which decodes nothing; drop the "
@@ -79,7 +79,7 @@ class Pipeline:
     def from_pretrained(cls, directory: str | Path | None = None, device: str | None = None,
                         options: InferenceOptions | None = None, vae: str | Path | None = None) -> "Pipeline":
         preset, model, source = storage.from_pretrained(storage.model_dir(directory))
-        pipe = cls(model, preset, default_device() if device is None else device, options, vae)
+        pipe = cls(model, preset, resolve_device(device), options, vae)
         pipe.source = source
         pipe.plans = ModelPlans.read(directory)
         return pipe
@@ -205,7 +205,7 @@ class Pipeline:
 def load(directory: str | Path | None = None, device: str | None = None, options: InferenceOptions | None = None,
          vae: str | Path | None = None) -> Pipeline:
     """Load a model directory, `bundled:NAME` (lowdiff/assets), or the bundled Fashion-MNIST
-    LowDiff model when None, on `device` (default: cuda when a GPU is visible, else cpu);
+    LowDiff model when None, on `device` (default `auto`: cuda when a GPU is visible, else cpu);
     `options` are the inference speed switches (compile, precision, ...); `vae` overrides the
     VAE a latent model decodes with. Calls sample with the model's default plan
     (`pipe.default_plan`) unless given another.

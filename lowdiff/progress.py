@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tqdm import tqdm
 
-IMAGE_BAR = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} img [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+IMAGE_BAR = "{desc}: {percentage:3.0f}%|{bar}| {n}/{total} img [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
 
 
 def image_bar(total: int, desc: str, disable: bool = False) -> tqdm:
@@ -13,20 +13,22 @@ def image_bar(total: int, desc: str, disable: bool = False) -> tqdm:
 
 
 class EvaluationTicks:
-    """What the sampler ticks once per network evaluation, turned into images on `bar`: each of
-    a batch's `evaluations` advances it by images / evaluations, and `done` settles the batch at
-    exactly `images` (a stage that stops early leaves no fraction behind)."""
+    """What the sampler ticks once per network evaluation, turned into whole images on `bar`:
+    after k of a batch's `evaluations`, images * k // evaluations of its `images` are shown,
+    and `done` settles the batch at exactly `images` (a stage that stops early included)."""
 
     def __init__(self, bar: tqdm | None, images: int, evaluations: int):
-        self.bar, self.images, self.step, self.moved = bar, images, images / max(evaluations, 1), 0.0
+        self.bar, self.images, self.evaluations = bar, images, max(evaluations, 1)
+        self.ticks = self.shown = 0
 
     def update(self, n: int = 1) -> None:
-        step = min(n * self.step, self.images - self.moved)
-        if self.bar is not None and step > 0:
-            self.moved += step
-            self.bar.update(step)
+        self.ticks += n
+        self._show(min(self.images, self.images * self.ticks // self.evaluations))
 
     def done(self) -> None:
-        if self.bar is not None:
-            self.bar.update(self.images - self.moved)
-            self.moved = self.images
+        self._show(self.images)
+
+    def _show(self, count: int) -> None:
+        if self.bar is not None and count > self.shown:
+            self.bar.update(count - self.shown)
+            self.shown = count

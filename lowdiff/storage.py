@@ -64,9 +64,12 @@ def sha256(path: str | Path) -> str:
 # --- model directories ------------------------------------------------------------------
 
 def save_pretrained(directory: str | Path, preset: Preset, state_dict: dict[str, torch.Tensor]) -> None:
-    """Write model.safetensors, then config.json with the SHA-256 of the weights file in it."""
+    """Write model.safetensors, then config.json with the SHA-256 of the weights file in it. An
+    older config.json goes first: a kill between the two writes leaves a run that loads from its
+    newest training state, never new weights beside an old checksum."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
+    (d / CONFIG_FILE).unlink(missing_ok=True)
     save_tensors(d / MODEL_FILE, state_dict, metadata={"format": "pt"})
     write_json(d / CONFIG_FILE, {**preset.to_dict(), WEIGHTS_SHA256: sha256(d / MODEL_FILE)})
 

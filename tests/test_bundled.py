@@ -17,7 +17,7 @@ MODELS = bundled.models()
 
 
 def sample(name: str) -> torch.Tensor:
-    return lowdiff.load(f"bundled:{name}")(seeds=[0, 1], batch=2, stages="config").images.contiguous()
+    return lowdiff.load(f"bundled:{name}", device="cpu")(seeds=[0, 1], batch=2, stages="config").images.contiguous()
 
 
 def record() -> None:

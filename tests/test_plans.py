@@ -1,5 +1,6 @@
 """Named plans shipped with a model directory (plans.json): the default rule, `--plan NAME|FILE`,
 `lowdiff info MODEL`, and the first-hour defaults (device, progress in images, warnings)."""
+import dataclasses
 import json
 import shutil
 import warnings
@@ -40,10 +41,13 @@ def test_plans_round_trip_through_a_model_directory(tmp_path):
     d = tmp_path / "model"
     shutil.copytree(bundled.resolve(MODEL), d)
     plans = ModelPlans.read(d)
-    plans.add(measured("mine", 0.5, 100.0, plans.get("fast").stages))
+    fast = plans.get("fast")
+    plans.add(NamedPlan("mine", fast.stages, figures=dataclasses.replace(fast.figures, fid=0.5, images_per_s=100.0)))
+    plans.add(measured("gpu", 0.1, 5000.0, fast.stages))            # measured another way: not compared
     plans.write(d)
     again = ModelPlans.read(d)
-    assert again.default().name == "mine" and again.get("mine").stages == plans.get("fast").stages
+    assert again.default().name == "mine" and again.get("mine").stages == fast.stages
+    assert again.get("gpu") not in again.comparable()
     assert again.fid_noise == plans.fid_noise and list(again.plans)[:2] == [CONFIG_PLAN, "paper"]
     with pytest.raises(ConfigError, match="'config' names the plan in config.json"):
         plans.add(NamedPlan(CONFIG_PLAN, plans.get("fast").stages))
@@ -125,7 +129,9 @@ def test_the_device_is_cuda_when_a_gpu_is_visible_and_each_rank_takes_its_own(mo
     assert default_device() == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert default_device() == "cuda"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     assert default_device() == "cuda:3"
     assert build_parser().parse_args(["sample", "--out", "g.png"]).device == "auto"
 
@@ -142,15 +148,22 @@ def test_commands_resolve_the_auto_device_before_the_work(monkeypatch, tmp_path)
     assert seen["device"] == "cpu"
 
 
-def test_progress_counts_images_inside_a_batch():
+def test_progress_counts_whole_images_inside_a_batch_and_never_passes_its_total():
     bar = image_bar(8, "sample")
-    ticks = EvaluationTicks(bar, images=8, evaluations=4)
+    ticks = EvaluationTicks(bar, images=8, evaluations=3)
     ticks.update()
-    assert bar.n == pytest.approx(2.0)
-    for _ in range(2):
-        ticks.update()
+    assert bar.n == 2                                # 8 * 1 // 3
+    ticks.update()
     ticks.done()                                     # a stage that stopped early: the batch still counts 8
-    assert bar.n == pytest.approx(8.0)
+    assert bar.n == 8
+    bar = image_bar(1000, "fid")
+    for images, evaluations in [(7, 3), (250, 13), (1, 48), (742, 5)]:
+        ticks = EvaluationTicks(bar, images, evaluations)
+        for _ in range(evaluations + 2):             # more ticks than planned (a guided stage) stay capped
+            ticks.update()
+            assert bar.n <= bar.total and isinstance(bar.n, int)
+        ticks.done()
+    assert bar.n == 1000
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -165,3 +178,52 @@ def test_only_lowdiffs_own_warnings_carry_its_prefix():
     theirs = _format_warning("grad strides", UserWarning, torch.__file__, 7)
     assert ours == "lowdiff: warning: sigma range\n"
     assert theirs.startswith(torch.__file__) and "UserWarning: grad strides" in theirs and "lowdiff:" not in theirs
+
+
+def test_plans_that_do_not_fit_the_model_or_take_configs_name_are_refused(tmp_path, capsys):
+    d = tmp_path / "model"
+    shutil.copytree(bundled.resolve(MODEL), d)
+    edm = json.loads((bundled.resolve("bundled:fashion-edm-cond") / "plans.json").read_text())
+    (d / "plans.json").write_text(json.dumps(edm))                 # another model's plans: one stage at 32x32
+    code, _, err = run(capsys, "sample", "--checkpoint", d, "--num", "10", "--out", tmp_path / "g.png")
+    assert code == 2 and "plans.json: plan 'paper' does not fit this model" in err, err
+    ours = json.loads((bundled.resolve(MODEL) / "plans.json").read_text())
+    ours["plans"]["config"] = ours["plans"]["fast"]
+    (d / "plans.json").write_text(json.dumps(ours))
+    code, _, err = run(capsys, "sample", "--checkpoint", d, "--num", "10", "--out", tmp_path / "g.png")
+    assert code == 2 and "'config' is reserved for config.json's plan" in err, err
+
+
+def test_plans_measured_on_other_weights_lose_their_figures(tmp_path):
+    d = tmp_path / "model"
+    shutil.copytree(bundled.resolve(MODEL), d)
+    plans = json.loads((d / "plans.json").read_text())
+    plans["model_sha256"] = "0" * 64                                  # the model was trained further since
+    (d / "plans.json").write_text(json.dumps(plans))
+    with pytest.warns(UserWarning, match="measured on other weights"):
+        again = ModelPlans.read(d)
+    assert again.default().name == CONFIG_PLAN and "fast" in again.plans and not again.measured()
+
+
+def test_load_resolves_the_auto_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert lowdiff.load(device="auto").device == torch.device("cpu")
+
+
+def test_more_processes_than_gpus_put_every_process_on_the_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert default_device() == "cpu"
+
+
+def test_only_a_lost_connection_reads_as_another_process_ending():
+    from lowdiff.distributed import peer_loss_as_error
+    from lowdiff.errors import LowdiffError
+    with pytest.raises(LowdiffError, match=r"process 1 of 2: another process .* Connection closed by peer"):
+        with peer_loss_as_error(1, 2):
+            raise RuntimeError("[../gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:29500")
+    with pytest.raises(RuntimeError, match="NCCL error: invalid usage"):       # this process's own fault
+        with peer_loss_as_error(1, 2):
+            raise RuntimeError("NCCL error: invalid usage")

@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 
 from .. import __version__
-from ..checks import AUTO_DEVICE, default_device
+from ..checks import resolve_device
 from ..errors import LowdiffError
 from . import bench, dataset, evaluation, presets, sample, train, tune, vae
 from .common import INTERRUPTED, Parser
@@ -35,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = build_parser().parse_args(argv)
-    if getattr(args, "device", None) == AUTO_DEVICE:
-        args.device = default_device()
+    if hasattr(args, "device"):
+        args.device = resolve_device(args.device)
     warnings.formatwarning = _format_warning
     try:
         return args.func(args) or 0

@@ -132,8 +132,13 @@ def _save_into_model(args, tuner, chosen, world) -> None:
                       seeds=f"{o.seed}-{o.seed + o.num - 1}", feature_space=args.features,
                       source=f"lowdiff tune (budget: {o.budget_nfe or o.budget_latency}; plan file {args.out})")
     plans = ModelPlans.read(args.checkpoint)
-    plans.add(NamedPlan(args.save_as, chosen.stages, f"tuned by lowdiff tune at budget {o.budget_nfe or o.budget_latency}",
-                        figures))
+    replaced = args.save_as in plans.plans
+    plan = NamedPlan(args.save_as, chosen.stages, f"tuned by lowdiff tune at budget {o.budget_nfe or o.budget_latency}",
+                     figures)
+    plans.add(plan)
     path = plans.write(model_dir(args.checkpoint))
-    print(f"added plan {args.save_as!r} to {path}; the model's default plan is now {plans.default().name!r}",
-          file=sys.stderr)
+    compared = plan in plans.comparable()
+    print(f"{'replaced' if replaced else 'added'} plan {args.save_as!r} in {path}; the model's default plan is "
+          f"{plans.default().name!r}" + ("" if compared else "; the model's other plans were measured differently "
+                                         "(device, samples or seeds), so the default rule does not compare this one: "
+                                         f"use --plan {args.save_as}"), file=sys.stderr)

@@ -34,7 +34,8 @@ from .common import DataStream, StopRequest, load_optimizer, optimizer_tensors
 from .init_from import Baseline
 from .compute import LOG_FILE, RecordedCompute, threads_in_use, training_tflop
 from ..errors import ConfigError
-from ..seeds import derived_seed
+from ..plans import PLANS_FILE
+from ..seeds import MAX_SEED, derived_seed
 from .ema import ema_beta, update_ema
 
 
@@ -140,7 +141,8 @@ class Trainer:
         self.thread_seconds, self.started = 0.0, None      # one-thread seconds before this process; its start
         self.restart, self.stopped_by = restart, None     # stopped_by: the signal that ended the run early
         self.init_from = init_from
-        torch.manual_seed(t.seed * 7919 + self.rank)      # dropout differs per rank, as in EDM
+        self.init_from_spec = init_from.spec if init_from is not None else None     # what the run started from
+        torch.manual_seed((t.seed * 7919 + self.rank) % (MAX_SEED + 1))      # dropout differs per rank, as in EDM
 
     @property
     def is_main(self) -> bool:
@@ -160,7 +162,7 @@ class Trainer:
         meta = dict(nimg=self.nimg, epoch=self.stream.epoch, position=self.stream.position,
                     param_groups=self.opt.state_dict()["param_groups"], scaler=self.scaler.state_dict(),
                     preset=self.preset.to_dict(), thread_seconds=self.spent_thread_seconds(),
-                    init_from=self.init_from.spec if self.init_from else None)
+                    init_from=self.init_from_spec)
         storage.save_state(self.run_dir, self.step, self.state_tensors(), meta,
                            keep=self.preset.train.keep_checkpoints)
 
@@ -183,6 +185,11 @@ class Trainer:
         if training_signature(Preset.from_dict(meta["preset"])) != training_signature(self.preset):
             raise ConfigError(f"{self.run_dir} holds a run of a different configuration; use a new --out "
                               "directory or the same options as before")
+        started_from = meta.get("init_from")
+        if self.init_from is not None and started_from != self.init_from.spec:
+            raise ConfigError(f"--init-from {self.init_from.spec}: {self.run_dir} started from "
+                              f"{started_from or 'scratch'}; resume it without --init-from, or use a new --out")
+        self.init_from_spec = started_from
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         self.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
         load_optimizer(self.opt, tensors, meta["param_groups"], self.device)
@@ -359,11 +366,11 @@ def _tensorboard_writer(run_dir: Path):
 
 
 def discard_run(run_dir: Path) -> None:
-    """What --restart removes: the run's states, log, TensorBoard events and model."""
+    """What --restart removes: the run's states, log, TensorBoard events, model and its plans."""
     import shutil
     for name in (storage.STATE_DIR, "tensorboard"):
         shutil.rmtree(run_dir / name, ignore_errors=True)
-    for name in (storage.MODEL_FILE, storage.CONFIG_FILE, LOG_FILE, storage.RUN_CONFIG_FILE):
+    for name in (storage.MODEL_FILE, storage.CONFIG_FILE, LOG_FILE, storage.RUN_CONFIG_FILE, PLANS_FILE):
         (run_dir / name).unlink(missing_ok=True)
 
 
