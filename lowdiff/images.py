@@ -73,6 +73,19 @@ SAMPLE_NAME = re.compile(r"^\d{6,}\.png$")          # what FolderWriter writes: 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
+def is_image_name(rel: str) -> bool:
+    """A relative path (in a folder or a zip) of an image a dataset reads: an image suffix, not
+    hidden, not macOS zip metadata."""
+    hidden = any(part.startswith(".") or part == "__MACOSX" for part in rel.split("/"))
+    return not hidden and rel.lower().endswith(IMAGE_SUFFIXES)
+
+
+def image_files(folder: Path) -> list[str]:
+    """The images below `folder` that a dataset of it reads, as sorted relative paths."""
+    rels = (p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    return sorted(rel for rel in rels if is_image_name(rel))
+
+
 def check_sample_folder(out: str | Path, overwrite: bool = False) -> list[Path]:
     """The files of an earlier sampling run in `out` (its PNGs and labels.csv), which `overwrite`
     allows to replace; a ConfigError when the folder holds them without `overwrite`, or holds other
@@ -82,10 +95,9 @@ def check_sample_folder(out: str | Path, overwrite: bool = False) -> list[Path]:
         return []
     files = [p for p in out.iterdir() if p.is_file()]
     ours = [p for p in files if SAMPLE_NAME.match(p.name) or p.name == FolderWriter.LABELS]
-    others = [p for p in out.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-              and not (p.parent == out and SAMPLE_NAME.match(p.name))]            # subfolders too: eval reads them
+    others = [rel for rel in image_files(out) if not SAMPLE_NAME.match(rel)]   # subfolders too: eval reads them
     if others:
-        raise ConfigError(f"--out {out}: holds other images ({others[0].relative_to(out)}, {len(others)} in all); "
+        raise ConfigError(f"--out {out}: holds other images ({others[0]}, {len(others)} in all); "
                           "sample into an empty folder")
     if ours and not overwrite:
         raise ConfigError(f"--out {out}: holds {len(ours)} files of an earlier run; pass --overwrite to replace "
@@ -155,8 +167,7 @@ def check_labels_csv(folder: str | Path) -> None:
     path = folder / FolderWriter.LABELS
     if not path.is_file():
         return
-    images = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-              and p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+    images = image_files(folder)
     try:
         with open(path, newline="") as f:
             listed = [row["file"] for row in csv.DictReader(f)]

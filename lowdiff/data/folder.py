@@ -16,17 +16,8 @@ import numpy as np
 from PIL import Image
 
 from ..files import atomic_write, write_text
+from ..images import is_image_name
 from .base import DatasetError, ImageDataset
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-
-
-def _is_image_name(rel: str) -> bool:
-    """An image file name that is not hidden and not macOS zip metadata."""
-    parts = rel.split("/")
-    hidden = any(p.startswith(".") or p == "__MACOSX" for p in parts)
-    return not hidden and rel.lower().endswith(IMAGE_EXTENSIONS)
-
 
 @contextlib.contextmanager
 def _open_folder(path: Path) -> Iterator[tuple[list[str], Callable[[str], bytes | None]]]:
@@ -36,7 +27,7 @@ def _open_folder(path: Path) -> Iterator[tuple[list[str], Callable[[str], bytes 
 
         def read_dir(rel: str) -> bytes | None:
             return (path / rel).read_bytes() if (path / rel).is_file() else None
-        yield [n for n in names if _is_image_name(n)], read_dir
+        yield [n for n in names if is_image_name(n)], read_dir
         return
     try:
         zf = zipfile.ZipFile(path)
@@ -50,7 +41,7 @@ def _open_folder(path: Path) -> Iterator[tuple[list[str], Callable[[str], bytes 
                 return zf.read(rel) if rel in members else None
             except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
                 raise DatasetError(f"{rel} in {path} is corrupt ({e}); rebuild the zip") from e
-        yield sorted(n for n in members if not n.endswith("/") and _is_image_name(n)), read_zip
+        yield sorted(n for n in members if not n.endswith("/") and is_image_name(n)), read_zip
 
 
 def _decode_image(data: bytes, rel: str, where: Path) -> tuple[np.ndarray, bool]:
