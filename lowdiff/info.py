@@ -150,13 +150,15 @@ def _paper_table(paper: dict) -> list[str]:
 def _plan_lines(info: dict) -> list[str]:
     lines = [f"  plans           --plan NAME; * the default: the fastest plan within the FID noise ({info['fid_noise']:.3f}) "
              "of the best measured FID",
-             f"    {'name':<10}{'NFE per stage':<15}{'solvers':<26}{'FID':>7}{'samples':>9}{'img/s':>8}  measured on"]
+             f"    {'name':<12}{'NFE per stage':<18}{'solvers':<26}{'FID':>7}{'samples':>9}{'img/s':>8}  measured on"]
     for p in info["plans"]:
         f = p["figures"]
         nfe = "/".join(str(n) for n in p["nfe_per_stage"].values())
+        if list(p["nfe_per_stage"]) != info["resolutions"]:          # a progressive plan: say where
+            nfe += f" ({'/'.join(str(r) for r in p['nfe_per_stage'])})"
         measured = (f"{f['fid']:>7.2f}{f['samples']:>9,}{f['images_per_s']:>8.1f}  {f['device']}, batch {f['batch']}"
                     if f else f"{'-':>7}{'-':>9}{'-':>8}  {p['description']}")
-        lines.append(f"  {'*' if p['default'] else ' '} {p['name']:<10}{nfe:<15}{'/'.join(p['solvers']):<26}{measured}")
+        lines.append(f"  {'*' if p['default'] else ' '} {p['name']:<12}{nfe:<18}{'/'.join(p['solvers']):<26}{measured}")
     return lines
 
 
