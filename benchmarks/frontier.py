@@ -279,7 +279,8 @@ def markdown(rows, report, noise, noise_row, noise_fids, headlines, bf16_gaps, a
              f"Measured {date.today().isoformat()} on **{report['device']}**; batch {args.batch}, mean of "
              f"{args.repeats} timed runs after {args.warmup} warm-up, all {len(rows)} rows timed alternately in one "
              f"process. Models: `{args.lowdiff}` and `{args.baseline}` ({args.title}, same width "
-             f"and image budget). FID: bundled classifier features, {args.num} samples per point, seeds "
+             f"and image budget; the EDM progressive rows sample the baseline's network at lower resolutions "
+             f"first, plans tuned by `lowdiff tune --progressive only`). FID: bundled classifier features, {args.num} samples per point, seeds "
              f"{args.seed}-{args.seed + args.num - 1} (held out from the tuner's seeds 0-499), against "
              f"`{Path(args.ref).name}` (the 10,000 test images). "
              + (f"Every row timed under {', '.join(args.switches)}."
@@ -368,7 +369,8 @@ def main() -> None:
     p.add_argument("--retime", action="store_true", help="time again in this (new) process with the rows of --json "
                    "and their cached FIDs, and report this run's ratios beside the earlier ones")
     p.add_argument("--title", default="Fashion-MNIST 32x32 class-conditional", help="what the models are")
-    p.add_argument("--heading", default="The headline: LowDiff against its tuned baseline, FID vs throughput")
+    p.add_argument("--heading", default="The headline: LowDiff against its tuned baseline and the baseline sampled "
+                   "progressively, FID vs throughput")
     p.add_argument("--tag", default="frontier", help="section tag in --out")
     p.add_argument("--switches", nargs="+", choices=list(SWITCHES), default=list(SWITCHES),
                    help="the switch sets to time (default both)")
