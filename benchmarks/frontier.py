@@ -279,8 +279,9 @@ def markdown(rows, report, noise, noise_row, noise_fids, headlines, bf16_gaps, a
              f"Measured {date.today().isoformat()} on **{report['device']}**; batch {args.batch}, mean of "
              f"{args.repeats} timed runs after {args.warmup} warm-up, all {len(rows)} rows timed alternately in one "
              f"process. Models: `{args.lowdiff}` and `{args.baseline}` ({args.title}, same width "
-             f"and image budget; the EDM progressive rows sample the baseline's network at lower resolutions "
-             f"first, plans tuned by `lowdiff tune --progressive only`). FID: bundled classifier features, {args.num} samples per point, seeds "
+             f"and image budget" + ("; the EDM progressive rows sample the baseline's network at lower resolutions "
+                                    "first, plans tuned by `lowdiff tune --progressive only`" if args.progressive_plans
+                                    else "") + "). FID: bundled classifier features, {args.num} samples per point, seeds "
              f"{args.seed}-{args.seed + args.num - 1} (held out from the tuner's seeds 0-499), against "
              f"`{Path(args.ref).name}` (the 10,000 test images). "
              + (f"Every row timed under {', '.join(args.switches)}."
