@@ -117,7 +117,7 @@ def progressive_grid(tuned: list[tuple[str, StagePlan]]) -> list[tuple[str, Stag
     return rows
 
 
-FAMILY_NAMES = {"baseline": "EDM", "lowdiff": "LowDiff", "progressive": "EDM progressive"}
+FAMILY_NAMES = {"baseline": "EDM", "progressive": "EDM progressive", "lowdiff": "LowDiff"}
 COMPETITORS = ("baseline", "progressive")       # the training-free families LowDiff is compared with
 
 
@@ -281,7 +281,7 @@ def markdown(rows, report, noise, noise_row, noise_fids, headlines, bf16_gaps, a
              f"process. Models: `{args.lowdiff}` and `{args.baseline}` ({args.title}, same width "
              f"and image budget" + ("; the EDM progressive rows sample the baseline's network at lower resolutions "
                                     "first, plans tuned by `lowdiff tune --progressive only`" if args.progressive_plans
-                                    else "") + "). FID: bundled classifier features, {args.num} samples per point, seeds "
+                                    else "") + f"). FID: bundled classifier features, {args.num} samples per point, seeds "
              f"{args.seed}-{args.seed + args.num - 1} (held out from the tuner's seeds 0-499), against "
              f"`{Path(args.ref).name}` (the 10,000 test images). "
              + (f"Every row timed under {', '.join(args.switches)}."
