@@ -270,8 +270,8 @@ def coordinates(plan: StagePlan, solvers, warm_start: bool = False,
     """(name, plan -> [(move, plan)]) for plans shaped like `plan`, in search order: solvers,
     the final stage's steps, truncation points, trades of final steps against low-resolution
     evaluations, warm starts (a progressive plan: each stage's switch sigma and hand-over instead),
-    sigma_max, the final stage's sigma_min, rho, then the low-resolution stages' steps. A single-resolution model has the same coordinates but
-    those of the low-resolution stages; flow stages (which end at 0) have no sigma_min or rho
+    sigma_max, the final stage's sigma_min, rho, then the low-resolution stages' steps. A
+    single-resolution model has the same coordinates but those of the low-resolution stages; flow stages (which end at 0) have no sigma_min or rho
     to move, and their sigma_max only moves once warm-started. sigma_max and sigma_min move within
     the preconditioning's `sampling_range` (sigma_min down to a twentieth of its low end)."""
     last, (low, high) = len(plan) - 1, sampling_range
