@@ -275,13 +275,13 @@ def replot(json_path: Path, plot_path: Path) -> None:
 
 
 def markdown(rows, report, noise, noise_row, noise_fids, headlines, bf16_gaps, args, command) -> str:
+    progressive_note = ("; the EDM progressive rows sample the baseline's network at lower resolutions first, plans "
+                        "tuned by `lowdiff tune --progressive only`" if args.progressive_plans else "")
     lines = [f"## {args.heading}", "",
              f"Measured {date.today().isoformat()} on **{report['device']}**; batch {args.batch}, mean of "
              f"{args.repeats} timed runs after {args.warmup} warm-up, all {len(rows)} rows timed alternately in one "
              f"process. Models: `{args.lowdiff}` and `{args.baseline}` ({args.title}, same width "
-             f"and image budget" + ("; the EDM progressive rows sample the baseline's network at lower resolutions "
-                                    "first, plans tuned by `lowdiff tune --progressive only`" if args.progressive_plans
-                                    else "") + f"). FID: bundled classifier features, {args.num} samples per point, seeds "
+             f"and image budget{progressive_note}). FID: bundled classifier features, {args.num} samples per point, seeds "
              f"{args.seed}-{args.seed + args.num - 1} (held out from the tuner's seeds 0-499), against "
              f"`{Path(args.ref).name}` (the 10,000 test images). "
              + (f"Every row timed under {', '.join(args.switches)}."
@@ -347,7 +347,8 @@ def main() -> None:
     p.add_argument("--lowdiff-plans", nargs="*", default=[], help="tuned plans of the LowDiff model, best budget first")
     p.add_argument("--baseline-plans", nargs="*", default=[], help="tuned plans of the baseline")
     p.add_argument("--progressive-plans", nargs="*", default=[],
-                   help="tuned progressive plans of the baseline (`lowdiff tune --progressive only`), best budget first")
+                   help="tuned progressive plans of the baseline (`lowdiff tune --progressive only`), "
+                   "best budget first")
     p.add_argument("--ref", help="reference statistics (bundled classifier) of the test set")
     p.add_argument("--num", type=int, default=2000)
     p.add_argument("--seed", type=int, default=100_000)

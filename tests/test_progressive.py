@@ -110,7 +110,8 @@ def test_the_spectral_handover_keeps_the_image_block_means():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["2:steps=4,sigma_min=2", "32:handover=plain,sigma_max=4"], "stage 2: the network cannot run at 2x2: its 3 levels"),
+    (["2:steps=4,sigma_min=2", "32:handover=plain,sigma_max=4"],
+     "stage 2: the network cannot run at 2x2: its 3 levels"),
     (["16:steps=4,sigma_min=1"], "stage 32: a progressive plan's stage above the lowest continues the stage below: "
                                  "set handover=plain or handover=spectral"),
     (["16:steps=4,sigma_min=1,handover=plain", "32:handover=plain,sigma_max=3"], "stage 16: the lowest stage"),
@@ -143,12 +144,13 @@ def test_sample_progressively_from_the_command_line(tmp_path, capsys):
     """The acceptance command of issue 37 on the bundled EDM model; a cascade model refuses it."""
     stages = ["--stage", "16:steps=7,sigma_min=1.5,solver=dpmpp2m",
               "--stage", "32:handover=spectral,sigma_max=3,steps=5,solver=dpmpp2m,sigma_min=0.064"]
-    code, _, err = run(capsys, "sample", "--checkpoint", "bundled:fashion-edm-cond", *stages, "--num", "2", "--random-class",
-                       "--out", tmp_path / "p.png", "--no-progress")
+    code, _, err = run(capsys, "sample", "--checkpoint", "bundled:fashion-edm-cond", *stages, "--num", "2",
+                       "--random-class", "--out", tmp_path / "p.png", "--no-progress")
     assert code == 0, err
     assert "NFE per stage {16: 6, 32: 5}" in err and "continues the stage below at sigma 3 (spectral hand-over)" in err
     code, _, err = run(capsys, "sample", "--checkpoint", "bundled:fashion-lowdiff-cond", "--stage",
-                       "32:handover=plain", "--num", "2", "--random-class", "--out", tmp_path / "q.png", "--no-progress")
+                       "32:handover=plain", "--num", "2", "--random-class", "--out", tmp_path / "q.png",
+                       "--no-progress")
     assert code == 2 and err.count("\n") == 1 and "handover=plain makes a progressive plan" in err
 
 

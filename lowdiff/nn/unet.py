@@ -100,7 +100,8 @@ class UNetConfig:
         """Whether a single-resolution network can run on an r x r image below its own (progressive
         sampling, lowdiff/diffusion/cascade.py): the U-Net is convolutional, so its whole route runs
         on any r its levels halve to whole pixels (r divisible by 2^(levels - 1))."""
-        return len(self.resolutions) == 1 and 0 < r < self.img_resolution and r % (1 << (len(self.channel_mult) - 1)) == 0
+        step = 1 << (len(self.channel_mult) - 1)
+        return len(self.resolutions) == 1 and 0 < r < self.img_resolution and r % step == 0
 
     def lower_resolution_hint(self) -> str:
         """What `runs_at` accepts, for error messages."""
