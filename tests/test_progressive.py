@@ -148,6 +148,11 @@ def test_sample_progressively_from_the_command_line(tmp_path, capsys):
                        "--random-class", "--out", tmp_path / "p.png", "--no-progress")
     assert code == 0, err
     assert "NFE per stage {16: 6, 32: 5}" in err and "continues the stage below at sigma 3 (spectral hand-over)" in err
+    code, out, _ = run(capsys, "info", "bundled:fashion-edm-cond")            # the shipped tuned progressive plan
+    assert code == 0 and "(8/16/32)" in next(line for line in out.splitlines() if "progressive" in line.split()[:1])
+    code, _, err = run(capsys, "sample", "--checkpoint", "bundled:fashion-edm-cond", "--plan", "progressive",
+                       "--num", "2", "--random-class", "--out", tmp_path / "t.png", "--no-progress")
+    assert code == 0 and "plan: progressive (NFE 4/2/4" in err, err
     code, _, err = run(capsys, "sample", "--checkpoint", "bundled:fashion-lowdiff-cond", "--stage",
                        "32:handover=plain", "--num", "2", "--random-class", "--out", tmp_path / "q.png",
                        "--no-progress")
