@@ -1,5 +1,7 @@
-"""The headline benchmark: FID-vs-throughput fronts of LowDiff and of its single-resolution
-baseline, both tuned with the same tools, and LowDiff's throughput at the baseline's best FID.
+"""The headline benchmark: FID-vs-throughput fronts of LowDiff, of its single-resolution
+baseline, and of the baseline sampled progressively (the training-free competitor: the same
+network at lower resolutions first, `StageConfig.handover`), all tuned with the same tools, and
+LowDiff's throughput at the best competitor's FID.
 
 Both families sample over a grid of stage plans (EDM's Heun sampler, few-step DPM-Solver++
 (2M) / (3M) plans, the plans `lowdiff tune` chose for each at the same budgets and cost
@@ -19,7 +21,8 @@ it: a feature extractor trained on them sees them differently from the test imag
 reference (on CIFAR-10 the bundled classifier puts 2,000-image training subsets 28-78 FID from
 the test statistics). "Matched" means within that noise: the ratio is the throughput of
 LowDiff's fastest row with FID <= (the baseline's best FID + noise) over the baseline's fastest
-row with FID <= the same bound.
+row with FID <= the same bound; against the best competitor, the bound is the best FID of the
+baseline's and the progressive rows, and the ratio is over the fastest of those within it.
 
     lowdiff eval ref --data fashion-mnist:test --out runs/fashion-test.npz
     python benchmarks/frontier.py --ref runs/fashion-test.npz --fast-fid fp32 --batch 32 --repeats 2 \\
@@ -28,7 +31,9 @@ row with FID <= the same bound.
             docs/results/tuned2-lowdiff-b4.json docs/results/tuned-lowdiff-b13.json \\
             docs/results/tuned-lowdiff-b9.json \\
         --baseline-plans docs/results/tuned2-edm-b13.json docs/results/tuned2-edm-b6.json \\
-            docs/results/tuned2-edm-b5.json docs/results/tuned-edm-b13.json
+            docs/results/tuned2-edm-b5.json docs/results/tuned-edm-b13.json \\
+        --progressive-plans docs/results/tuned-progressive-edm-b13.json \\
+            docs/results/tuned-progressive-edm-b6.json
     python benchmarks/frontier.py --retime ...  # the same arguments: time again in a second process
     python benchmarks/frontier.py --replot      # redraw docs/img/frontier.png from the JSON
 """
@@ -65,7 +70,7 @@ NAMES = {"heun": "Heun", "euler": "Euler", "dpmpp2m": "DPM-Solver++(2M)", "dpmpp
 
 @dataclass
 class Row:
-    family: str                  # 'lowdiff' | 'baseline'
+    family: str                  # 'lowdiff' | 'baseline' | 'progressive' (the baseline's network, progressive plans)
     label: str
     plan: StagePlan
     switches: str
@@ -99,6 +104,23 @@ def lowdiff_grid(plan: StagePlan, tuned: list[tuple[str, StagePlan]]) -> list[tu
     return rows
 
 
+def progressive_grid(tuned: list[tuple[str, StagePlan]]) -> list[tuple[str, StagePlan]]:
+    """The tuned progressive plans, and the best budget's plan with the other hand-over at the same switch."""
+    rows = list(tuned)
+    if tuned:
+        label, best = tuned[0]
+        other = {"spectral": "plain", "plain": "spectral"}
+        for i, s in enumerate(best):
+            if s.handover != "none":
+                best = best.replace(i, handover=other[s.handover])
+        rows.append((f"{label}, {best[-1].handover} hand-over", best))
+    return rows
+
+
+FAMILY_NAMES = {"baseline": "EDM", "progressive": "EDM progressive", "lowdiff": "LowDiff"}
+COMPETITORS = ("baseline", "progressive")       # the training-free families LowDiff is compared with
+
+
 def load_tuned(paths: list[str]) -> list[tuple[str, StagePlan]]:
     out = []
     for path in paths:
@@ -118,9 +140,10 @@ def load_tuned(paths: list[str]) -> list[tuple[str, StagePlan]]:
 def fid_key(spec: str, plan: StagePlan, precision: str, seed: int, args) -> str:
     """The FID cache's key: model, plan, sampling precision, sample count, first seed, reference
     (named by what it holds: data, image count, feature space, extractor hash, not by its path).
-    A stage that starts from noise leaves out `start`: keys written before warm starts existed
-    name the same samples."""
-    stages = [{k: v for k, v in s.items() if not (k == "start" and v == "noise")} for s in plan.to_list()]
+    A stage that starts from noise leaves out `start`, one without a hand-over `handover`: keys
+    written before warm starts and progressive plans existed name the same samples."""
+    defaults = {"start": "noise", "handover": "none"}
+    stages = [{k: v for k, v in s.items() if defaults.get(k, ...) != v} for s in plan.to_list()]
     return json.dumps([spec, stages, precision, args.num, seed, args.ref_name], sort_keys=True)
 
 
@@ -159,7 +182,7 @@ def measured_bf16_gaps(rows: list[Row], specs: dict, args) -> list[tuple[str, fl
             continue
         keys = [fid_key(specs[r.family], r.plan, prec, args.seed, args) for prec in ("fp32", "bf16")]
         if all(k in cache for k in keys):
-            out.append((f"{'EDM' if r.family == 'baseline' else 'LowDiff'}, {r.label}", cache[keys[1]] - cache[keys[0]]))
+            out.append((f"{FAMILY_NAMES[r.family]}, {r.label}", cache[keys[1]] - cache[keys[0]]))
     return out
 
 
@@ -178,17 +201,19 @@ def pareto(rows: list[Row]) -> None:
                           (o.fid < r.fid or o.images_per_s > r.images_per_s) for o in rows)
 
 
-def matched(rows: list[Row], noise: float, switches: str | None) -> dict:
-    """LowDiff's throughput at the baseline's best FID (within `noise`), as a ratio."""
+def matched(rows: list[Row], noise: float, switches: str | None, competitors=("baseline",)) -> dict:
+    """LowDiff's throughput at the competitors' best FID (within `noise`), as a ratio over the fastest
+    competitor row within the same bound; competitors: the baseline's rows, or those and the progressive ones."""
     pick = [r for r in rows if switches is None or r.switches == switches]
-    base = [r for r in pick if r.family == "baseline"]
+    base = [r for r in pick if r.family in competitors]
     low = [r for r in pick if r.family == "lowdiff"]
     best = min(base, key=lambda r: r.fid)
     bound = best.fid + noise
     b = max((r for r in base if r.fid <= bound), key=lambda r: r.images_per_s)
     within = [r for r in low if r.fid <= bound]
-    out = {"switches": switches or "either", "baseline_best_fid": best.fid, "bound": bound,
-           "baseline": {"label": b.label, "switches": b.switches, "fid": b.fid, "images_per_s": b.images_per_s}}
+    out = {"switches": switches or "either", "competitors": list(competitors), "baseline_best_fid": best.fid,
+           "bound": bound, "baseline": {"label": b.label, "family": b.family, "switches": b.switches, "fid": b.fid,
+                                        "images_per_s": b.images_per_s}}
     if within:
         lo = max(within, key=lambda r: r.images_per_s)
         out["lowdiff"] = {"label": lo.label, "switches": lo.switches, "fid": lo.fid, "images_per_s": lo.images_per_s}
@@ -202,9 +227,9 @@ def plot(rows: list[Row], path: Path, title: str, batch: int) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import LogLocator, NullFormatter, NullLocator, ScalarFormatter
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    colours = {"baseline": "C1", "lowdiff": "C0"}
-    names = {"baseline": "EDM (single resolution)", "lowdiff": "LowDiff"}
-    for family in ("baseline", "lowdiff"):
+    colours = {"baseline": "C1", "lowdiff": "C0", "progressive": "C2"}
+    names = {"baseline": "EDM (single resolution)", "lowdiff": "LowDiff", "progressive": "EDM progressive"}
+    for family in ("baseline", "progressive", "lowdiff"):
         for switches, marker in zip(SWITCHES, ("o", "s")):
             pts = [r for r in rows if r.family == family and r.switches == switches]
             if not pts:
@@ -250,11 +275,13 @@ def replot(json_path: Path, plot_path: Path) -> None:
 
 
 def markdown(rows, report, noise, noise_row, noise_fids, headlines, bf16_gaps, args, command) -> str:
+    progressive_note = ("; the EDM progressive rows sample the baseline's network at lower resolutions first, plans "
+                        "tuned by `lowdiff tune --progressive only`" if args.progressive_plans else "")
     lines = [f"## {args.heading}", "",
              f"Measured {date.today().isoformat()} on **{report['device']}**; batch {args.batch}, mean of "
              f"{args.repeats} timed runs after {args.warmup} warm-up, all {len(rows)} rows timed alternately in one "
              f"process. Models: `{args.lowdiff}` and `{args.baseline}` ({args.title}, same width "
-             f"and image budget). FID: bundled classifier features, {args.num} samples per point, seeds "
+             f"and image budget{progressive_note}). FID: bundled classifier features, {args.num} samples per point, seeds "
              f"{args.seed}-{args.seed + args.num - 1} (held out from the tuner's seeds 0-499), against "
              f"`{Path(args.ref).name}` (the 10,000 test images). "
              + (f"Every row timed under {', '.join(args.switches)}."
@@ -273,31 +300,44 @@ def markdown(rows, report, noise, noise_row, noise_fids, headlines, bf16_gaps, a
              "sample count.", ""]
     for k, earlier in enumerate(args.earlier_headlines):
         lines.append(f"- timing run {k + 1} (an earlier process): " + "; ".join(
-            f"{h['switches']} {h['ratio']:.2f}x" if "ratio" in h else f"{h['switches']} no match" for h in earlier))
+            f"{_against(h)} {h['ratio']:.2f}x" if "ratio" in h else f"{_against(h)} no match" for h in earlier))
     for h in headlines:
+        who = "the best competitor's" if len(h.get("competitors", ())) > 1 else "the baseline's"
         if "ratio" in h:
-            lines.append(f"- **{h['switches']}**: the baseline's best FID {h['baseline_best_fid']:.3f}; within "
-                         f"{noise:.3f} of it the fastest baseline row is *{h['baseline']['label']}* "
-                         f"({h['baseline']['switches']}, {h['baseline']['images_per_s']:.1f} img/s, FID "
-                         f"{h['baseline']['fid']:.3f}) and the fastest LowDiff row *{h['lowdiff']['label']}* "
-                         f"({h['lowdiff']['switches']}, {h['lowdiff']['images_per_s']:.1f} img/s, FID "
-                         f"{h['lowdiff']['fid']:.3f}): **{h['ratio']:.2f}x**.")
+            b = h["baseline"]
+            lines.append(f"- **{_against(h)}**: {who} best FID {h['baseline_best_fid']:.3f}; within "
+                         f"{noise:.3f} of it the fastest {FAMILY_NAMES[b.get('family', 'baseline')]} row is "
+                         f"*{b['label']}* ({b['switches']}, {b['images_per_s']:.1f} img/s, FID {b['fid']:.3f}) and the "
+                         f"fastest LowDiff row *{h['lowdiff']['label']}* ({h['lowdiff']['switches']}, "
+                         f"{h['lowdiff']['images_per_s']:.1f} img/s, FID {h['lowdiff']['fid']:.3f}): "
+                         f"**{h['ratio']:.2f}x**.")
         else:
-            lines.append(f"- **{h['switches']}**: no LowDiff row reaches the baseline's best FID "
+            lines.append(f"- **{_against(h)}**: no LowDiff row reaches {who} best FID "
                          f"{h['baseline_best_fid']:.3f} + noise.")
     lines += ["", f"![FID vs throughput]({os.path.relpath(args.plot, Path(args.out).parent)})", "",
               "| family | plan | solver | NFE per stage | eff. NFE | switches | img/s | FID | front |",
               "|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (r.family != "baseline", r.switches, -r.images_per_s)):
+    order = list(FAMILY_NAMES)
+    for r in sorted(rows, key=lambda r: (order.index(r.family), r.switches, -r.images_per_s)):
         nfe = "/".join(str(v) for v in r.plan.nfe_per_stage.values())
         solver = "/".join(s.solver for s in r.plan)
-        lines.append(f"| {'EDM' if r.family == 'baseline' else 'LowDiff'} | {r.label} | {solver} | {nfe} | "
+        if r.plan.progressive:
+            nfe += " (" + "/".join(f"{s.resolution}" for s in r.plan) + ", switch " + ", ".join(
+                f"{s.sigma_max:g} {s.handover}" for s in r.plan if s.handover != "none") + ")"
+        lines.append(f"| {FAMILY_NAMES[r.family]} | {r.label} | {solver} | {nfe} | "
                      f"{r.effective_nfe} | {r.switches} | {r.images_per_s:.2f} | {r.fid:.3f} | "
                      f"{'**P**' if r.front else ''} |")
     lines += ["", "Effective NFE is measured (paper App. B): each stage's NFE weighted by its per-evaluation latency "
               "relative to the target resolution, under that row's switches. P = on its family's Pareto front over "
-              "the switch sets timed."]
+              "the switch sets timed. EDM progressive: the EDM network sampled at lower resolutions first (NFE per "
+              "stage with the stage sides, and each switch sigma with its hand-over)."]
     return "\n".join(lines) + "\n"
+
+
+def _against(h: dict) -> str:
+    """A headline's name: its switch set, and against whom when it is not the baseline alone."""
+    return h["switches"] + (", against the best competitor (tuned single resolution or tuned progressive)"
+                            if len(h.get("competitors", ())) > 1 else "")
 
 
 def main() -> None:
@@ -306,6 +346,9 @@ def main() -> None:
     p.add_argument("--baseline", default="bundled:fashion-edm-cond")
     p.add_argument("--lowdiff-plans", nargs="*", default=[], help="tuned plans of the LowDiff model, best budget first")
     p.add_argument("--baseline-plans", nargs="*", default=[], help="tuned plans of the baseline")
+    p.add_argument("--progressive-plans", nargs="*", default=[],
+                   help="tuned progressive plans of the baseline (`lowdiff tune --progressive only`), "
+                   "best budget first")
     p.add_argument("--ref", help="reference statistics (bundled classifier) of the test set")
     p.add_argument("--num", type=int, default=2000)
     p.add_argument("--seed", type=int, default=100_000)
@@ -319,7 +362,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--only-fid", action="store_true",
                    help="fill the FID cache (the noise FIDs too, unless --family lowdiff) and stop (no timing)")
-    p.add_argument("--family", choices=["lowdiff", "baseline"], help="with --only-fid: one family only")
+    p.add_argument("--family", choices=list(FAMILY_NAMES), help="with --only-fid: one family only")
     p.add_argument("--cache", default=str(CACHE), help="FID cache (JSON)")
     p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     p.add_argument("--json", default=str(ROOT / "docs" / "results" / "frontier.json"))
@@ -328,7 +371,8 @@ def main() -> None:
     p.add_argument("--retime", action="store_true", help="time again in this (new) process with the rows of --json "
                    "and their cached FIDs, and report this run's ratios beside the earlier ones")
     p.add_argument("--title", default="Fashion-MNIST 32x32 class-conditional", help="what the models are")
-    p.add_argument("--heading", default="The headline: LowDiff against its tuned baseline, FID vs throughput")
+    p.add_argument("--heading", default="The headline: LowDiff against its tuned baseline and the baseline sampled "
+                   "progressively, FID vs throughput")
     p.add_argument("--tag", default="frontier", help="section tag in --out")
     p.add_argument("--switches", nargs="+", choices=list(SWITCHES), default=list(SWITCHES),
                    help="the switch sets to time (default both)")
@@ -343,9 +387,11 @@ def main() -> None:
     args.ref_name = reference_name(args.ref)    # read once: every FID cache key names the reference
 
     pipes = {"lowdiff": Pipeline.from_pretrained(args.lowdiff), "baseline": Pipeline.from_pretrained(args.baseline)}
-    specs = {"lowdiff": args.lowdiff, "baseline": args.baseline}
+    pipes["progressive"] = pipes["baseline"]                 # the same network, sampled progressively
+    specs = {"lowdiff": args.lowdiff, "baseline": args.baseline, "progressive": args.baseline}
     grids = {"lowdiff": lowdiff_grid(pipes["lowdiff"].preset.stages, load_tuned(args.lowdiff_plans)),
-             "baseline": baseline_grid(pipes["baseline"].preset.stages, load_tuned(args.baseline_plans))}
+             "baseline": baseline_grid(pipes["baseline"].preset.stages, load_tuned(args.baseline_plans)),
+             "progressive": progressive_grid(load_tuned(args.progressive_plans))}
     rows = [Row(f, label, plan, sw) for f, grid in grids.items() for label, plan in grid for sw in args.switches]
     extractor = get_extractor("classifier", channels=pipes["lowdiff"].image_channels, ref=args.ref)
     args.earlier_headlines = []
@@ -373,9 +419,10 @@ def main() -> None:
         timed = measure(variants, opts, bar)
     for r, t in zip(rows, timed):
         r.images_per_s, r.effective_nfe = t["images_per_s"], t["effective_nfe"]
-    for family in ("lowdiff", "baseline"):
+    for family in FAMILY_NAMES:
         pareto([r for r in rows if r.family == family])
-    headlines = [matched(rows, noise, s) for s in (*args.switches, None)]
+    against = [("baseline",)] + ([COMPETITORS] if any(r.family == "progressive" for r in rows) else [])
+    headlines = [matched(rows, noise, s, c) for c in against for s in (*args.switches, None)]
     report = {"device": device_name("cpu"), "rows": timed}
     plot(rows, Path(args.plot), plot_title(args.num, args.title), args.batch)
     text = markdown(rows, report, noise, noise_row.label, ", ".join(f"{v:.3f}" for v in noise_fids), headlines,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .diffusion.denoiser import check_unified
-from .diffusion.plan import StageConfig, StagePlan
+from .diffusion.plan import StageConfig, StagePlan, progressive_on_cascade
 from .diffusion.precond import EDM, Preconditioning, preconditioning_from
 from .checks import MAX_BATCH, in_range
 from .errors import ConfigError
@@ -137,13 +137,29 @@ class Preset:
             raise ConfigError(f"class_names lists {len(self.class_names)} names, the network has {label_dim} classes "
                               "(label_dim); give one name per class")
 
+    @property
+    def single_resolution(self) -> bool:
+        """One network at one resolution (a baseline): its plans may be progressive (lowdiff/diffusion/plan.py)."""
+        return len(self.stages) == 1 and len(self.network.resolutions) == 1
+
     def check_plan(self, plan: StagePlan) -> None:
-        """A stage plan must fit this model: the same resolutions, valid schedules."""
+        """A stage plan must fit this model: the same resolutions, or for a single-resolution model a
+        progressive plan ending at its resolution whose lower stages the network can run at; valid
+        schedules."""
         plan = plan if isinstance(plan, StagePlan) else StagePlan(plan)
-        if plan.resolutions != self.stages.resolutions:
+        if self.single_resolution and plan.resolutions[-1:] == self.resolutions:
+            for r in plan.resolutions[:-1]:
+                if not self.network.runs_at(r):
+                    raise ConfigError(f"stage {r}: the network cannot run at {r}x{r}: "
+                                      f"{self.network.lower_resolution_hint()}")
+        elif plan.resolutions != self.stages.resolutions:
+            progressive = [st for st in plan if st.handover != "none"]
+            if progressive:
+                raise progressive_on_cascade(progressive[0])
             raise ConfigError(f"the stage plan has resolutions {plan.resolutions}, the model "
                               f"{self.stages.resolutions}")
-        plan.validate(preconditioning_from(self.precond), conditional=bool(self.network.label_dim))
+        plan.validate(preconditioning_from(self.precond), conditional=bool(self.network.label_dim),
+                      single_resolution=self.single_resolution)
 
     # --- (de)serialisation -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

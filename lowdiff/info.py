@@ -21,15 +21,15 @@ def meta_denoiser(preset: Preset) -> Denoiser:
 
 
 @lru_cache(maxsize=None)
-def _flops(preset_json: str) -> dict[int, float]:
+def _flops(preset_json: str, resolutions: tuple[int, ...] = ()) -> dict[int, float]:
     preset = Preset.from_dict(json.loads(preset_json))
     model = meta_denoiser(preset).eval()
     net = preset.network
     out = {}
-    for i, r in enumerate(preset.resolutions):
+    for r in resolutions or preset.resolutions:
         x = torch.zeros(1, net.in_channels, r, r, device="meta")
         kw = {}
-        if i > 0:
+        if r > preset.resolutions[0]:
             kw = dict(cond=torch.zeros_like(x), sigma_cond=torch.ones(1, device="meta"))
         labels = torch.zeros(1, net.label_dim, device="meta") if net.label_dim else None
         with FlopCounterMode(display=False) as counter:
@@ -38,9 +38,10 @@ def _flops(preset_json: str) -> dict[int, float]:
     return out
 
 
-def flops_per_evaluation(preset: Preset) -> dict[int, float]:
-    """Forward FLOPs (2 x MACs) of one network evaluation per image, by resolution."""
-    return _flops(preset.to_json())
+def flops_per_evaluation(preset: Preset, resolutions=()) -> dict[int, float]:
+    """Forward FLOPs (2 x MACs) of one network evaluation per image, by resolution: the preset's, or
+    `resolutions` (a single-resolution network's lower ones too: progressive plans)."""
+    return _flops(preset.to_json(), tuple(resolutions))
 
 
 # Training compute. A training step runs the network forward and backward at every stage
@@ -85,6 +86,8 @@ def describe(preset: Preset | str) -> dict:
                        "gflops_per_eval": round(flops[s.resolution] / 1e9, 3)})
         if s.start != "noise":
             stages[-1]["start"] = s.start
+        if s.handover != "none":
+            stages[-1]["handover"] = s.handover
         if s.schedule != "edm" or s.cfg_scale != 1:
             stages[-1] |= {"schedule": s.schedule, "shift": s.shift, "cfg_scale": s.cfg_scale,
                            "cfg_sigma_max": s.cfg_sigma_max}
@@ -146,13 +149,15 @@ def _paper_table(paper: dict) -> list[str]:
 
 def _plan_lines(info: dict) -> list[str]:
     lines = [f"  plans           --plan NAME; * the default: {SHORT_RULE.format(noise=info['fid_noise'])}",
-             f"    {'name':<10}{'NFE per stage':<15}{'solvers':<26}{'FID':>7}{'samples':>9}{'img/s':>8}  measured on"]
+             f"    {'name':<12}{'NFE per stage':<18}{'solvers':<26}{'FID':>7}{'samples':>9}{'img/s':>8}  measured on"]
     for p in info["plans"]:
         f = p["figures"]
         nfe = "/".join(str(n) for n in p["nfe_per_stage"].values())
+        if list(p["nfe_per_stage"]) != info["resolutions"]:          # a progressive plan: say where
+            nfe += f" ({'/'.join(str(r) for r in p['nfe_per_stage'])})"
         measured = (f"{f['fid']:>7.2f}{f['samples']:>9,}{f['images_per_s']:>8.1f}  {f['device']}, batch {f['batch']}"
                     if f else f"{'-':>7}{'-':>9}{'-':>8}  {p['description']}")
-        lines.append(f"  {'*' if p['default'] else ' '} {p['name']:<10}{nfe:<15}{'/'.join(p['solvers']):<26}{measured}")
+        lines.append(f"  {'*' if p['default'] else ' '} {p['name']:<12}{nfe:<18}{'/'.join(p['solvers']):<26}{measured}")
     return lines
 
 
@@ -171,7 +176,8 @@ def format_info(info: dict) -> str:
                      f"[{s['sigma_min']:g}, {s['sigma_max']:g}]".ljust(46)
                      + f"{s.get('shift', s['rho']):>4g}  {s['solver']:<7} {s['truncation_sigma']:<14.4g}  "
                      f"{s['gflops_per_eval']:.3f}" + (f"  cfg {s['cfg_scale']:g}" if s.get("cfg_scale", 1) != 1 else "")
-                     + ("  starts from the stage below" if s.get("start") == "upsampled" else ""))
+                     + ("  starts from the stage below" if s.get("start") == "upsampled" else "")
+                     + (f"  {s['handover']} hand-over from the stage below" if "handover" in s else ""))
     lines.append(f"  NFE             {info['nfe_total']} in total; effective NFE {info['effective_nfe_flops']} "
                  f"({info['effective_nfe_note']})")
     t = info["train"]

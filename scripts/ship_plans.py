@@ -15,7 +15,7 @@ from lowdiff.plans import Figures, ModelPlans, NamedPlan
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = {"lowdiff": "paper plan, Heun", "baseline": "Heun 18 steps"}
-# model -> (frontier file, family, {plan name: (frontier row label, description)})
+# model -> (frontier file, family, {plan name: (frontier row label, description[, family if another])})
 SHIPPED = {
     "fashion-lowdiff-cond": ("frontier.json", "lowdiff", {
         "best": ("tuned, budget 9 eff. NFE", "lowest FID: tuned at budget 9"),
@@ -24,7 +24,9 @@ SHIPPED = {
     "fashion-edm-cond": ("frontier.json", "baseline", {
         "best": ("tuned, budget 13 eff. NFE", "lowest FID: tuned at budget 13"),
         "fast": ("tuned, budget 6 eff. NFE", "tuned at budget 6"),
-        "fastest": ("tuned, budget 5 eff. NFE", "tuned at budget 5")}),
+        "fastest": ("tuned, budget 5 eff. NFE", "tuned at budget 5"),
+        "progressive": ("tuned, budget 6 eff. NFE", "training-free progressive sampling (16x16 first, "
+                        "README 'Progressive sampling'): tuned at budget 6", "progressive")}),
     "cifar-lowdiff-cond": ("frontier-cifar.json", "lowdiff", {
         "best": ("tuned, budget 9 eff. NFE", "lowest FID: tuned at budget 9"),
         "fast": ("tuned, budget 6 eff. NFE", "tuned at budget 6"),
@@ -48,18 +50,18 @@ def row_plan(row: dict, name: str, description: str, frontier: dict, source: str
 def ship(model: str) -> Path:
     file, family, named = SHIPPED[model]
     frontier = json.loads((ROOT / "docs" / "results" / file).read_text())
-    rows = {r["label"]: r for r in frontier["rows"] if r["family"] == family}
+    rows = {(r["family"], r["label"]): r for r in frontier["rows"]}
     section = "frontier" if file == "frontier.json" else "frontier-cifar"
     directory = bundled.ASSETS / model
     plans = ModelPlans.read(directory)
     plans.plans = {k: v for k, v in plans.plans.items() if k == "config"}
-    paper = row_plan(rows[PAPER[family]], "paper", "the preset's plan from the paper (its config.json)", frontier,
+    paper = row_plan(rows[family, PAPER[family]], "paper", "the preset's plan from the paper (its config.json)", frontier,
                      section)
     if paper.stages != plans.plans["config"].stages:
         raise SystemExit(f"{model}: the frontier's paper row is not config.json's plan")
     plans.add(paper)
-    for name, (label, description) in named.items():
-        plans.add(row_plan(rows[label], name, description, frontier, section))
+    for name, (label, description, *other) in named.items():
+        plans.add(row_plan(rows[(other or [family])[0], label], name, description, frontier, section))
     plans.fid_noise = frontier["noise"]
     plans.extra = {"fid_noise_source": f"seed-to-seed spread of the tuned baseline's best FID on 5 disjoint sets of "
                                        f"{frontier['num']} seeds (docs/benchmarks.md, section {section})"}

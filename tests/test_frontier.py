@@ -54,7 +54,20 @@ def test_published_frontier_json_agrees_with_its_rows(frontier, name):
     rows = [row(frontier, r["family"], r["fid"], r["images_per_s"], r["switches"]) for r in data["rows"]]
     for h in data["headlines"]:
         switches = None if h["switches"] == "either" else h["switches"]
-        assert frontier.matched(rows, data["noise"], switches).get("ratio") == pytest.approx(h.get("ratio"))
+        competitors = tuple(h.get("competitors", ["baseline"]))
+        assert frontier.matched(rows, data["noise"], switches, competitors).get("ratio") == pytest.approx(h.get("ratio"))
+
+
+def test_matched_against_the_best_competitor_takes_progressive_rows_too(frontier):
+    """The bound is the best FID of either training-free family; the ratio is over the fastest
+    row of either within it."""
+    rows = [row(frontier, "baseline", 2.70, 6.0), row(frontier, "progressive", 2.60, 7.0),
+            row(frontier, "progressive", 2.64, 9.0), row(frontier, "lowdiff", 2.62, 12.0)]
+    alone = frontier.matched(rows, noise=0.05, switches=None)
+    assert alone["baseline_best_fid"] == 2.70 and alone["ratio"] == pytest.approx(12.0 / 6.0)
+    both = frontier.matched(rows, noise=0.05, switches=None, competitors=frontier.COMPETITORS)
+    assert both["bound"] == pytest.approx(2.65) and both["baseline"]["family"] == "progressive"
+    assert both["ratio"] == pytest.approx(12.0 / 9.0)
 
 
 def test_replot_redraws_the_published_plot_from_its_json(frontier, tmp_path):

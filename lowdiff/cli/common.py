@@ -36,6 +36,7 @@ def add_progress(p: argparse.ArgumentParser) -> None:
 
 def add_speed_args(s: argparse.ArgumentParser, plan: bool = True) -> None:
     """The stage-plan and inference speed switches shared by sample, eval fid, bench and tune."""
+    from ..diffusion.plan import FIELDS
     from ..diffusion.solvers import SOLVERS
     from ..plans import DEFAULT_RULE
     g = s.add_argument_group("sampling plan and speed")
@@ -47,9 +48,13 @@ def add_speed_args(s: argparse.ArgumentParser, plan: bool = True) -> None:
                        help="this solver in every stage at the same NFE per stage: "
                        + ", ".join(f"{k} ({v.description})" for k, v in SOLVERS.items()))
         g.add_argument("--stage", action="append", metavar="RES:key=val[,key=val]",
-                       help="override a stage's sampling parameter, e.g. --stage 16:nfe=13,sigma_max=50 "
-                       "(keys: steps, nfe, sigma_min, sigma_max, rho, solver, S_churn, S_min, S_max, S_noise, "
-                       "schedule, shift, cfg_scale, cfg_sigma_max, start)")
+                       help="override a stage's sampling parameter, e.g. --stage 16:nfe=13,sigma_max=50 (keys: "
+                       f"{', '.join(f for f in FIELDS if f != 'resolution')}). A lower RES adds a stage: a "
+                       "single-resolution model then samples progressively, e.g. --stage 16:steps=7,sigma_min=1.5 "
+                       "--stage 32:handover=spectral,sigma_max=3 runs the network at 16x16 from noise to sigma 1.5, "
+                       "then continues at 32x32 from sigma 3 (handover: how the state is upsampled and re-noised, "
+                       "plain = fresh white noise, spectral = noise completing the upsampled spectrum, so sigma_max "
+                       ">= 2 x the sigma the stage below stops at; README, 'Progressive sampling')")
     g.add_argument("--compile", action="store_true", help="torch.compile the network, one graph per resolution "
                    "(minutes of compilation first; on a CPU 1.1-1.3x the bundled models' eager speed)")
     g.add_argument("--channels-last", dest="channels_last", action="store_true", help="channels_last memory format "

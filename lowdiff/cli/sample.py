@@ -149,7 +149,9 @@ def _report(args, world, seeds: Seeds, stages, reports, elapsed: float, labelled
     nfe = {r.resolution: r.nfe for r in reports}
     notes = ([f"{r.resolution}x{r.resolution} stops at sigma {r.truncation_sigma:.3g}" for r in reports[:-1]] +
              [f"{s.resolution}x{s.resolution} starts from the stage below at sigma {s.sigma_max:g}"
-              for s in stages if s.start == "upsampled"])
+              for s in stages if s.start == "upsampled"] +
+             [f"{s.resolution}x{s.resolution} continues the stage below at sigma {s.sigma_max:g} ({s.handover} "
+              "hand-over)" for s in stages if s.handover != "none"])
     ranks = f" on {world.size} processes" if world.size > 1 else ""
     print(f"wrote {len(seeds)} images (seeds {seeds.text()}) to {args.out} in {elapsed:.1f}s{ranks}; NFE per stage "
           f"{nfe}" + (f"; {', '.join(notes)}" if notes else "")

@@ -47,6 +47,9 @@ def register(sub) -> None:
                    "budget), fitted to the budget; repeatable")
     s.add_argument("--no-warm-start", dest="warm_start", action="store_false",
                    help="do not search warm-started stages (start=upsampled)")
+    s.add_argument("--progressive", default="also", choices=["no", "also", "only"],
+                   help="a single-resolution model: also search progressive plans (the network run at one or two "
+                   "lower resolutions first, `lowdiff sample --help`, --stage), only those, or no (default also)")
     s.add_argument("--out", required=True, help="the chosen plan, JSON")
     s.add_argument("--plot", help="PNG of the Pareto front (default: --out with .png)")
     s.add_argument("--save-as", dest="save_as", metavar="NAME",
@@ -85,7 +88,7 @@ def _tune(args, world, plot: str) -> None:
     opts = TuneOptions(budget_nfe=args.budget_nfe, budget_latency=args.budget_latency, trials=args.trials,
                        num=args.num, screen_num=args.screen_num or min(200, args.num), confirm=args.confirm,
                        seed=args.seed, batch=args.batch, solvers=tuple(args.solvers.split(",")), cost=args.cost,
-                       warm_start=args.warm_start)
+                       warm_start=args.warm_start, progressive=args.progressive)
     most = opts.trials * min(opts.screen_num, opts.num) + opts.confirm * opts.num     # images, at most
     bar = image_bar(most, "tune", disable=args.no_progress or not world.is_main)
 

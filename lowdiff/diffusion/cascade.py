@@ -4,6 +4,9 @@ Stages run bottom-up. Each starts from pure noise at its own sigma_max (or, with
 start `start='upsampled'`, from the stage below's output re-noised to it); every stage above
 the lowest is conditioned on the previous stage's output, upsampled by the pyramid, at
 the noise level where that stage was truncated. Only the last stage runs to sigma = 0.
+A progressive plan (a single-resolution model; `StageConfig.handover`) runs the same stages
+without conditions: each stage above the lowest continues the stage below's state, upsampled
+and re-noised (`handover`).
 All randomness comes from one generator per image, so an image depends only on its seed.
 Flow models (latent presets) run the same plan over noise levels sigma = 1 - t with the
 flow schedule, each stage guided by classifier-free guidance when its cfg_scale != 1
@@ -47,6 +50,7 @@ class StageReport:
     sigma_start: float
     truncation_sigma: float           # where the stage stopped (the end of its schedule for the final stage)
     start: str = "noise"              # 'noise' or 'upsampled' (warm start from the stage below)
+    handover: str = "none"            # a progressive plan's stage: 'plain' or 'spectral' (`handover`)
 
 
 def warm_start(upsampled: torch.Tensor, sigma_below: float, sigma: float, noise: torch.Tensor,
@@ -58,6 +62,40 @@ def warm_start(upsampled: torch.Tensor, sigma_below: float, sigma: float, noise:
     state is first scaled by a = (1 - sigma) / (1 - sigma_below), then noised to sigma."""
     a = (1 - sigma) / (1 - sigma_below) if flow else 1.0
     return a * upsampled + math.sqrt(max(sigma ** 2 - (a * sigma_below) ** 2, 0.0)) * noise
+
+
+def spectral_handover(below: torch.Tensor, sigma_below: float, sigma: float, noise: torch.Tensor) -> torch.Tensor:
+    """The stage below's state x_b = y_b + sigma_below n_b (EDM), upsampled by f to the side of `noise`
+    and completed to white noise of level sigma >= f sigma_below with fresh unit noise n (`noise`).
+
+    Derivation (the idea of Spectral Progressive Diffusion, arXiv 2605.18736: fill the
+    frequencies the upsampled image lacks; derived here for our pyramid). With D the f x f box
+    filter and U nearest-neighbour upsampling (lowdiff/diffusion/pyramid.py), P = U D projects an
+    image onto its block means; I - P onto the zero-mean detail within each block. White noise
+    sigma n at the high resolution splits into independent parts: P(sigma n) = U(sigma D n) with
+    D n ~ N(0, 1/f^2) per block, so its block means are white low-resolution noise of level
+    sigma / f, and (I - P)(sigma n), per pixel of variance sigma^2 (1 - 1/f^2). U x_b holds the
+    block means y_b = D y of the image with white noise sigma_below; it lacks the detail. So
+    x = U x_b + sigma (I - P) n + sqrt(sigma^2 - f^2 sigma_below^2) P n
+    has block-mean noise of level sqrt(sigma_below^2 + sigma^2 / f^2 - sigma_below^2) = sigma / f
+    and detail noise sigma (I - P) n, independent: together exactly white noise of level sigma,
+    around U D y, the image's block means. At sigma = f sigma_below (the natural switch) no noise
+    is added to the block means. `warm_start` (the plain hand-over) instead adds white noise
+    sqrt(sigma^2 - sigma_below^2) n, leaving too much noise in the block means and too little in
+    the detail (tests/test_progressive.py measures both per frequency band)."""
+    factor = noise.shape[-1] // below.shape[-1]
+    means = pyramid.upsample(pyramid.downsample(noise, below.shape[-1]), noise.shape[-1])      # P n
+    return (pyramid.upsample(below, noise.shape[-1]) + sigma * (noise - means)
+            + math.sqrt(max(sigma ** 2 - (factor * sigma_below) ** 2, 0.0)) * means)
+
+
+def handover(kind: str, below: torch.Tensor, sigma_below: float, sigma: float, noise: torch.Tensor) -> torch.Tensor:
+    """A progressive plan's stage start (`StageConfig.handover`): the stage below's state at
+    `sigma_below`, upsampled to the side of `noise` and re-noised to `sigma`, plainly (`warm_start`)
+    or spectrally (`spectral_handover`)."""
+    if kind == "spectral":
+        return spectral_handover(below, sigma_below, sigma, noise)
+    return warm_start(pyramid.upsample(below, noise.shape[-1]), sigma_below, sigma, noise)
 
 
 @dataclass
@@ -83,7 +121,9 @@ def sample_cascade(denoiser, stages, rng: PerImageGenerator, channels: int,
     for i, stage in enumerate(plan):
         sigmas = plan.sigmas(i)
         noise = rng.randn((channels, stage.resolution, stage.resolution)).to(dtype)
-        if stage.start == "upsampled" and below is not None:
+        if stage.handover != "none":
+            x = handover(stage.handover, below[0], below[1], sigmas[0].item(), noise)
+        elif stage.start == "upsampled" and below is not None:
             x = warm_start(pyramid.upsample(below[0], stage.resolution), below[1], sigmas[0].item(), noise,
                            flow=stage.schedule == "flow")
         else:
@@ -100,10 +140,12 @@ def sample_cascade(denoiser, stages, rng: PerImageGenerator, channels: int,
         x, nfe, reached = plan.solver(i)(denoise, x, sigmas, max_nfe=plan.budget(i), S_churn=stage.S_churn,
                                          S_min=stage.S_min, S_max=stage.S_max, S_noise=stage.S_noise,
                                          noise_fn=rng.randn_like)
-        result.stages.append(StageReport(stage.resolution, nfe, float(sigmas[0]), reached, stage.start))
+        result.stages.append(StageReport(stage.resolution, nfe, float(sigmas[0]), reached, stage.start,
+                                         stage.handover))
         if not plan.is_final(i):
             below = (x, reached)
-            cond = pyramid.upsample(x, plan[i + 1].resolution).to(torch.float32)
-            sigma_cond = torch.full((x.shape[0],), reached, device=x.device)
+            if plan[i + 1].handover == "none":           # a cascade's next stage is conditioned on this one
+                cond = pyramid.upsample(x, plan[i + 1].resolution).to(torch.float32)
+                sigma_cond = torch.full((x.shape[0],), reached, device=x.device)
     result.images = x.to(torch.float32)
     return result

@@ -43,6 +43,13 @@ class StageConfig:
     starts at its sigma_max not from pure noise but from the stage below's output, upsampled and
     re-noised to sigma_max (lowdiff/diffusion/cascade.py, `warm_start`); it still conditions on
     that output as usual. Its sigma_max must lie above the noise level the stage below hands over.
+    `handover` marks a progressive plan of a single-resolution model (training-free, not in the
+    paper): the same network runs the noisy start of the trajectory at one or two lower resolutions,
+    and each stage above the lowest continues the stage below's state, upsampled and re-noised to
+    its sigma_max (the switch sigma), with no condition. 'plain' adds fresh white noise; 'spectral'
+    adds noise that completes the upsampled image's spectrum, so the state has the white noise of
+    its resolution (lowdiff/diffusion/cascade.py, `handover`). 'none' (the default): a cascade
+    stage, or a progressive plan's lowest stage.
     """
     resolution: int
     steps: int = 18
@@ -60,10 +67,12 @@ class StageConfig:
     cfg_scale: float = 1.0          # classifier-free guidance scale w (1 = unguided)
     cfg_sigma_max: float = float("inf")   # guide only at noise levels <= this
     start: str = "noise"            # 'noise' | 'upsampled': warm start from the stage below (see below)
+    handover: str = "none"          # 'none' | 'plain' | 'spectral': a progressive stage (see below)
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(StageConfig))
 STARTS = ("noise", "upsampled")
+HANDOVERS = ("none", "plain", "spectral")
 
 
 def stage_sigmas(stage: StageConfig, final: bool) -> torch.Tensor:
@@ -121,6 +130,11 @@ class StagePlan(Sequence):
     def is_final(self, i: int) -> bool:
         return i % len(self) == len(self) - 1
 
+    @property
+    def progressive(self) -> bool:
+        """A progressive plan (a single-resolution model at lower resolutions first): some stage has a handover."""
+        return any(s.handover != "none" for s in self._stages)
+
     # --- schedules and costs -------------------------------------------------------------
     def sigmas(self, i: int) -> torch.Tensor:
         if self[i].steps < 1:
@@ -164,10 +178,13 @@ class StagePlan(Sequence):
         return effective_nfe(self.nfe_per_stage, step_cost)
 
     # --- validation ----------------------------------------------------------------------
-    def validate(self, precond: Preconditioning | None = None, conditional: bool = False) -> None:
+    def validate(self, precond: Preconditioning | None = None, conditional: bool = False,
+                 single_resolution: bool = False) -> None:
         """Check every stage: resolutions doubling, schedules, truncation points, solvers, warm
-        starts, against the model's preconditioning (default EDM's; Flow for rectified-flow
-        models); `conditional` whether guidance can work."""
+        starts, hand-overs, against the model's preconditioning (default EDM's; Flow for
+        rectified-flow models); `conditional` whether guidance can work; `single_resolution`
+        whether the model is one network at one resolution (a plan of several stages is then
+        progressive, else a cascade's)."""
         precond = precond or EDM()
         if not self._stages:
             raise ConfigError("a stage plan needs at least one stage")
@@ -175,6 +192,12 @@ class StagePlan(Sequence):
             if hi != 2 * lo:
                 raise ConfigError(f"stage resolutions must double from one stage to the next, got {lo} -> {hi}")
         for i, s in enumerate(self._stages):
+            if s.handover not in HANDOVERS:
+                raise ConfigError(f"stage {s.resolution}: handover {s.handover!r}, choose {', '.join(HANDOVERS)}")
+            if single_resolution and len(self) > 1:
+                self._validate_progressive(i, precond)
+            elif s.handover != "none":
+                raise progressive_on_cascade(s)
             self._validate_stage(i, s, precond, conditional)
 
     def _validate_stage(self, i: int, s: StageConfig, precond: Preconditioning, conditional: bool) -> None:
@@ -207,11 +230,50 @@ class StagePlan(Sequence):
                 raise ConfigError(f"{where}: truncation after {s.nfe} NFE is past the last step of its "
                                   f"{s.steps}-step schedule ({full} NFE); raise steps or lower nfe")
 
-    def _validate_warm_start(self, i: int, precond: Preconditioning) -> None:
+    def _validate_progressive(self, i: int, precond: Preconditioning) -> None:
+        """A progressive plan's stage: the lowest starts from noise; each above continues the one below
+        by its handover, at a switch sigma (its sigma_max) in the sampling range, no higher than the
+        stage below's sigma_max, and high enough for the handover: above the noise level the stage
+        below hands over (plain), or at least the upsampling factor times it (spectral: the block
+        means of white noise at sigma have noise sigma / factor, `cascade.handover`)."""
+        s, where = self[i], f"stage {self[i].resolution}"
+        if i == 0:
+            if s.handover != "none":
+                raise ConfigError(f"{where}: the lowest stage of a progressive plan starts from noise; handover "
+                                  "belongs to the stages above it (set handover=none)")
+            return
+        if s.handover == "none":
+            raise ConfigError(f"{where}: a progressive plan's stage above the lowest continues the stage below: "
+                              "set handover=plain or handover=spectral")
+        if s.start != "noise":
+            raise ConfigError(f"{where}: start={s.start} is a cascade's warm start; a progressive stage starts from "
+                              "the stage below by its handover (leave start=noise)")
+        if precond.kind == "flow" or s.schedule != "edm":
+            raise ConfigError(f"{where}: progressive plans sample EDM-schedule models (schedule=edm)")
+        self._check_switch_sigma(i, precond, "the switch")
+        below = self[i - 1]
+        if s.sigma_max > below.sigma_max:
+            raise ConfigError(f"{where}: the switch sigma_max {s.sigma_max:g} is above the sigma_max of stage "
+                              f"{below.resolution} ({below.sigma_max:g}); noise only falls along a plan")
+        reached = self.truncation_sigma(i - 1)
+        factor = s.resolution // below.resolution
+        need = factor * reached if s.handover == "spectral" else reached
+        if s.sigma_max < need * (1 - 1e-9) or (s.handover == "plain" and s.sigma_max <= reached):
+            relation = (f">= {factor} x {reached:.4g} (the upsampling factor times" if s.handover == "spectral"
+                        else f"> {reached:.4g} (")
+            raise ConfigError(f"{where}: handover={s.handover} at sigma_max {s.sigma_max:g} needs sigma_max "
+                              f"{relation} the noise level where stage {below.resolution} stops); raise sigma_max "
+                              f"or run stage {below.resolution} further (nfe, sigma_min)")
+
+    def _check_switch_sigma(self, i: int, precond: Preconditioning, what: str) -> None:
         s, (low, high) = self[i], precond.sampling_range
         if not low < s.sigma_max <= high:
-            raise ConfigError(f"stage {s.resolution}: a warm start at sigma_max {s.sigma_max:g} is outside the noise "
+            raise ConfigError(f"stage {s.resolution}: {what} at sigma_max {s.sigma_max:g} is outside the noise "
                               f"levels of the {precond.kind} preconditioning ({low:g}, {high:g}]")
+
+    def _validate_warm_start(self, i: int, precond: Preconditioning) -> None:
+        s = self[i]
+        self._check_switch_sigma(i, precond, "a warm start")
         if i == 0:
             raise ConfigError(f"stage {s.resolution}: start=upsampled needs a stage below to start from; the lowest "
                               "stage starts from noise")
@@ -244,22 +306,32 @@ class StagePlan(Sequence):
         return plan
 
     def override(self, overrides: Iterable[str]) -> "StagePlan":
-        """Apply 'RES:key=value[,key=value]' overrides, e.g. '16:nfe=13,sigma_max=50'."""
+        """Apply 'RES:key=value[,key=value]' overrides, e.g. '16:nfe=13,sigma_max=50'. A RES below the
+        top that the plan lacks adds a stage there, a copy of the stage above it (how a progressive
+        plan is written on the command line: '--stage 16:... --stage 32:handover=spectral,...')."""
         plan = self
         keys = [f for f in FIELDS if f != "resolution"]
         hints = {f.name: f.type for f in dataclasses.fields(StageConfig)}
         for text in overrides:
             res_text, _, assignments = text.partition(":")
-            if not res_text.isdigit() or int(res_text) not in self.resolutions or not assignments:
+            if not res_text.isdigit() or not 0 < int(res_text) <= plan.top or not assignments:
                 raise ConfigError(f"stage override {text!r}: expected RES:key=value with RES one of "
-                                  f"{self.resolutions}")
-            i = self.index(int(res_text))
+                                  f"{plan.resolutions}, or a lower resolution to add a stage")
+            if int(res_text) not in plan.resolutions:
+                plan = plan._with_stage(int(res_text))
+            i = plan.index(int(res_text))
             for item in assignments.split(","):
                 key, _, value = item.partition("=")
                 if key not in keys or not value:
                     raise ConfigError(f"stage override {item!r}: keys are {', '.join(keys)}")
                 plan = plan.replace(i, **{key: _parse_value(key, value, hints[key], text)})
         return plan
+
+    def _with_stage(self, resolution: int) -> "StagePlan":
+        """The plan with a stage added at `resolution`: a copy of the stage above it, starting from noise."""
+        above = next(s for s in self._stages if s.resolution > resolution)
+        added = dataclasses.replace(above, resolution=resolution, start="noise", handover="none")
+        return StagePlan(sorted([*self._stages, added], key=lambda s: s.resolution))
 
     # --- JSON ----------------------------------------------------------------------------
     def to_list(self) -> list[dict]:
@@ -298,6 +370,15 @@ class StagePlan(Sequence):
 
 
 PLAN_FILE_KEYS = ("preset", "checkpoint", "tuned", "pareto_front")   # beside "stages": the record of `lowdiff tune`
+
+
+def progressive_on_cascade(s: StageConfig) -> ConfigError:
+    """The error for a handover (a progressive plan's field) in a cascade model's plan."""
+    return ConfigError(f"stage {s.resolution}: handover={s.handover} makes a progressive plan, which samples a "
+                       "single-resolution model; this model is a cascade, whose stages start from the stage below "
+                       "with start=upsampled: drop handover")
+
+
 MAX_STEPS = 10_000          # schedule length: far beyond any sampler's (EDM's 1000-step ablations)
 FINITE_FIELDS = ("sigma_min", "sigma_max", "rho", "S_churn", "S_min", "S_noise", "shift", "cfg_scale")
 # Beyond these the float arithmetic of the schedules and solvers breaks (rho: sigma^(1/rho) under- or overflows;

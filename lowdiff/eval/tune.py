@@ -31,6 +31,7 @@ measured while generating.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -59,6 +60,7 @@ class TuneOptions:
     solvers: tuple[str, ...] = ("heun", "dpmpp2m", "ipndm")
     cost: str = "latency"                    # per-evaluation cost for effective NFE: latency | flops
     warm_start: bool = True                  # search warm-started stages (start=upsampled) too
+    progressive: str = "also"                # single-resolution models: progressive plans too (also), only, or no
 
 
 @dataclass
@@ -81,7 +83,7 @@ class Trial:
 
 def _stage_summary(s: StageConfig) -> dict:
     return {k: getattr(s, k) for k in ("resolution", "solver", "steps", "nfe", "sigma_min", "sigma_max", "rho",
-                                       "start")}
+                                       "start", "handover")}
 
 
 def _key(stages: StagePlan) -> str:
@@ -117,12 +119,16 @@ def calibration_plan(plan: StagePlan) -> StagePlan:
 
 def measure_costs(pipe, opts: TuneOptions) -> CostModel:
     """Time a calibration run (after one warm-up) at the screening batch size, inside and outside
-    the network (`NetworkTimer`); weights are those latencies, or FLOPs with cost='flops'."""
+    the network (`NetworkTimer`); weights are those latencies, or FLOPs with cost='flops'. A
+    single-resolution model searched with progressive plans is calibrated on the deepest of them,
+    so every lower resolution has its latency."""
     if opts.cost not in ("latency", "flops"):
         raise ConfigError(f"cost {opts.cost!r}: choose latency or flops")
     batch = min(opts.batch, opts.screen_num)
     bench_opts = BenchOptions(batch=batch, device=str(pipe.device))
-    plan = calibration_plan(pipe.preset.stages)
+    model_plan, lower = pipe.preset.stages, progressive_resolutions(pipe.preset, opts)
+    plan = calibration_plan(progressive_plan(model_plan, lower[-1], "spectral", 1.5, 5, "dpmpp2m")
+                            if lower else model_plan)
     time_sampling(pipe.fast, pipe.preset, bench_opts, stages=plan)
     timer = NetworkTimer(pipe.fast, pipe.device)
     total, _ = time_sampling(pipe.fast, pipe.preset, bench_opts, stages=plan, timer=timer)
@@ -131,7 +137,7 @@ def measure_costs(pipe, opts: TuneOptions) -> CostModel:
     weights = None
     if opts.cost == "flops":
         from ..info import flops_per_evaluation
-        weights = flops_per_evaluation(pipe.preset)
+        weights = flops_per_evaluation(pipe.preset, plan.resolutions)
     return CostModel(latency, batch, weights, overhead)
 
 
@@ -240,13 +246,33 @@ def _warm_moves(plan: StagePlan, i: int, cold_sigma_max: float):
     return out
 
 
+def _handover_moves(plan: StagePlan, i: int):
+    """A progressive stage with the other hand-over, at the same switch."""
+    return [(f"{plan[i].resolution}: {kind} hand-over", plan.replace(i, handover=kind))
+            for kind in ("spectral", "plain") if kind != plan[i].handover]
+
+
+SWITCH_FACTORS = (0.6, 0.8, 1 / 0.8, 1 / 0.6)
+
+
+def _switch_moves(plan: StagePlan, i: int):
+    """A progressive stage's switch sigma moved, the stage below then running its schedule to the
+    switch divided by the upsampling factor (where a spectral hand-over adds no noise to the block means)."""
+    s, factor = plan[i], plan[i].resolution // plan[i - 1].resolution
+    out = []
+    for v in (round(s.sigma_max * k, 3) for k in SWITCH_FACTORS):
+        cand = plan.replace(i, sigma_max=v).replace(i - 1, sigma_min=round(v / factor, 4), nfe=None)
+        out.append((f"{s.resolution}: switch at sigma {v:g}", cand))
+    return out
+
+
 def coordinates(plan: StagePlan, solvers, warm_start: bool = False,
                 sampling_range: tuple[float, float] = EDM.sampling_range) -> list[tuple[str, Callable]]:
     """(name, plan -> [(move, plan)]) for plans shaped like `plan`, in search order: solvers,
     the final stage's steps, truncation points, trades of final steps against low-resolution
-    evaluations, warm starts, sigma_max, the final stage's sigma_min, rho, then the
-    low-resolution stages' steps. A single-resolution model has the same coordinates but
-    those of the low-resolution stages; flow stages (which end at 0) have no sigma_min or rho
+    evaluations, warm starts (a progressive plan: each stage's switch sigma and hand-over instead),
+    sigma_max, the final stage's sigma_min, rho, then the low-resolution stages' steps. A
+    single-resolution model has the same coordinates but those of the low-resolution stages; flow stages (which end at 0) have no sigma_min or rho
     to move, and their sigma_max only moves once warm-started. sigma_max and sigma_min move within
     the preconditioning's `sampling_range` (sigma_min down to a twentieth of its low end)."""
     last, (low, high) = len(plan) - 1, sampling_range
@@ -257,7 +283,11 @@ def coordinates(plan: StagePlan, solvers, warm_start: bool = False,
         coords.append((f"{s.resolution}:nfe", lambda p, i=i: _nfe_moves(p, i)))
     for i, s in enumerate(plan[:-1]):
         coords.append((f"{s.resolution}:trade", lambda p, i=i: _trade_moves(p, i)))
-    if warm_start:
+    if plan.progressive:
+        for i, s in enumerate(plan[1:], start=1):
+            coords.append((f"{s.resolution}:switch", lambda p, i=i: _switch_moves(p, i)))
+            coords.append((f"{s.resolution}:handover", lambda p, i=i: _handover_moves(p, i)))
+    elif warm_start:
         for i, s in enumerate(plan[1:], start=1):
             coords.append((f"{s.resolution}:start", lambda p, i=i, cold=s.sigma_max: _warm_moves(p, i, cold)))
     for i in edm:
@@ -292,6 +322,65 @@ def few_step_plans(plan: StagePlan, costs: CostModel, opts: TuneOptions) -> list
             best = next(fitting, None)
             if best is not None:
                 out.append((f"few-step {solver} {'/'.join(map(str, best.nfe_per_stage.values()))}", best))
+    return out
+
+
+PROGRESSIVE_MODES = ("no", "also", "only")
+PROGRESSIVE_SWITCHES = (1.5, 4.0)      # switch sigmas of the progressive starts, at the final resolution
+PROGRESSIVE_EVALS = (3, 6)             # evaluations of the lowest stage in the progressive starts
+
+
+def progressive_resolutions(preset, opts: TuneOptions) -> list[tuple[int, ...]]:
+    """The lower resolutions of the progressive plans searched for a single-resolution model: one
+    (R/2) and two (R/4, R/2) below its own, those its network runs at; none for a cascade or with
+    progressive='no'."""
+    if opts.progressive not in PROGRESSIVE_MODES:
+        raise ConfigError(f"progressive {opts.progressive!r}: choose {', '.join(PROGRESSIVE_MODES)}")
+    if opts.progressive == "no" or not preset.single_resolution:
+        return []
+    top = preset.resolutions[-1]
+    return [lower for lower in ((top // 2,), (top // 4, top // 2)) if all(preset.network.runs_at(r) for r in lower)]
+
+
+def progressive_plan(plan: StagePlan, lower: tuple[int, ...], handover: str, switch: float, evals: int,
+                     solver: str) -> StagePlan:
+    """A single-resolution `plan` run first at the `lower` resolutions, every stage with the
+    one-evaluation `solver`: the final stage from the `switch` sigma down to its own sigma_min; each
+    stage below runs its whole schedule down to the switch of the stage above divided by the
+    upsampling factor (2), starting at the switch sigma doubled three times (the lowest from the
+    plan's sigma_max) with `evals` evaluations for the lowest, two thirds of that for the others."""
+    top = plan.with_solver(solver)[0]
+    stages, sigma_max = [dataclasses.replace(top, sigma_max=switch, handover=handover)], switch
+    for k, r in enumerate(reversed(lower)):
+        lowest = k == len(lower) - 1
+        start = top.sigma_max if lowest else min(8 * sigma_max, top.sigma_max)
+        n = evals if lowest else max(2, round(2 * evals / 3))
+        stages.insert(0, dataclasses.replace(top, resolution=r, sigma_max=start, sigma_min=sigma_max / 2, steps=n + 1,
+                                             nfe=None, handover="none" if lowest else handover))
+        sigma_max = start
+    return StagePlan(stages)
+
+
+def progressive_starts(plan: StagePlan, lower_sets, costs: CostModel, opts: TuneOptions) -> list[tuple[str, StagePlan]]:
+    """Progressive starts: one lower resolution with either hand-over and each one-evaluation solver,
+    two lower resolutions with the spectral hand-over and the first; each at the PROGRESSIVE_SWITCHES
+    and PROGRESSIVE_EVALS, the final stage taking as many steps as the budget leaves."""
+    solvers = [s for s in opts.solvers if s in ONE_EVAL_SOLVERS]
+    out = []
+    for lower in lower_sets:
+        kinds, kinds_solvers = (("spectral", "plain"), solvers) if len(lower) == 1 else (("spectral",), solvers[:1])
+        for handover in kinds:
+            for solver in kinds_solvers:
+                for switch in PROGRESSIVE_SWITCHES:
+                    for evals in PROGRESSIVE_EVALS:
+                        cand = progressive_plan(plan, lower, handover, switch, evals, solver)
+                        last = len(cand) - 1
+                        fitting = (p for p in (cand.replace(last, steps=k) for k in range(40, 0, -1))
+                                   if within_budget(p, costs, opts))
+                        best = next(fitting, None)
+                        if best is not None:
+                            out.append((f"progressive {handover} {solver} "
+                                        f"{'/'.join(map(str, best.nfe_per_stage.values()))}, switch {switch:g}", best))
     return out
 
 
@@ -383,9 +472,13 @@ class Tuner:
 
     def starts(self) -> list[tuple[str, StagePlan]]:
         """The model's plan fitted to the budget in each of the FITS orders (one for a single-stage
-        model), then the few-step plans, then the given start plans fitted the same ways."""
+        model), then the few-step plans (neither with progressive='only'), the progressive plans of a
+        single-resolution model, then the given start plans fitted the same ways."""
         model_plan = self.pipe.preset.stages
-        return (self._fitted("model plan", model_plan) + few_step_plans(model_plan, self.costs, self.opts)
+        lower = progressive_resolutions(self.pipe.preset, self.opts)
+        own = ([] if lower and self.opts.progressive == "only" else
+               self._fitted("model plan", model_plan) + few_step_plans(model_plan, self.costs, self.opts))
+        return (own + progressive_starts(model_plan, lower, self.costs, self.opts)
                 + [start for name, plan in self.start_plans for start in self._fitted(name, plan)])
 
     def _fitted(self, name: str, plan: StagePlan) -> list[tuple[str, StagePlan]]:

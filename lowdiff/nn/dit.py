@@ -94,6 +94,14 @@ class DiTConfig:
         if self.base_resolution > min(self.resolutions):
             raise ConfigError("base_resolution must be <= the lowest served resolution")
 
+    def runs_at(self, r: int) -> bool:
+        """Progressive sampling at a lower side is not supported for the transformer: its patch
+        embedding, sin-cos table and final layer belong to one grid (see UNetConfig.runs_at)."""
+        return False
+
+    def lower_resolution_hint(self) -> str:
+        return "progressive plans run a U-Net (arch unet) at lower resolutions; this model is a DiT"
+
 
 # ---------------------------------------------------------------------------------------
 # Position and time encodings (DiT Sec. 3.2; RoPE as in LightningDiT Sec. 4). Pure functions of the grid.

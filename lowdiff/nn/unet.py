@@ -96,6 +96,19 @@ class UNetConfig:
         if self.base_resolution > min(self.resolutions):
             raise ConfigError("base_resolution must be <= the lowest served resolution")
 
+    def runs_at(self, r: int) -> bool:
+        """Whether a single-resolution network can run on an r x r image below its own (progressive
+        sampling, lowdiff/diffusion/cascade.py): the U-Net is convolutional, so its whole route runs
+        on any r its levels halve to whole pixels (r divisible by 2^(levels - 1))."""
+        step = 1 << (len(self.channel_mult) - 1)
+        return len(self.resolutions) == 1 and 0 < r < self.img_resolution and r % step == 0
+
+    def lower_resolution_hint(self) -> str:
+        """What `runs_at` accepts, for error messages."""
+        step = 1 << (len(self.channel_mult) - 1)
+        return (f"its {len(self.channel_mult)} levels halve the image {len(self.channel_mult) - 1} times, so "
+                f"choose a resolution below {self.img_resolution} divisible by {step}")
+
 
 # ---------------------------------------------------------------------------------------
 # Initialisation used throughout SongUNet: xavier-uniform weights (optionally scaled),
@@ -342,23 +355,24 @@ class UnifiedUNet(nn.Module):
     def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels=None, augment_labels=None,
                 cond: torch.Tensor | None = None, cond_noise_labels: torch.Tensor | None = None) -> torch.Tensor:
         r = x.shape[-1]                                          # x: (N, C, r, r)
-        if r not in self._routes or x.shape[-2] != r:
+        route = r if r in self._routes or not self.cfg.runs_at(r) else max(self._routes)   # progressive: own route
+        if route not in self._routes or x.shape[-2] != r:
             raise ValueError(f"input of shape {tuple(x.shape)}: this network serves square resolutions "
                              f"{sorted(self._routes)}")
         if r > self.cfg.base_resolution:
             if cond is None:
                 raise ValueError(f"resolution {r} is conditioned on the upsampled lower-resolution image: pass cond")
             x = torch.cat([x, cond.to(x.dtype)], dim=1)          # (N, 2C, r, r): noisy image + condition
-        emb = self.embed(noise_labels, r, class_labels, augment_labels, cond_noise_labels)   # (N, E)
-        h = self.inputs[res_key(r)](x)                           # (N, channels of level log2(R/r), r, r)
+        emb = self.embed(noise_labels, route, class_labels, augment_labels, cond_noise_labels)   # (N, E)
+        h = self.inputs[res_key(route)](x)                       # (N, channels of level log2(R/route), r, r)
         skips = [h]
-        for hop in self._routes[r]:                              # down the shared levels, then up
+        for hop in self._routes[route]:                              # down the shared levels, then up
             if hop.pop_skip:
                 h = torch.cat([h, skips.pop()], dim=1)           # (N, C_h + C_skip, r', r')
             h = getattr(self, hop.part)[hop.name](h, emb)        # (N, C_block, r', r'), r' halves / doubles
             if hop.part == "enc":
                 skips.append(h)
-        return self.outputs[res_key(r)](h)                       # (N, C_out, r, r)
+        return self.outputs[res_key(route)](h)                   # (N, C_out, r, r)
 
     def subnetwork_parameters(self, resolution: int) -> list[str]:
         """Names of the parameters a forward pass at `resolution` can touch."""
