@@ -51,13 +51,17 @@ def flops_per_evaluation(preset: Preset) -> dict[int, float]:
 # 3x the forward FLOPs summed over the stage resolutions. FLOPs are what `FlopCounterMode`
 # counts: convolutions, matrix products and attention (2 x MACs); normalisations,
 # activations and the optimizer are left out.
+# Consistency tuning adds one forward pass per image and resolution: the target's, without a
+# backward (lowdiff/diffusion/consistency.py).
 TRAINING_FLOPS_PER_FORWARD = 3
+CONSISTENCY_TARGET_FORWARDS = 1
 
 
 def training_flops_per_image(preset: Preset) -> dict[int, float]:
-    """Training FLOPs (forward + backward) per image at each stage resolution."""
+    """Training FLOPs (forward + backward, and a consistency target's forward) per image at each stage resolution."""
     forward = flops_per_evaluation(preset)
-    return {r: TRAINING_FLOPS_PER_FORWARD * forward[r] for r in preset.resolutions}
+    passes = TRAINING_FLOPS_PER_FORWARD + (CONSISTENCY_TARGET_FORWARDS if preset.consistency is not None else 0)
+    return {r: passes * forward[r] for r in preset.resolutions}
 
 
 def describe(preset: Preset | str) -> dict:
