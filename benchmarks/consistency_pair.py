@@ -1,8 +1,9 @@
 """Consistency tuning of the Fashion pair (issue 39): FID and throughput of the consistency-tuned
 EDM baseline at 1 and 2 steps and of the consistency-tuned LowDiff cascade at 1-2 steps per stage,
 beside the training-free tuned plans of the models they started from, every row timed
-alternately in one process; each tuning's compute from its log. Writes docs/results.md (section
-"consistency"), docs/results/consistency.json and the grids docs/img/consistency-*.png.
+alternately in one process; each tuning's compute from its log. Writes the section "consistency" of
+docs/results.md and docs/benchmarks.md, docs/results/consistency.json and the grids
+docs/img/consistency-*.png.
 
     lowdiff eval ref --data fashion-mnist:test --out runs/fashion-test.npz
     lowdiff train --preset lowdiff-fashion-tiny-cond-ct --init-from bundled:fashion-lowdiff-cond --data fashion-mnist --out runs/ct-lowdiff
@@ -106,7 +107,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--cache", default=str(CACHE))
-    p.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
+    p.add_argument("--out", nargs="+", default=[str(ROOT / "docs" / "results.md"), str(ROOT / "docs" / "benchmarks.md")],
+                   help="pages whose section 'consistency' gets the table")
     p.add_argument("--json", default=str(ROOT / "docs" / "results" / "consistency.json"))
     args = p.parse_args()
     command = "python benchmarks/consistency_pair.py " + shlex.join(sys.argv[1:])
@@ -122,7 +124,8 @@ def main() -> None:
         r["images_per_s"], r["effective_nfe"] = t["images_per_s"], t["effective_nfe"]
     compute = {f: tuning_compute(getattr(args, f)) for f in ("baseline", "lowdiff")}
     text = markdown(rows, compute, grids(rows), args, command, device_name("cpu"))
-    write_section(Path(args.out), "consistency", text)
+    for out in args.out:
+        write_section(Path(out), "consistency", text)
     Path(args.json).write_text(json.dumps({
         "command": command, "batch": args.batch, "num": args.num, "compute": compute,
         "rows": [{k: r[k] for k in ("family", "kind", "spec", "name", "fid", "images_per_s", "effective_nfe")}

@@ -8,7 +8,9 @@ For every resolution r of the cascade, with P the model's preconditioning:
   L_r      = P.loss(D, x, sigma, y_r, n, cond, sigma_c)        EDM kinds: lambda(sigma) |D - y_r|^2
                                                                summed over pixels; flow: velocity MSE
 The total is sum_r w_r * mean_batch(L_r). The lowest resolution is unconditional. With a
-single stage this is exactly EDM's loss (or LightningDiT's flow loss).
+single stage this is exactly EDM's loss (or LightningDiT's flow loss). The per-stage term is an
+objective's (`DiffusionObjective` above; consistency tuning swaps in its own,
+lowdiff/diffusion/consistency.py), the pyramid and the conditions stay the same.
 """
 from __future__ import annotations
 
