@@ -54,12 +54,12 @@ def rows_of(args) -> list[dict]:
     return rows
 
 
-def grids(rows: list[dict]) -> list[str]:
+def grids(rows: list[dict], prefix: str) -> list[str]:
     """One labelled grid (4 per class) per family's two-step consistency plan."""
     paths = []
     for r in rows:
         if r["kind"] == "tuned" and r["name"] == "two-step":
-            out = ROOT / "docs" / "img" / f"consistency-{r['family']}.png"
+            out = ROOT / "docs" / "img" / f"{prefix}-{r['family']}.png"
             labels = [c for c in range(10) for _ in range(4)]
             images = r["pipe"](seeds=list(range(40)), class_labels=labels, stages=r["plan"]).images
             save_grid(images, out, scale=2, ncol=4, row_labels=r["pipe"].preset.class_names)
@@ -68,7 +68,7 @@ def grids(rows: list[dict]) -> list[str]:
 
 
 def markdown(rows, compute, images, args, command, device) -> str:
-    lines = ["## Consistency tuning: two evaluations per stage, cascade against baseline", "",
+    lines = [f"## {args.heading}", "",
              f"Measured {date.today().isoformat()} on **{device}**; batch {args.batch}, mean of {args.repeats} timed "
              f"runs after 1 warm-up, all {len(rows)} rows timed alternately in one process (eager fp32). FID: bundled "
              f"classifier features, {args.num} samples, seeds {args.seed}-{args.seed + args.num - 1}, against the "
@@ -108,8 +108,11 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--cache", default=str(CACHE))
     p.add_argument("--out", nargs="+", default=[str(ROOT / "docs" / "results.md"), str(ROOT / "docs" / "benchmarks.md")],
-                   help="pages whose section 'consistency' gets the table")
+                   help="pages whose section --tag gets the table")
     p.add_argument("--json", default=str(ROOT / "docs" / "results" / "consistency.json"))
+    p.add_argument("--tag", default="consistency", help="section tag in --out")
+    p.add_argument("--heading", default="Consistency tuning: two evaluations per stage, cascade against baseline")
+    p.add_argument("--grids", default="consistency", help="grid file prefix under docs/img")
     args = p.parse_args()
     command = "python benchmarks/consistency_pair.py " + shlex.join(sys.argv[1:])
     args.ref_name = reference_name(args.ref)
@@ -123,9 +126,9 @@ def main() -> None:
     for r, t in zip(rows, timed):
         r["images_per_s"], r["effective_nfe"] = t["images_per_s"], t["effective_nfe"]
     compute = {f: tuning_compute(getattr(args, f)) for f in ("baseline", "lowdiff")}
-    text = markdown(rows, compute, grids(rows), args, command, device_name("cpu"))
+    text = markdown(rows, compute, grids(rows, args.grids), args, command, device_name("cpu"))
     for out in args.out:
-        write_section(Path(out), "consistency", text)
+        write_section(Path(out), args.tag, text)
     Path(args.json).write_text(json.dumps({
         "command": command, "batch": args.batch, "num": args.num, "compute": compute,
         "rows": [{k: r[k] for k in ("family", "kind", "spec", "name", "fid", "images_per_s", "effective_nfe")}
