@@ -87,6 +87,9 @@ def test_the_step_shrinks_over_training_and_stays_above_the_boundary():
     steps = [(t - config.partner(t, 1.9, nimg)).mean().item() for nimg in (0, 1000, 3000, 8000)]
     assert steps == sorted(steps, reverse=True) and steps[-1] < steps[0] / 10
     assert torch.equal(config.partner(t, 1.9, 0), torch.full_like(t, 1.9))    # a = 0: the denoising target
+    late = t - config.partner(t, 1.9, 10 ** 6)                                  # a = 1000: the floor holds
+    above = t > 2                                                              # (else r stops at the boundary)
+    assert (late > 0).all() and torch.allclose(late[above], t[above] * config.min_step, rtol=1e-3)
     objective = ConsistencyObjective(config)
     assert objective.draw(None, torch.zeros(4096, 1, 8, 8), 8, BatchNoise(None, 4096))[0] == 1.9
 

@@ -13,9 +13,11 @@ c_out = 1 - s/t around the denoiser D, exactly x at t = s).
 Training (one stage of `multires_loss`, `ConsistencyObjective`): with y_r the clean image and one
 noise draw n,
     t ~ ECT's log-normal p(t) (P_mean, P_std) restricted to t > s (inverse-CDF draw),
-    r = max(t (1 - n(t) / q^a), s),  n(t) = 1 + k sigmoid(-b t),  a = floor(images / d)
+    r = max(t (1 - max(n(t) / q^a, m)), s),  n(t) = 1 + k sigmoid(-b t),  a = floor(images / d)
         (ECT's mapping function: the step t - r shrinks by q every d images; at a = 0, r = s and
-        the objective is the denoising loss, ECT's "diffusion pretraining as a special case"),
+        the objective is the denoising loss, ECT's "diffusion pretraining as a special case"; the
+        relative step stops shrinking at m = min_step, 1e-3, past which x_t and x_r agree in float32
+        and 0 / 0 ends the run: ECT's own schedules end near 1/256),
     L = |f_s(y + t n, t) - sg(f_s(y + r n, r))|^2 / (t - r)   summed over pixels
         (ECT's weighting w = 1/(t - r), squared L2 metric; the target's network is the online one
         under stop-gradient, as in iCT / ECT; at r = s the target is y + s n exactly).
@@ -54,16 +56,17 @@ class ConsistencyConfig:
     b: float = 1.0
     P_mean: float = -1.1              # ECT's p(t): log t ~ N(P_mean, P_std^2)
     P_std: float = 2.0
+    min_step: float = 1e-3            # t - r >= min_step t: closer, x_t and x_r agree to float32 rounding (0 / 0)
 
     def validate(self, resolutions: list[int], precond: Preconditioning) -> None:
-        for name in ("ratio", "stage_kimg", "k", "b", "P_mean", "P_std"):
+        for name in ("ratio", "stage_kimg", "k", "b", "P_mean", "P_std", "min_step"):
             if not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"consistency {name} must be a finite number, got {getattr(self, name)}")
         if not self.ratio > 1:
             raise ConfigError(f"consistency ratio {self.ratio:g}: the step t - r between the two noise levels must "
                               "shrink over training; choose ratio > 1 (ECT: 2)")
-        if not (self.stage_kimg > 0 and self.k >= 0 and self.b >= 0 and self.P_std > 0):
-            raise ConfigError("consistency schedule: stage_kimg and P_std must be > 0, k and b >= 0")
+        if not (self.stage_kimg > 0 and self.k >= 0 and self.b >= 0 and self.P_std > 0 and 0 < self.min_step < 1):
+            raise ConfigError("consistency schedule: stage_kimg and P_std must be > 0, k and b >= 0, min_step in (0, 1)")
         if precond.kind == "flow":
             raise ConfigError("consistency tuning works on x = y + sigma n (precond edm, vp or ve), not on flow models")
         if sorted(self.boundaries) != sorted(resolutions):
@@ -86,10 +89,11 @@ class ConsistencyConfig:
         return t.clamp(min=boundary * (1 + 1e-6)).float()
 
     def partner(self, t: torch.Tensor, boundary: float, nimg: int) -> torch.Tensor:
-        """r < t, ECT's mapping function at schedule stage a (see the module docstring), never below the boundary."""
+        """r < t, ECT's mapping function at schedule stage a (see the module docstring), never below the
+        boundary, and at least min_step t below t."""
         shrink = self.ratio ** -self.schedule_stage(nimg)
-        r = t * (1 - shrink * (1 + self.k * torch.sigmoid(-self.b * t)))
-        return r.clamp(min=boundary)
+        step = (shrink * (1 + self.k * torch.sigmoid(-self.b * t))).clamp(min=self.min_step)
+        return (t * (1 - step)).clamp(min=boundary)
 
 
 class ConsistencyObjective:
