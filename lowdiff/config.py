@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .diffusion import consistency
+from .diffusion.consistency import ConsistencyConfig
 from .diffusion.denoiser import check_unified
 from .diffusion.plan import StageConfig, StagePlan, progressive_on_cascade
 from .diffusion.precond import EDM, Preconditioning, preconditioning_from
@@ -22,7 +24,7 @@ from .fields import from_dict, jsonable
 from .nn import NETWORKS, NetworkConfig
 from .seeds import MAX_SEED
 
-__all__ = ["ConfigError", "LatentConfig", "Preset", "StageConfig", "StagePlan", "TrainConfig"]
+__all__ = ["ConfigError", "ConsistencyConfig", "LatentConfig", "Preset", "StageConfig", "StagePlan", "TrainConfig"]
 
 WEIGHTS_SHA256 = "model_sha256"     # beside the preset in a model's config.json: the SHA-256 of its model.safetensors
 
@@ -105,6 +107,7 @@ class Preset:
     paper: dict[str, Any] = field(default_factory=dict)   # the paper's figures, for reports
     class_names: list[str] = field(default_factory=list)  # recorded by the trainer, labels grids
     latent: LatentConfig | None = None       # latent-space presets: the VAE and normalisation
+    consistency: ConsistencyConfig | None = None   # consistency tuning (training) / a tuned model (sampling)
 
     def __post_init__(self):
         if not isinstance(self.stages, StagePlan):
@@ -117,6 +120,8 @@ class Preset:
 
     def validate(self) -> None:
         self.precond = preconditioning_from(self.precond)      # a kind assigned after construction
+        if self.consistency is not None:
+            self.consistency.validate(self.resolutions, self.precond)
         self.check_plan(self.stages)
         if self.resolutions[-1] != self.network.img_resolution:
             raise ConfigError(f"the last stage ({self.resolutions[-1]}) must be the target resolution "
@@ -160,6 +165,7 @@ class Preset:
                               f"{self.stages.resolutions}")
         plan.validate(preconditioning_from(self.precond), conditional=bool(self.network.label_dim),
                       single_resolution=self.single_resolution)
+        consistency.check_plan(plan, self.consistency, self.name)
 
     # --- (de)serialisation -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -183,8 +189,10 @@ class Preset:
         latent = d.pop("latent", None)
         latent = from_dict(LatentConfig, latent, f"{where}.latent") if latent is not None else None
         precond = preconditioning_from(d.pop("precond", "edm"), f"{where}.precond")
+        tuned = d.pop("consistency", None)
+        tuned = from_dict(ConsistencyConfig, tuned, f"{where}.consistency") if tuned is not None else None
         return from_dict(cls, {**d, "network": network, "stages": stages, "train": train, "latent": latent,
-                               "precond": precond}, where, ignore=frozenset({WEIGHTS_SHA256}))
+                               "precond": precond, "consistency": tuned}, where, ignore=frozenset({WEIGHTS_SHA256}))
 
     def replace(self, **changes) -> "Preset":
         return dataclasses.replace(copy.deepcopy(self), **changes)

@@ -52,13 +52,21 @@ def flops_per_evaluation(preset: Preset, resolutions=()) -> dict[int, float]:
 # 3x the forward FLOPs summed over the stage resolutions. FLOPs are what `FlopCounterMode`
 # counts: convolutions, matrix products and attention (2 x MACs); normalisations,
 # activations and the optimizer are left out.
+# Consistency tuning adds one forward pass per image and resolution: the target's, without a
+# backward (lowdiff/diffusion/consistency.py).
 TRAINING_FLOPS_PER_FORWARD = 3
+CONSISTENCY_TARGET_FORWARDS = 1
+
+
+def training_passes(preset: Preset) -> int:
+    """Training FLOPs per image and resolution, in forward passes: forward + backward, and a consistency target's forward."""
+    return TRAINING_FLOPS_PER_FORWARD + (CONSISTENCY_TARGET_FORWARDS if preset.consistency is not None else 0)
 
 
 def training_flops_per_image(preset: Preset) -> dict[int, float]:
-    """Training FLOPs (forward + backward) per image at each stage resolution."""
+    """Training FLOPs per image at each stage resolution (`training_passes` forward passes)."""
     forward = flops_per_evaluation(preset)
-    return {r: TRAINING_FLOPS_PER_FORWARD * forward[r] for r in preset.resolutions}
+    return {r: training_passes(preset) * forward[r] for r in preset.resolutions}
 
 
 def describe(preset: Preset | str) -> dict:
@@ -105,6 +113,7 @@ def describe(preset: Preset | str) -> dict:
     train_flops = training_flops_per_image(preset)
     info["train"]["gflops_per_image"] = {r: round(v / 1e9, 4) for r, v in train_flops.items()}
     info["train"]["gflops_per_image_total"] = round(sum(train_flops.values()) / 1e9, 4)
+    info["train"]["forward_passes"] = training_passes(preset)
     if preset.latent is not None:
         info["latent"] = {"image_resolution": preset.latent.image_resolution, "vae": preset.latent.vae or
                           "recorded from the latent dataset at training (`lowdiff dataset encode --vae ...`)"}
@@ -185,8 +194,9 @@ def format_info(info: dict) -> str:
                  f"{t['duration_kimg']:g} kimg, EMA half-life {t['ema_halflife_kimg']:g} kimg, {t['precision']}, "
                  f"seed {t['seed']}, states every {t['checkpoint_kimg']:g} kimg")
     per_res = ", ".join(f"{r}x{r} {v:g}" for r, v in t["gflops_per_image"].items())
+    target = " + the consistency target's forward" if t["forward_passes"] > TRAINING_FLOPS_PER_FORWARD else ""
     lines.append(f"  training FLOPs  {t['gflops_per_image_total']:g} GFLOP per image ({per_res}; forward + "
-                 f"backward = {TRAINING_FLOPS_PER_FORWARD}x the forward at every stage resolution)")
+                 f"backward{target} = {t['forward_passes']}x the forward at every stage resolution)")
     if "latent" in info:
         lines.append(f"  latents         of {info['latent']['image_resolution']}px images; VAE: {info['latent']['vae']}")
     if "paper" in info:

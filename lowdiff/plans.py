@@ -28,7 +28,7 @@ from .diffusion.plan import StagePlan
 from .errors import ConfigError
 from .fields import from_dict, jsonable
 from .files import read_json, write_json
-from .storage import model_dir, read_config
+from .storage import CONFIG_FILE, model_dir, read_config
 
 PLANS_FILE = "plans.json"
 CONFIG_PLAN = "config"            # the reserved name of config.json's own plan
@@ -158,8 +158,8 @@ class ModelPlans:
         """plans.json of a model directory, with the SHA-256 of the weights its figures belong to."""
         path = Path(directory) / PLANS_FILE
         named = {n: p.to_dict() for n, p in self.plans.items() if n != CONFIG_PLAN}
-        write_json(path, {"fid_noise": self.fid_noise, "model_sha256": read_config(directory)[1], **self.extra,
-                          "plans": named})
+        weights = read_config(directory)[1] if (Path(directory) / CONFIG_FILE).is_file() else None   # none yet
+        write_json(path, {"fid_noise": self.fid_noise, "model_sha256": weights, **self.extra, "plans": named})
         return path
 
 

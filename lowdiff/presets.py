@@ -8,9 +8,11 @@ another stage list. `lowdiff presets` lists them, `lowdiff info NAME` prints one
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
-from .config import LatentConfig, Preset, TrainConfig
+from .config import ConsistencyConfig, LatentConfig, Preset, TrainConfig
+from .diffusion.consistency import boundaries_of, consistency_plan
 from .diffusion.plan import StageConfig
 from .errors import ConfigError
 from .files import read_json
@@ -73,6 +75,24 @@ EMOJI_NET = dict(img_resolution=64, in_channels=3, out_channels=3, model_channel
                  num_blocks=2, attn_resolutions=(8,), dropout=0.1, channel_mult_emb=4)
 EMOJI_TRAIN = dict(batch=64, lr=1e-3, lr_rampup_kimg=10, ema_halflife_kimg=20, ema_rampup_ratio=0.1,
                    duration_kimg=200, log_kimg=1, checkpoint_kimg=10, xflip=False)
+
+
+# Consistency tuning (lowdiff/diffusion/consistency.py; ECT, Geng et al. 2024): a preset's model
+# tuned from its trained weights (`--init-from`), each stage ending where the preset's plan hands
+# over (the final one at sigma 0.002). Short CPU tunings: a tenth of the preset's learning rate, no
+# ramp-up, a short EMA, the step t - r halved every kimg (ECT: every eighth of the run).
+CT_TRAIN = dict(lr=1e-4, lr_rampup_kimg=0, ema_halflife_kimg=2, ema_rampup_ratio=0.1, duration_kimg=8,
+                log_kimg=0.5, checkpoint_kimg=2)
+
+
+def consistency_tuned(base: Preset) -> Preset:
+    """`base` consistency-tuned: its plan becomes one consistency step per stage."""
+    boundaries = boundaries_of(base.stages)
+    return base.replace(name=f"{base.name}-ct", description=f"Consistency tuning of {base.name} (--init-from a "
+                        "trained model of it), one step per stage", baseline=f"{base.baseline}-ct" if base.baseline else "",
+                        stages=consistency_plan(base.stages, boundaries, {r: 1 for r in base.resolutions}),
+                        train=dataclasses.replace(base.train, **CT_TRAIN), paper={},
+                        consistency=ConsistencyConfig(boundaries))
 
 
 def _network(net: dict, **kw):
@@ -202,6 +222,9 @@ def _build_presets() -> dict[str, Preset]:
                       "class-conditional, flow, NFE 9/10", FASHION_LATENT_NET,
                       [StageConfig(4, steps=20, nfe=9, **FLOW), StageConfig(8, steps=10, **FLOW)],
                       FASHION_LATENT_TRAIN, "flow-fashion-latent-tiny", precond="flow", latent=fm))
+    named = {p.name: p for p in P}
+    P += [consistency_tuned(named[n]) for n in ("edm-fashion-tiny-cond", "lowdiff-fashion-tiny-cond",
+                                                 "edm-cifar-tiny-cond", "lowdiff-cifar-tiny-cond")]
     return {p.name: p for p in P}
 
 

@@ -24,3 +24,19 @@ def to_edm_layout(state: dict, resolution: int) -> dict:
         out["model." + k.replace(f"outputs.{R}.conv.", f"dec.{R}_aux_conv.")] = v
     out[f"model.enc.{resolution // 2}x{resolution // 2}_down.resample_filter"] = torch.ones(1, 1, 2, 2)
     return out
+
+
+def stopped_and_resumed(capsys, args: list, tmp_path) -> dict:
+    """`lowdiff ARGS` (a train command started --init-from) run to 16 images in tmp_path/a and re-run to
+    32 (a resume: no second initialisation), then to 32 at once in tmp_path/b: checks both end with the
+    same weights and returns them."""
+    from lowdiff import storage
+    code, _, err = run(capsys, *args, "--out", tmp_path / "a", "--duration-kimg", "0.016")
+    assert code == 0 and "started from" in err, err
+    code, _, err = run(capsys, *args, "--out", tmp_path / "a", "--duration-kimg", "0.032")
+    assert code == 0 and "started from" not in err, err
+    code, _, err = run(capsys, *args, "--out", tmp_path / "b", "--duration-kimg", "0.032")
+    assert code == 0, err
+    a, b = (storage.load_tensors(tmp_path / d / "model.safetensors") for d in "ab")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    return a

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from helpers import run, to_edm_layout
+from helpers import run, stopped_and_resumed, to_edm_layout
 from lowdiff import storage
 from lowdiff.data import make_synthetic
 from lowdiff.diffusion.denoiser import Denoiser
@@ -112,14 +112,7 @@ def test_train_init_from_on_the_command_line_then_resume(tiny, tmp_path, capsys,
     (tmp_path / "cascade.json").write_text(json.dumps(tiny(label_dim=10).to_dict()))
     args = ["train", "--preset", tmp_path / "cascade.json", "--data", "synthetic:16", "--init-from",
             tmp_path / "base", "--no-progress"]
-    code, _, err = run(capsys, *args, "--out", tmp_path / "a", "--duration-kimg", "0.016")
-    assert code == 0 and "started from" in err, err
-    code, _, err = run(capsys, *args, "--out", tmp_path / "a", "--duration-kimg", "0.032")
-    assert code == 0 and "started from" not in err, err
-    code, _, err = run(capsys, *args, "--out", tmp_path / "b", "--duration-kimg", "0.032")
-    assert code == 0, err
-    a, b = (storage.load_tensors(tmp_path / d / "model.safetensors") for d in "ab")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    stopped_and_resumed(capsys, args, tmp_path)
     assert [json.loads(r)["step"] for r in (tmp_path / "a" / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
     code, _, err = run(capsys, "train", "--preset", "lowdiff-fashion-tiny-cond", "--out", tmp_path / "c",
                        "--init-from", tmp_path / "base")

@@ -8,7 +8,9 @@ For every resolution r of the cascade, with P the model's preconditioning:
   L_r      = P.loss(D, x, sigma, y_r, n, cond, sigma_c)        EDM kinds: lambda(sigma) |D - y_r|^2
                                                                summed over pixels; flow: velocity MSE
 The total is sum_r w_r * mean_batch(L_r). The lowest resolution is unconditional. With a
-single stage this is exactly EDM's loss (or LightningDiT's flow loss).
+single stage this is exactly EDM's loss (or LightningDiT's flow loss). The per-stage term is an
+objective's (`DiffusionObjective` above; consistency tuning swaps in its own,
+lowdiff/diffusion/consistency.py), the pyramid and the conditions stay the same.
 """
 from __future__ import annotations
 
@@ -45,13 +47,34 @@ def truncation_augment(precond, low: torch.Tensor, resolution: int,
     return pyramid.upsample(precond.perturb(low, sigma_c, noise.randn(*low.shape[1:])), resolution), sigma_c
 
 
+class DiffusionObjective:
+    """A stage's loss term: the denoising loss of the model's preconditioning (`P.loss`). Another
+    objective (consistency tuning, lowdiff/diffusion/consistency.py) has the same two methods."""
+
+    def __init__(self, cosine: bool = False):
+        self.cosine = cosine
+
+    def draw(self, precond, y: torch.Tensor, resolution: int, noise: BatchNoise):
+        """The randomness of one stage, drawn before its condition's: (sigma, n)."""
+        return noise.sigma(precond), noise.randn(*y.shape[1:])
+
+    def loss(self, model, y, drawn, class_labels, cond, sigma_cond, augment_labels) -> torch.Tensor:
+        """Per-sample loss on the clean y_r with the draw of `draw`."""
+        sigma, n = drawn
+        x = model.precond.perturb(y, sigma, n)
+        return model.precond.loss(model, x, sigma, y, n, class_labels, cond, sigma_cond, augment_labels, self.cosine)
+
+
 def multires_loss(model, images: torch.Tensor | dict[int, torch.Tensor], class_labels: torch.Tensor | None = None,
                   augment_labels: torch.Tensor | None = None, weights: dict[int, float] | None = None,
-                  noise: BatchNoise | None = None, cosine: bool = False) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+                  noise: BatchNoise | None = None, cosine: bool = False,
+                  objective=None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
     """Returns (total loss, {resolution: loss}) for a batch in [-1, 1]: the clean top
     resolution (the pyramid is built here) or the pyramid itself {r: y_r}, as latent datasets
-    store it. `model` is a Denoiser; each loss is averaged over the batch rows given."""
+    store it. `model` is a Denoiser; each loss is averaged over the batch rows given.
+    `objective`: each stage's loss term (default the denoising loss, `DiffusionObjective`)."""
     precond, resolutions = model.precond, model.resolutions
+    objective = objective or DiffusionObjective(cosine)
     top = images if isinstance(images, torch.Tensor) else images[resolutions[-1]]
     noise = noise or BatchNoise(None, top.shape[0], device=top.device)
     clean = pyramid.build(images, resolutions) if isinstance(images, torch.Tensor) else images
@@ -59,13 +82,11 @@ def multires_loss(model, images: torch.Tensor | dict[int, torch.Tensor], class_l
     total = top.new_zeros(())
     for i, r in enumerate(resolutions):
         y = clean[r]
-        sigma = noise.sigma(precond)
-        n = noise.randn(*y.shape[1:])
-        x = precond.perturb(y, sigma, n)
+        drawn = objective.draw(precond, y, r, noise)
         cond = sigma_c = None
         if i > 0:
             cond, sigma_c = truncation_augment(precond, clean[resolutions[i - 1]], r, noise)
-        loss = precond.loss(model, x, sigma, y, n, class_labels, cond, sigma_c, augment_labels, cosine).mean()
+        loss = objective.loss(model, y, drawn, class_labels, cond, sigma_c, augment_labels).mean()
         per_res[r] = loss
         total = total + (weights or {}).get(r, 1.0) * loss
     return total, per_res
@@ -86,12 +107,14 @@ class LossModule(torch.nn.Module):
     sees one forward per backward that uses every parameter."""
 
     def __init__(self, model, weights: dict[int, float] | None = None, label_dropout: float = 0.0,
-                 cosine: bool = False):
+                 cosine: bool = False, objective=None):
         super().__init__()
         self.model, self.weights, self.label_dropout, self.cosine = model, dict(weights or {}), label_dropout, cosine
+        self.objective = objective
 
     def forward(self, images, class_labels=None, augment_labels=None, noise=None):
         top = images if isinstance(images, torch.Tensor) else next(iter(images.values()))
         noise = noise or BatchNoise(None, top.shape[0], device=top.device)
         class_labels = drop_labels(class_labels, self.label_dropout, noise)
-        return multires_loss(self.model, images, class_labels, augment_labels, self.weights, noise, self.cosine)
+        return multires_loss(self.model, images, class_labels, augment_labels, self.weights, noise, self.cosine,
+                             self.objective)

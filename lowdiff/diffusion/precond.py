@@ -191,6 +191,24 @@ def velocity_loss(v: torch.Tensor, u: torch.Tensor, cosine: bool) -> torch.Tenso
     return loss
 
 
+def consistency_output(x: torch.Tensor, denoised: torch.Tensor, sigma, boundary) -> torch.Tensor:
+    """The consistency function of a stage that ends at noise level `boundary` (s), from the
+    denoiser's output D(x; sigma) at t = `sigma` >= s, for x = y + t n:
+
+        f_s(x, t) = c_skip x + c_out D(x; t),   c_skip = s / t,   c_out = 1 - s / t.
+
+    It is the probability-flow ODE's exact solution from t to s when D is the data's conditional
+    mean along the trajectory (the first-order DDIM / DPM-Solver++(1) step, solvers.py), the
+    parametrisation of Consistency Trajectory Models (Kim et al. 2023, Sec. 3: G(x_t, t, s) =
+    (s / t) x_t + (1 - s / t) g) with the end fixed at s. The boundary condition of Song et al.
+    2023 (Sec. 3, Eq. 3-5: c_skip(eps) = 1, c_out(eps) = 0) is built in: at t = s, c_skip = 1 and
+    c_out = 0 exactly in floating point, so f_s(x, s) = x. With s = EDM's sigma_min and D's EDM
+    preconditioning, c_skip^f = s/t + (1 - s/t) c_skip^D, c_out^f = (1 - s/t) c_out^D."""
+    ratio = torch.as_tensor(boundary, dtype=x.dtype, device=x.device) / torch.as_tensor(sigma, dtype=x.dtype,
+                                                                                       device=x.device)
+    return ratio * x + (1 - ratio) * denoised
+
+
 PRECONDITIONINGS = {p.kind: p for p in (VP, VE, EDM, Flow)}
 
 

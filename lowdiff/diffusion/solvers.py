@@ -1,7 +1,8 @@
 """ODE solvers as small functions over an explicit sigma array (k-diffusion style): Euler,
 EDM's Heun (Karras et al. 2022, Algorithm 2), the multistep DPM-Solver++(2M) and (3M)
 (Lu et al. 2022, "DPM-Solver++") and iPNDM (Zhang & Chen 2023, "Fast Sampling of Diffusion
-Models with Exponential Integrator", Sec. 4 / App. B). The sigma arrays come from
+Models with Exponential Integrator", Sec. 4 / App. B), and multistep consistency sampling for
+consistency-tuned models (Song et al. 2023, Alg. 1). The sigma arrays come from
 lowdiff/diffusion/schedules.py.
 
 `denoise(x, sigma)` is any callable returning D(x; sigma). A sigma array ending at 0
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+
+from .precond import consistency_output
 
 Denoise = Callable[[torch.Tensor, float], torch.Tensor]
 NoiseFn = Callable[[torch.Tensor], torch.Tensor]
@@ -202,14 +205,42 @@ def _dpmpp_3m_step(x, s, s_next, history):
     return x_next + (h - 1 + decay) * slope + (h * h - 2 * h + 2 - 2 * decay) * d012
 
 
+def sample_consistency(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, max_nfe: int | None = None,
+                       S_churn: float = 0.0, S_min: float = 0.0, S_max: float = float("inf"), S_noise: float = 1.0,
+                       noise_fn: NoiseFn | None = None, callback=None):
+    """Multistep consistency sampling (Song et al. 2023, Algorithm 1) for a consistency-tuned
+    model (lowdiff/diffusion/consistency.py). The stage ends at s = sigmas[max_nfe] when it is
+    truncated, else at the last level above 0 (the final stage's sigma_min; the step from there
+    to 0 is the boundary condition f(x, s) = x and costs nothing). Evaluation k, at t_k = sigmas[k]
+    for k before the end, jumps straight to s, x <- f_s(x, t_k) (precond.consistency_output);
+    before every evaluation but the first, x is re-noised from s to t_k with fresh noise of
+    variance t_k^2 - s^2 (x = y + sigma n). So steps N + 1 with nfe N (truncated), or N + 1 levels
+    and the appended 0 (final), is the N-step sampler. Churn does not apply."""
+    sig = [float(s) for s in sigmas]
+    end = len(sig) - 1 if max_nfe is None else min(max_nfe, len(sig) - 1)
+    if max_nfe is None and sig[-1] == 0:
+        end -= 1
+    boundary, noise_fn = sig[end], noise_fn or torch.randn_like
+    for k in range(end):
+        t = sig[k]
+        if k > 0:
+            x = x + math.sqrt(t * t - boundary * boundary) * noise_fn(x)
+        x = consistency_output(x, denoise(x, t), t, boundary)
+        if callback is not None:
+            callback(k, x, boundary, k + 1)
+    return x, end, sig[-1] if max_nfe is None else boundary
+
+
 @dataclass(frozen=True)
 class Solver:
     """A solver and what it costs: `evaluations_per_step` network evaluations per interval of
-    the sigma array, except that a step to sigma = 0 costs one (Heun's last step is Euler)."""
+    the sigma array, except that a step to sigma = 0 costs `step_to_zero` (one: Heun's last step
+    is Euler; none for the consistency sampler, whose last level is its boundary)."""
     name: str
     sample: Callable
     evaluations_per_step: int
     description: str
+    step_to_zero: int = 1
 
     def __call__(self, *args, **kwargs):
         return self.sample(*args, **kwargs)
@@ -217,7 +248,7 @@ class Solver:
     def nfe(self, sigmas: torch.Tensor) -> int:
         """Evaluations to integrate over the whole array `sigmas`."""
         steps, to_zero = len(sigmas) - 1, float(sigmas[-1]) == 0
-        return self.evaluations_per_step * steps - (self.evaluations_per_step - 1 if to_zero else 0)
+        return self.evaluations_per_step * steps - (self.evaluations_per_step - self.step_to_zero if to_zero else 0)
 
 
 SOLVERS = {s.name: s for s in (
@@ -226,4 +257,6 @@ SOLVERS = {s.name: s for s in (
     Solver("dpmpp2m", sample_dpmpp_2m, 1, "DPM-Solver++(2M), 2nd-order multistep"),
     Solver("dpmpp3m", sample_dpmpp_3m, 1, "DPM-Solver++(3M), 3rd-order multistep"),
     Solver("ipndm", sample_ipndm, 1, "iPNDM, up to 4th-order Adams-Bashforth multistep"),
+    Solver("consistency", sample_consistency, 1, "multistep consistency sampling, one jump to the stage's end per "
+           "evaluation (consistency-tuned models only)", step_to_zero=0),
 )}

@@ -2,7 +2,8 @@
 every log.jsonl record) and runs sized by it (`--duration-tflop`, `--match-compute RUN_DIR`).
 
 FLOPs per image are the network's per-resolution count (`info.training_flops_per_image`:
-forward + backward = 3x the forward, summed over the stage resolutions), so a run's compute
+forward + backward = 3x the forward, 4x with consistency tuning's target pass, summed over the stage
+resolutions), so a run's compute
 is its images times that count. One-thread seconds are wall seconds times the CPU threads
 the run uses: torch's intra-op threads (OMP_NUM_THREADS) of each process, times the
 processes; on a GPU they still count CPU threads, so compare them only between CPU runs.

@@ -2,7 +2,8 @@
 model of the same family (a lowdiff model directory or `bundled:NAME`, or a `.safetensors`
 state dict exported from EDM's own code), checked against the preset before any training.
 The weights are set by `nn.baseline.load_baseline`: at step 0 the top-resolution stage
-computes what the baseline computes.
+computes what the baseline computes. A consistency-tuning preset (`Preset.consistency`)
+instead continues a trained model of its own network, all weights copied.
 """
 from __future__ import annotations
 
@@ -31,10 +32,15 @@ class Baseline:
     """The weights a run starts from and where they came from."""
     spec: str
     state: dict[str, torch.Tensor]           # the single-resolution network's state dict, our key names
+    whole: bool = False                      # the state is the whole denoiser's (a model of the same network)
 
     def apply(self, model: Denoiser) -> None:
-        """Start the unified network of `model` from the baseline (nn.baseline.load_baseline)."""
-        load_baseline(model.nets["unified"], self.state)
+        """Start `model` from these weights: all of them, or (a baseline) its unified network's as
+        nn.baseline.load_baseline sets them."""
+        if self.whole:
+            model.load_state_dict(self.state)
+        else:
+            load_baseline(model.nets["unified"], self.state)
 
 
 def first_mismatch(baseline: Preset, preset: Preset) -> str | None:
@@ -62,6 +68,8 @@ def load_baseline_for(spec: str, preset: Preset) -> Baseline:
     """The baseline `spec` names, checked against `preset` (one ConfigError naming the first
     mismatched setting, or the missing / extra / mis-shaped keys of an EDM export)."""
     where = f"--init-from {spec}"
+    if preset.consistency is not None:
+        return trained_model_for(spec, preset)
     if not preset.unified:
         raise ConfigError(f"{where}: preset {preset.name} has one network per stage (CDM); --init-from starts a "
                           "unified network")
@@ -77,6 +85,42 @@ def load_baseline_for(spec: str, preset: Preset) -> Baseline:
     except CheckpointError as e:
         raise ConfigError(f"{where}: {e}") from None
     return Baseline(spec, model.net_for(baseline.network.resolutions[0]).state_dict())
+
+
+def same_network_mismatch(model: Preset, preset: Preset) -> str | None:
+    """The first setting in which `model` is not a model of `preset`'s own network (dropouts aside)."""
+    a, b = model.network, preset.network
+    if a.arch != b.arch:
+        return f"family: it is {FAMILIES[a.arch]}, preset {preset.name} {FAMILIES[b.arch]}"
+    for f in dataclasses.fields(a):
+        if f.name not in ("dropout", "label_dropout") and getattr(a, f.name) != getattr(b, f.name):
+            return f"network {f.name}: {getattr(a, f.name)} there, {getattr(b, f.name)} in preset {preset.name}"
+    for name in ("unified", "cond_scaling"):
+        if getattr(model, name) != getattr(preset, name):
+            return f"{name}: {getattr(model, name)} there, {getattr(preset, name)} in preset {preset.name}"
+    if model.precond.to_config() != preset.precond.to_config():
+        return f"preconditioning: {model.precond.to_config()} there, {preset.precond.to_config()} in preset {preset.name}"
+    return None
+
+
+def trained_model_for(spec: str, preset: Preset) -> Baseline:
+    """Consistency tuning's starting point: a trained lowdiff model of `preset`'s own network (the
+    preset it tunes), every weight copied; one ConfigError for a model of another preset."""
+    where = f"--init-from {spec}"
+    try:
+        path = bundled.resolve(spec)
+        if path.is_file():
+            raise ConfigError(f"{where}: consistency tuning ({preset.name}) starts from a lowdiff model directory of "
+                              "the preset it tunes, not a weight file")
+        model = storage.load_config(path)
+        mismatch = same_network_mismatch(model, preset)
+        if mismatch:
+            raise ConfigError(f"{where}: a {model.name} model; consistency tuning ({preset.name}) starts from a "
+                              f"trained model of the same network ({mismatch})")
+        _, denoiser, _ = storage.from_pretrained(path)
+    except CheckpointError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return Baseline(spec, denoiser.state_dict(), whole=True)
 
 
 def edm_export(path: Path, preset: Preset, where: str) -> dict[str, torch.Tensor]:

@@ -27,9 +27,11 @@ from tqdm import tqdm
 from .. import storage
 from ..config import Preset
 from ..data import ImageDataset
+from ..diffusion.consistency import ConsistencyObjective, named_plans
 from ..diffusion.denoiser import Denoiser
 from ..diffusion.loss import BatchNoise, LossModule
 from ..distributed import close_distributed, init_distributed
+from ..plans import PLANS_FILE, ModelPlans, NamedPlan
 from .common import DataStream, StopRequest, load_optimizer, optimizer_tensors
 from .init_from import Baseline
 from .compute import LOG_FILE, RecordedCompute, threads_in_use, training_tflop
@@ -107,7 +109,7 @@ def training_signature(preset: Preset) -> dict:
     d = preset.to_dict()
     for key in ("duration_kimg", "log_kimg", "checkpoint_kimg", "keep_checkpoints"):
         d["train"].pop(key)
-    return {k: d[k] for k in ("network", "train", "precond", "unified", "cond_scaling")}
+    return {k: d[k] for k in ("network", "train", "precond", "unified", "cond_scaling", "consistency")}
 
 
 class Trainer:
@@ -128,8 +130,10 @@ class Trainer:
         torch.manual_seed(t.seed)
         self.model = Denoiser.from_preset(preset).to(self.device).train()
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        # consistency tuning (lowdiff/diffusion/consistency.py) or the denoising loss
+        self.objective = ConsistencyObjective(preset.consistency) if preset.consistency else None
         self.loss_fn = LossModule(torch.compile(self.model) if t.compile else self.model, t.loss_weights,
-                                  preset.network.label_dropout, t.cosine_loss)
+                                  preset.network.label_dropout, t.cosine_loss, self.objective)
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.loss_fn = torch.nn.parallel.DistributedDataParallel(self.loss_fn, device_ids=ids)
@@ -243,6 +247,8 @@ class Trainer:
         noise_seed = int(torch.randint(1 << 62, (), generator=step_gen, device=self.device))
         autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16 if t.precision == "bf16" else torch.float16)
                     if t.precision != "fp32" else contextlib.nullcontext())
+        if self.objective is not None:
+            self.objective.nimg = self.nimg                 # where the step schedule is
         self.opt.zero_grad(set_to_none=True)
         per_res_sum: dict[int, torch.Tensor] = {}
         for k in range(self.rounds):
@@ -294,6 +300,8 @@ class Trainer:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             storage.write_json(self.run_dir / storage.RUN_CONFIG_FILE, self.preset.to_dict())
+            if self.preset.consistency is not None:
+                write_consistency_plans(self.run_dir, self.preset)
         log_every = max(1, round(t.log_kimg * 1000 / t.batch))
         ckpt_every = max(1, round(t.checkpoint_kimg * 1000 / t.batch))
         bar = tqdm(total=total, initial=min(self.nimg, total), unit="img", disable=not (progress and self.is_main),
@@ -349,12 +357,22 @@ class Trainer:
                   "train_tflop": training_tflop(self.preset, self.nimg),
                   "thread_seconds": round(self.spent_thread_seconds(), 1), "dataset": self.ds.name,
                   "loss": sum(mean.values()), **{f"loss_{r}": v for r, v in mean.items()}}
+        if self.preset.consistency is not None:
+            record["consistency_stage"] = self.preset.consistency.schedule_stage(self.nimg)
         log.write(json.dumps(record) + "\n")
         log.flush()
         if self.tensorboard is not None:
             for key in ("loss", "images_per_s", *(f"loss_{r}" for r in mean)):
                 self.tensorboard.add_scalar(f"train/{key}", record[key], self.nimg)
         bar.set_postfix(loss=f"{record['loss']:.1f}")
+
+
+def write_consistency_plans(run_dir: Path, preset: Preset) -> None:
+    """A consistency-tuning run's plans.json: one and two steps per stage (`lowdiff sample --plan two-step`)."""
+    plans = ModelPlans({})
+    for name, (plan, description) in named_plans(preset.stages, preset.consistency.boundaries).items():
+        plans.add(NamedPlan(name, plan, description))
+    plans.write(run_dir)
 
 
 def _tensorboard_writer(run_dir: Path):
