@@ -25,7 +25,7 @@ SHIPPED = {
         "best": ("tuned, budget 13 eff. NFE", "lowest FID: tuned at budget 13"),
         "fast": ("tuned, budget 6 eff. NFE", "tuned at budget 6"),
         "fastest": ("tuned, budget 5 eff. NFE", "tuned at budget 5"),
-        "progressive": ("tuned, budget 6 eff. NFE", "training-free progressive sampling (16x16 first, "
+        "progressive": ("tuned, budget 6 eff. NFE", "training-free progressive sampling (8x8 and 16x16 first, "
                         "README 'Progressive sampling'): tuned at budget 6", "progressive")}),
     "cifar-lowdiff-cond": ("frontier-cifar.json", "lowdiff", {
         "best": ("tuned, budget 9 eff. NFE", "lowest FID: tuned at budget 9"),
@@ -35,7 +35,10 @@ SHIPPED = {
         "best": ("tuned, budget 7 eff. NFE", "lowest FID: tuned at budget 7"),
         "fast": ("tuned, budget 6 eff. NFE", "tuned at budget 6"),
         "fastest": ("tuned, budget 5 eff. NFE, search also started from tuned2-cifar-edm-b6 and tuned2-cifar-edm-b7",
-                    "tuned at budget 5")}),
+                    "tuned at budget 5"),
+        "progressive": ("tuned, budget 6 eff. NFE, search also started from tuned-progressive-edm-b6",
+                        "training-free progressive sampling (16x16 first, README 'Progressive sampling'): tuned at "
+                        "budget 6", "progressive")}),
 }
 
 
