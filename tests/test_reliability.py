@@ -185,6 +185,7 @@ BAD_INPUTS = [
     (["train", "--preset", "lowdiff-fashion-tiny", "--out", "{tmp}/r", "--duration-tflop", "nan"], "--duration-tflop"),
     (["train", "--preset", "lowdiff-fashion-tiny", "--out", "{tmp}/r", "--duration-tflop", "-1"], "--duration-tflop"),
     (["train", "--preset", "lowdiff-fashion-tiny", "--out", "{tmp}/r", "--duration-tflop", "0.01"], "one batch"),
+    (["train", "--preset", "lowdiff-fashion-tiny", "--out", "{tmp}/r", "--duration-tflop", "1e30"], "--duration-tflop"),
     (["train", "--preset", "lowdiff-fashion-tiny", "--out", "{tmp}/r", "--duration-tflop", "1", "--duration-kimg", "1"],
      "--duration-kimg"),
     (["train", "--preset", "lowdiff-fashion-tiny", "--out", "{tmp}/r", "--match-compute", "{tmp}"], "not a training run"),

@@ -5,6 +5,7 @@ import os
 import sys
 
 from ..checks import batch_size, check_device, check_output, nonnegative_int, positive_float, seed_value
+from ..errors import ConfigError
 from ..presets import get_preset
 from .common import add_device, add_progress, stopped_status
 
@@ -97,5 +98,9 @@ def size_by_compute(preset, args):
     else:
         return None
     preset.train.duration_kimg = duration_kimg_for(preset, tflop, option)
-    preset.validate()
+    try:
+        preset.validate()
+    except ConfigError as e:
+        raise ConfigError(f"{option}: {tflop:g} TFLOP is {preset.train.duration_kimg:g} kimg of "
+                          f"{preset.name}, out of range ({e})") from None
     return matched

@@ -16,7 +16,6 @@ classifier the user trained into the cache (or $LOWDIFF_CLASSIFIER) taking prece
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import time
@@ -33,7 +32,7 @@ from tqdm import tqdm
 
 from .. import bundled
 from ..errors import CheckpointError
-from ..files import atomic_write, read_json
+from ..files import atomic_write, read_json, write_json
 
 CACHE = Path("~/.cache/lowdiff").expanduser()
 DEFAULT_CLASSIFIER_DIR = Path(os.environ.get("LOWDIFF_CLASSIFIER", CACHE / "fashion-classifier")).expanduser()
@@ -266,7 +265,7 @@ def train_classifier(out_dir: str | Path, *, epochs: int = 5, batch: int = 128, 
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     atomic_write(out / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata={"format": "pt", "arch": arch}))
-    atomic_write(out / CONFIG_FILE, lambda p: p.write_text(json.dumps(meta, indent=2)))
+    write_json(out / CONFIG_FILE, meta)
     return meta
 
 

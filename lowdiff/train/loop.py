@@ -36,6 +36,7 @@ from .common import DataStream, StopRequest, load_optimizer, optimizer_tensors
 from .init_from import Baseline
 from .compute import LOG_FILE, RecordedCompute, threads_in_use, training_tflop
 from ..errors import ConfigError
+from ..files import write_json
 from ..plans import PLANS_FILE
 from ..seeds import MAX_SEED, derived_seed
 from .ema import ema_beta, update_ema
@@ -299,7 +300,7 @@ class Trainer:
             dist.barrier()      # every rank has read --out before rank 0 writes a file into it
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            storage.write_json(self.run_dir / storage.RUN_CONFIG_FILE, self.preset.to_dict())
+            write_json(self.run_dir / storage.RUN_CONFIG_FILE, self.preset.to_dict())
             if self.preset.consistency is not None:
                 write_consistency_plans(self.run_dir, self.preset)
         log_every = max(1, round(t.log_kimg * 1000 / t.batch))

@@ -29,7 +29,7 @@ from ..data.base import ImageDataset
 from ..data.vae import autoencoder_kl_class
 from ..errors import ConfigError, WriteError
 from ..fields import jsonable
-from ..files import FILE_MODE
+from ..files import FILE_MODE, write_json
 from ..seeds import derived_seed
 from .common import DataStream, StopRequest, load_optimizer, optimizer_tensors
 
@@ -162,7 +162,7 @@ class VAETrainer:
         total = int(c.duration_kimg * 1000)
         resumed = self.try_resume()
         self.out.mkdir(parents=True, exist_ok=True)
-        storage.write_json(self.out / "vae_training.json", {"model": jsonable(self.model_cfg), "train": jsonable(c),
+        write_json(self.out / "vae_training.json", {"model": jsonable(self.model_cfg), "train": jsonable(c),
                                                             "data": self.ds.name})
         log_every, ckpt_every = (max(1, round(k * 1000 / c.batch)) for k in (c.log_kimg, c.checkpoint_kimg))
         bar = tqdm(total=total, initial=min(self.nimg, total), unit="img", disable=not progress,
