@@ -79,7 +79,7 @@ def describe(preset: Preset | str) -> dict:
             "parameters_m": round(params / 1e6, 2)}
     if len(preset.resolutions) > 1:
         info["unified"] = preset.unified          # a cascade: one unified network, or one per stage (CDM)
-    if not info.get("unified", True):
+    if not preset.unified:
         info["parameters_per_network"] = {k: count_parameters(v) for k, v in model.nets.items()}
     if preset.baseline:
         base = get_preset(preset.baseline)

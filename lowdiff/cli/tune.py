@@ -130,14 +130,14 @@ def _save_into_model(args, tuner, chosen, world) -> None:
     from ..plans import Figures, ModelPlans, NamedPlan
     from ..storage import model_dir
     o = tuner.opts
+    budget = o.budget_nfe or o.budget_latency
     figures = Figures(fid=chosen.fid_confirmed if chosen.fid_confirmed is not None else chosen.fid, samples=o.num,
                       images_per_s=chosen.images_per_s, device=device_name(str(world.device)), batch=o.batch,
                       seeds=f"{o.seed}-{o.seed + o.num - 1}", feature_space=args.features,
-                      source=f"lowdiff tune (budget: {o.budget_nfe or o.budget_latency}; plan file {args.out})")
+                      source=f"lowdiff tune (budget: {budget}; plan file {args.out})")
     plans = ModelPlans.read(args.checkpoint)
     replaced = args.save_as in plans.plans
-    plan = NamedPlan(args.save_as, chosen.stages, f"tuned by lowdiff tune at budget {o.budget_nfe or o.budget_latency}",
-                     figures)
+    plan = NamedPlan(args.save_as, chosen.stages, f"tuned by lowdiff tune at budget {budget}", figures)
     plans.add(plan)
     path = plans.write(model_dir(args.checkpoint))
     compared = plan in plans.comparable()

@@ -130,8 +130,7 @@ def extract(extractor, images_uint8, batch: int = 256,
     if images.ndim != 4:
         raise ValueError(f"extract needs images (N, C, H, W), got shape {tuple(images.shape)}")
     feats, logits = [], []
-    with torch.inference_mode():
-        bar = image_bar(len(images), "features", disable=not progress)
+    with torch.inference_mode(), image_bar(len(images), "features", disable=not progress) as bar:
         for start in range(0, len(images), batch):
             f, lg = extractor(images[start:start + batch])
             bar.update(len(f))
