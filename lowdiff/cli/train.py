@@ -40,7 +40,8 @@ def register(sub) -> None:
                         "(`lowdiff info PRESET`; forward + backward at every stage resolution)")
     length.add_argument("--match-compute", dest="match_compute", metavar="RUN_DIR",
                         help="train until this run's compute equals the compute RUN_DIR's log records (a run of "
-                        "the same dataset), e.g. a cascade at its baseline's compute")
+                        "the same dataset; or a model directory that keeps its run's record in training.json, "
+                        "e.g. bundled:fashion-edm-cond), e.g. a cascade at its baseline's compute")
     s.add_argument("--checkpoint-kimg", dest="checkpoint_kimg", type=positive_float,
                    help="training-state interval in kimg (default: the preset's)")
     s.add_argument("--log-kimg", dest="log_kimg", type=positive_float, help="loss log interval in kimg "
