@@ -6,9 +6,16 @@ docs/results.md and docs/benchmarks.md, docs/results/consistency.json and the gr
 docs/img/consistency-*.png.
 
     lowdiff eval ref --data fashion-mnist:test --out runs/fashion-test.npz
+    python benchmarks/consistency_pair.py --ref runs/fashion-test.npz --batch 32 --repeats 2 \
+        --cache docs/results/frontier-cache.json     # the bundled tuned pair; FIDs shared with the frontier
+
+The bundled pair (bundled:fashion-lowdiff-ct, bundled:fashion-edm-ct) was tuned by
+
     lowdiff train --preset lowdiff-fashion-tiny-cond-ct --init-from bundled:fashion-lowdiff-cond --data fashion-mnist --out runs/ct-lowdiff
     lowdiff train --preset edm-fashion-tiny-cond-ct --init-from bundled:fashion-edm-cond --data fashion-mnist --out runs/ct-edm --match-compute runs/ct-lowdiff
-    python benchmarks/consistency_pair.py --ref runs/fashion-test.npz --batch 32 --repeats 2
+    python scripts/bundle_model.py runs/ct-lowdiff fashion-lowdiff-ct && python scripts/bundle_model.py runs/ct-edm fashion-edm-ct
+
+(--lowdiff runs/ct-lowdiff --baseline runs/ct-edm measure the runs themselves).
 """
 from __future__ import annotations
 
@@ -23,7 +30,7 @@ from lowdiff.eval.bench import BenchOptions, Variant, device_name, measure
 from lowdiff.eval.evaluate import get_extractor
 from lowdiff.images import save_grid
 from lowdiff.pipeline import Pipeline
-from lowdiff.train.compute import LOG_FILE
+from lowdiff.train.compute import model_compute
 
 from _markdown import write_section
 from frontier import cached_fid, reference_name
@@ -36,10 +43,9 @@ START_PLANS = {"baseline": ["best", "fast"], "lowdiff": ["best", "fast"]}
 NAMES = {"baseline": "EDM", "lowdiff": "LowDiff"}
 
 
-def tuning_compute(run_dir: str) -> dict:
-    """A tuning run's images, TFLOP and one-thread seconds (its log's last record)."""
-    last = json.loads((Path(run_dir) / LOG_FILE).read_text().splitlines()[-1])
-    return {k: last[k] for k in ("kimg", "train_tflop", "thread_seconds")}
+def tuning_compute(model: str) -> dict:
+    """A tuning's images, TFLOP and one-thread seconds (a run's log, or a bundled model's record of it)."""
+    return model_compute(model)
 
 
 def rows_of(args) -> list[dict]:
@@ -97,8 +103,8 @@ def markdown(rows, compute, images, args, command, device) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--lowdiff", default="runs/ct-lowdiff")
-    p.add_argument("--baseline", default="runs/ct-edm")
+    p.add_argument("--lowdiff", default="bundled:fashion-lowdiff-ct", help="the consistency-tuned LowDiff model")
+    p.add_argument("--baseline", default="bundled:fashion-edm-ct", help="the consistency-tuned baseline")
     p.add_argument("--lowdiff-start", dest="lowdiff_start", default="bundled:fashion-lowdiff-cond")
     p.add_argument("--baseline-start", dest="baseline_start", default="bundled:fashion-edm-cond")
     p.add_argument("--ref", required=True)

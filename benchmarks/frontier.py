@@ -52,6 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lowdiff.diffusion.consistency import named_plans
 from lowdiff.diffusion.plan import StagePlan
 from lowdiff.eval.bench import BenchOptions, Variant, device_name, measure
 from lowdiff.eval.evaluate import evaluate_pipeline, get_extractor
@@ -117,8 +118,17 @@ def progressive_grid(tuned: list[tuple[str, StagePlan]]) -> list[tuple[str, Stag
     return rows
 
 
-FAMILY_NAMES = {"baseline": "EDM", "progressive": "EDM progressive", "lowdiff": "LowDiff"}
+def consistency_grid(preset) -> list[tuple[str, StagePlan]]:
+    """The consistency plans a consistency-tuned model's preset names (one and two steps per stage, ...)."""
+    return [(f"consistency `{name}`", plan)
+            for name, (plan, _) in named_plans(preset.stages, preset.consistency.boundaries).items()]
+
+
+FAMILY_NAMES = {"baseline": "EDM", "progressive": "EDM progressive", "lowdiff": "LowDiff",
+                "baseline-ct": "EDM consistency-tuned", "lowdiff-ct": "LowDiff consistency-tuned"}
 COMPETITORS = ("baseline", "progressive")       # the training-free families LowDiff is compared with
+DISTILLED = {"ours": ("lowdiff-ct",), "competitors": ("baseline-ct",)}   # compared among themselves
+DISTILLED_FAMILIES = (*DISTILLED["ours"], *DISTILLED["competitors"])
 
 
 def load_tuned(paths: list[str]) -> list[tuple[str, StagePlan]]:
@@ -201,17 +211,20 @@ def pareto(rows: list[Row]) -> None:
                           (o.fid < r.fid or o.images_per_s > r.images_per_s) for o in rows)
 
 
-def matched(rows: list[Row], noise: float, switches: str | None, competitors=("baseline",)) -> dict:
-    """LowDiff's throughput at the competitors' best FID (within `noise`), as a ratio over the fastest
-    competitor row within the same bound; competitors: the baseline's rows, or those and the progressive ones."""
+def matched(rows: list[Row], noise: float, switches: str | None, competitors=("baseline",),
+            ours=("lowdiff",)) -> dict:
+    """Our families' throughput at the competitors' best FID (within `noise`), as a ratio over the fastest
+    competitor row within the same bound; competitors: the baseline's rows, or those and the progressive
+    ones; or, for the distilled pair, the consistency-tuned baseline against the consistency-tuned LowDiff."""
     pick = [r for r in rows if switches is None or r.switches == switches]
     base = [r for r in pick if r.family in competitors]
-    low = [r for r in pick if r.family == "lowdiff"]
+    low = [r for r in pick if r.family in ours]
     best = min(base, key=lambda r: r.fid)
     bound = best.fid + noise
     b = max((r for r in base if r.fid <= bound), key=lambda r: r.images_per_s)
     within = [r for r in low if r.fid <= bound]
-    out = {"switches": switches or "either", "competitors": list(competitors), "baseline_best_fid": best.fid,
+    out = {"switches": switches or "either", "competitors": list(competitors), "ours": list(ours),
+           "baseline_best_fid": best.fid,
            "bound": bound, "baseline": {"label": b.label, "family": b.family, "switches": b.switches, "fid": b.fid,
                                         "images_per_s": b.images_per_s}}
     if within:
@@ -226,10 +239,10 @@ def plot(rows: list[Row], path: Path, title: str, batch: int) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import LogLocator, NullFormatter, NullLocator, ScalarFormatter
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    colours = {"baseline": "C1", "lowdiff": "C0", "progressive": "C2"}
-    names = {"baseline": "EDM (single resolution)", "lowdiff": "LowDiff", "progressive": "EDM progressive"}
-    for family in ("baseline", "progressive", "lowdiff"):
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=120)
+    colours = {"baseline": "C1", "lowdiff": "C0", "progressive": "C2", "baseline-ct": "C3", "lowdiff-ct": "C4"}
+    names = FAMILY_NAMES | {"baseline": "EDM (single resolution)"}
+    for family in FAMILY_NAMES:
         for switches, marker in zip(SWITCHES, ("o", "s")):
             pts = [r for r in rows if r.family == family and r.switches == switches]
             if not pts:
@@ -248,7 +261,7 @@ def plot(rows: list[Row], path: Path, title: str, batch: int) -> None:
     ax.set_ylabel("FID")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))     # beside the axes, hiding no point
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -277,6 +290,10 @@ def replot(json_path: Path, plot_path: Path) -> None:
 def markdown(rows, report, noise, noise_row, noise_fids, headlines, bf16_gaps, args, command) -> str:
     progressive_note = ("; the EDM progressive rows sample the baseline's network at lower resolutions first, plans "
                         "tuned by `lowdiff tune --progressive only`" if args.progressive_plans else "")
+    if args.lowdiff_ct or args.baseline_ct:
+        progressive_note += ("; the consistency-tuned rows sample " + " and ".join(
+            f"`{m}`" for m in (args.lowdiff_ct, args.baseline_ct) if m) + " (each tuned from the model above, equal "
+            "tuning compute: docs/results.md, 'Consistency tuning') with the consistency plans they ship")
     lines = [f"## {args.heading}", "",
              f"Measured {date.today().isoformat()} on **{report['device']}**; batch {args.batch}, mean of "
              f"{args.repeats} timed runs after {args.warmup} warm-up, all {len(rows)} rows timed alternately in one "
@@ -302,17 +319,19 @@ def markdown(rows, report, noise, noise_row, noise_fids, headlines, bf16_gaps, a
         lines.append(f"- timing run {k + 1} (an earlier process): " + "; ".join(
             f"{_against(h)} {h['ratio']:.2f}x" if "ratio" in h else f"{_against(h)} no match" for h in earlier))
     for h in headlines:
-        who = "the best competitor's" if len(h.get("competitors", ())) > 1 else "the baseline's"
+        who = ("the best competitor's" if len(h.get("competitors", ())) > 1 else
+               f"the {FAMILY_NAMES[h.get('competitors', ['baseline'])[0]]} baseline's")
+        ours = FAMILY_NAMES[h.get("ours", ["lowdiff"])[0]]
         if "ratio" in h:
             b = h["baseline"]
             lines.append(f"- **{_against(h)}**: {who} best FID {h['baseline_best_fid']:.3f}; within "
                          f"{noise:.3f} of it the fastest {FAMILY_NAMES[b.get('family', 'baseline')]} row is "
                          f"*{b['label']}* ({b['switches']}, {b['images_per_s']:.1f} img/s, FID {b['fid']:.3f}) and the "
-                         f"fastest LowDiff row *{h['lowdiff']['label']}* ({h['lowdiff']['switches']}, "
+                         f"fastest {ours} row *{h['lowdiff']['label']}* ({h['lowdiff']['switches']}, "
                          f"{h['lowdiff']['images_per_s']:.1f} img/s, FID {h['lowdiff']['fid']:.3f}): "
                          f"**{h['ratio']:.2f}x**.")
         else:
-            lines.append(f"- **{_against(h)}**: no LowDiff row reaches {who} best FID "
+            lines.append(f"- **{_against(h)}**: no {ours} row reaches {who} best FID "
                          f"{h['baseline_best_fid']:.3f} + noise.")
     lines += ["", f"![FID vs throughput]({os.path.relpath(args.plot, Path(args.out).parent)})", "",
               "| family | plan | solver | NFE per stage | eff. NFE | switches | img/s | FID | front |",
@@ -336,11 +355,13 @@ def markdown(rows, report, noise, noise_row, noise_fids, headlines, bf16_gaps, a
 
 def _against(h: dict) -> str:
     """A headline's name: its switch set, and against whom when it is not the baseline alone."""
+    if h.get("ours", ["lowdiff"]) != ["lowdiff"]:
+        return h["switches"] + ", distilled: consistency-tuned LowDiff against consistency-tuned EDM"
     return h["switches"] + (", against the best competitor (tuned single resolution or tuned progressive)"
                             if len(h.get("competitors", ())) > 1 else "")
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lowdiff", default="bundled:fashion-lowdiff-cond")
     p.add_argument("--baseline", default="bundled:fashion-edm-cond")
@@ -349,6 +370,8 @@ def main() -> None:
     p.add_argument("--progressive-plans", nargs="*", default=[],
                    help="tuned progressive plans of the baseline (`lowdiff tune --progressive only`), "
                    "best budget first")
+    p.add_argument("--lowdiff-ct", help="a consistency-tuned LowDiff model: its consistency plans become rows")
+    p.add_argument("--baseline-ct", help="a consistency-tuned baseline: its consistency plans become rows")
     p.add_argument("--ref", help="reference statistics (bundled classifier) of the test set")
     p.add_argument("--num", type=int, default=2000)
     p.add_argument("--seed", type=int, default=100_000)
@@ -371,28 +394,65 @@ def main() -> None:
     p.add_argument("--retime", action="store_true", help="time again in this (new) process with the rows of --json "
                    "and their cached FIDs, and report this run's ratios beside the earlier ones")
     p.add_argument("--title", default="Fashion-MNIST 32x32 class-conditional", help="what the models are")
-    p.add_argument("--heading", default="The headline: LowDiff against its tuned baseline and the baseline sampled "
-                   "progressively, FID vs throughput")
+    p.add_argument("--heading", default="The headline: LowDiff against its tuned baseline, the baseline sampled "
+                   "progressively and, distilled, the consistency-tuned pair, FID vs throughput")
     p.add_argument("--tag", default="frontier", help="section tag in --out")
     p.add_argument("--switches", nargs="+", choices=list(SWITCHES), default=list(SWITCHES),
                    help="the switch sets to time (default both)")
     args = p.parse_args()
-    if args.replot:
-        return replot(Path(args.json), Path(args.plot))
-    if args.noise_sets < 2:
+    if not args.replot and args.noise_sets < 2:
         p.error("--noise-sets must be at least 2 (the noise is a standard deviation)")
-    if args.ref is None:
+    if not args.replot and args.ref is None:
         p.error("--ref (the FID reference statistics, `lowdiff eval ref`) is required unless --replot")
-    command = "python benchmarks/frontier.py " + shlex.join(sys.argv[1:])
-    args.ref_name = reference_name(args.ref)    # read once: every FID cache key names the reference
+    return args
 
-    pipes = {"lowdiff": Pipeline.from_pretrained(args.lowdiff), "baseline": Pipeline.from_pretrained(args.baseline)}
-    pipes["progressive"] = pipes["baseline"]                 # the same network, sampled progressively
-    specs = {"lowdiff": args.lowdiff, "baseline": args.baseline, "progressive": args.baseline}
+
+def models(args) -> tuple[dict, dict]:
+    """(family -> Pipeline, family -> model spec) of every family this run samples."""
+    specs = {"lowdiff": args.lowdiff, "baseline": args.baseline, "progressive": args.baseline,
+             "lowdiff-ct": args.lowdiff_ct, "baseline-ct": args.baseline_ct}
+    specs = {family: spec for family, spec in specs.items() if spec}
+    loaded = {spec: Pipeline.from_pretrained(spec) for spec in set(specs.values())}
+    return {family: loaded[spec] for family, spec in specs.items()}, specs   # progressive: the baseline's network
+
+
+def build_rows(pipes: dict, args) -> list[Row]:
     grids = {"lowdiff": lowdiff_grid(pipes["lowdiff"].preset.stages, load_tuned(args.lowdiff_plans)),
              "baseline": baseline_grid(pipes["baseline"].preset.stages, load_tuned(args.baseline_plans)),
              "progressive": progressive_grid(load_tuned(args.progressive_plans))}
-    rows = [Row(f, label, plan, sw) for f, grid in grids.items() for label, plan in grid for sw in args.switches]
+    grids |= {family: consistency_grid(pipes[family].preset) for family in DISTILLED_FAMILIES if family in pipes}
+    return [Row(f, label, plan, sw) for f, grid in grids.items() for label, plan in grid for sw in args.switches]
+
+
+def time_rows(rows: list[Row], pipes: dict, args) -> dict:
+    """Time every row alternately in this process; fills images_per_s and effective_nfe."""
+    from tqdm import tqdm
+    opts = BenchOptions(batch=args.batch, repeats=args.repeats, warmup=args.warmup, device="cpu")
+    variants = [Variant(f"{r.family}: {r.label} [{r.switches}]", pipes[r.family].preset, SWITCHES[r.switches],
+                        r.plan, pipes[r.family].denoiser) for r in rows]
+    with tqdm(total=len(variants) * (args.warmup + args.repeats), unit="run", desc="timing") as bar:
+        timed = measure(variants, opts, bar)
+    for r, t in zip(rows, timed):
+        r.images_per_s, r.effective_nfe = t["images_per_s"], t["effective_nfe"]
+    return {"device": device_name("cpu"), "rows": timed}
+
+
+def all_headlines(rows: list[Row], noise: float, args) -> list[dict]:
+    """LowDiff against the baseline, against the best training-free competitor, and the distilled pair."""
+    families = {r.family for r in rows}
+    against = [{"competitors": ("baseline",)}] + ([{"competitors": COMPETITORS}] if "progressive" in families else [])
+    against += [DISTILLED] if families >= set(DISTILLED_FAMILIES) else []
+    return [matched(rows, noise, s, **a) for a in against for s in (*args.switches, None)]
+
+
+def main() -> None:
+    args = parse_args()
+    if args.replot:
+        return replot(Path(args.json), Path(args.plot))
+    command = "python benchmarks/frontier.py " + shlex.join(sys.argv[1:])
+    args.ref_name = reference_name(args.ref)    # read once: every FID cache key names the reference
+    pipes, specs = models(args)
+    rows = build_rows(pipes, args)
     extractor = get_extractor("classifier", channels=pipes["lowdiff"].image_channels, ref=args.ref)
     args.earlier_headlines = []
     if args.retime:
@@ -410,20 +470,10 @@ def main() -> None:
     noise_row, noise_fids = seed_noise(rows, pipes, specs, args, extractor)
     noise = statistics.stdev(noise_fids)
     bf16_gaps = measured_bf16_gaps(rows, specs, args)
-
-    opts = BenchOptions(batch=args.batch, repeats=args.repeats, warmup=args.warmup, device="cpu")
-    variants = [Variant(f"{r.family}: {r.label} [{r.switches}]", pipes[r.family].preset, SWITCHES[r.switches],
-                        r.plan, pipes[r.family].denoiser) for r in rows]
-    from tqdm import tqdm
-    with tqdm(total=len(variants) * (args.warmup + args.repeats), unit="run", desc="timing") as bar:
-        timed = measure(variants, opts, bar)
-    for r, t in zip(rows, timed):
-        r.images_per_s, r.effective_nfe = t["images_per_s"], t["effective_nfe"]
+    report = time_rows(rows, pipes, args)
     for family in FAMILY_NAMES:
         pareto([r for r in rows if r.family == family])
-    against = [("baseline",)] + ([COMPETITORS] if any(r.family == "progressive" for r in rows) else [])
-    headlines = [matched(rows, noise, s, c) for c in against for s in (*args.switches, None)]
-    report = {"device": device_name("cpu"), "rows": timed}
+    headlines = all_headlines(rows, noise, args)
     plot(rows, Path(args.plot), plot_title(args.num, args.title), args.batch)
     text = markdown(rows, report, noise, noise_row.label, ", ".join(f"{v:.3f}" for v in noise_fids), headlines,
                     bf16_gaps, args, command)
@@ -432,7 +482,7 @@ def main() -> None:
         "command": command, "batch": args.batch, "num": args.num, "noise": noise, "noise_fids": noise_fids,
         "noise_plan": noise_row.label,
         "title": args.title, "headlines": headlines, "earlier_headlines": args.earlier_headlines,
-        "bf16_minus_fp32_fid": bf16_gaps, "rows": [row_record(r) for r in rows], "timing": timed},
+        "bf16_minus_fp32_fid": bf16_gaps, "rows": [row_record(r) for r in rows], "timing": report["rows"]},
         indent=1, default=str))
     print(text)
 

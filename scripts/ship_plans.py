@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lowdiff import bundled
+from lowdiff import bundled, storage
+from lowdiff.diffusion.consistency import named_plans
 from lowdiff.diffusion.plan import StagePlan
 from lowdiff.plans import Figures, ModelPlans, NamedPlan
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = {"lowdiff": "paper plan, Heun", "baseline": "Heun 18 steps"}
+CONSISTENCY = None    # a consistency-tuned model ships every consistency plan its preset names (their frontier rows)
 # model -> (frontier file, family, {plan name: (frontier row label, description[, family if another])})
 SHIPPED = {
     "fashion-lowdiff-cond": ("frontier.json", "lowdiff", {
@@ -39,6 +41,9 @@ SHIPPED = {
         "progressive": ("tuned, budget 6 eff. NFE, search also started from tuned-progressive-edm-b6",
                         "training-free progressive sampling (16x16 first, README 'Progressive sampling'): tuned at "
                         "budget 6", "progressive")}),
+
+    "fashion-lowdiff-ct": ("frontier.json", "lowdiff-ct", CONSISTENCY),
+    "fashion-edm-ct": ("frontier.json", "baseline-ct", CONSISTENCY),
 }
 
 
@@ -58,12 +63,18 @@ def ship(model: str) -> Path:
     directory = bundled.ASSETS / model
     plans = ModelPlans.read(directory)
     plans.plans = {k: v for k, v in plans.plans.items() if k == "config"}
-    paper = row_plan(rows[family, PAPER[family]], "paper", "the preset's plan from the paper (its config.json)", frontier,
-                     section)
-    if paper.stages != plans.plans["config"].stages:
-        raise SystemExit(f"{model}: the frontier's paper row is not config.json's plan")
-    plans.add(paper)
-    for name, (label, description, *other) in named.items():
+    if family in PAPER:
+        paper = row_plan(rows[family, PAPER[family]], "paper", "the preset's plan from the paper (its config.json)",
+                         frontier, section)
+        if paper.stages != plans.plans["config"].stages:
+            raise SystemExit(f"{model}: the frontier's paper row is not config.json's plan")
+        plans.add(paper)
+    if named is CONSISTENCY:
+        preset = storage.load_config(directory)
+        for name, (stages, description) in named_plans(preset.stages, preset.consistency.boundaries).items():
+            row = next(r for r in frontier["rows"] if r["family"] == family and StagePlan.from_list(r["plan"]) == stages)
+            plans.add(row_plan(row, name, description, frontier, section))
+    for name, (label, description, *other) in (named or {}).items():
         plans.add(row_plan(rows[(other or [family])[0], label], name, description, frontier, section))
     plans.fid_noise = frontier["noise"]
     plans.extra = {"fid_noise_source": f"seed-to-seed spread of the tuned baseline's best FID on 5 disjoint sets of "

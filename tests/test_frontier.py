@@ -54,8 +54,9 @@ def test_published_frontier_json_agrees_with_its_rows(frontier, name):
     rows = [row(frontier, r["family"], r["fid"], r["images_per_s"], r["switches"]) for r in data["rows"]]
     for h in data["headlines"]:
         switches = None if h["switches"] == "either" else h["switches"]
-        competitors = tuple(h.get("competitors", ["baseline"]))
-        assert frontier.matched(rows, data["noise"], switches, competitors).get("ratio") == pytest.approx(h.get("ratio"))
+        competitors, ours = tuple(h.get("competitors", ["baseline"])), tuple(h.get("ours", ["lowdiff"]))
+        assert (frontier.matched(rows, data["noise"], switches, competitors, ours).get("ratio")
+                == pytest.approx(h.get("ratio")))
 
 
 def test_matched_against_the_best_competitor_takes_progressive_rows_too(frontier):
@@ -68,6 +69,21 @@ def test_matched_against_the_best_competitor_takes_progressive_rows_too(frontier
     both = frontier.matched(rows, noise=0.05, switches=None, competitors=frontier.COMPETITORS)
     assert both["bound"] == pytest.approx(2.65) and both["baseline"]["family"] == "progressive"
     assert both["ratio"] == pytest.approx(12.0 / 9.0)
+
+
+def test_the_distilled_pair_is_matched_among_itself(frontier):
+    """Consistency-tuned LowDiff is compared with the consistency-tuned baseline only, and only
+    when both were sampled; the training-free headlines ignore the distilled rows."""
+    rows = [row(frontier, "baseline", 2.2, 8.0), row(frontier, "lowdiff", 2.3, 17.0),
+            row(frontier, "baseline-ct", 4.4, 35.0), row(frontier, "baseline-ct", 9.5, 74.0),
+            row(frontier, "lowdiff-ct", 4.5, 46.0), row(frontier, "lowdiff-ct", 2.8, 23.0)]
+    args = type("Args", (), {"switches": ["eager fp32"]})()
+    headlines = frontier.all_headlines(rows, 0.2, args)
+    plain, distilled = headlines[0], headlines[-1]
+    assert plain["ratio"] == pytest.approx(17.0 / 8.0)
+    assert distilled["ours"] == ["lowdiff-ct"] and distilled["bound"] == pytest.approx(4.6)
+    assert distilled["ratio"] == pytest.approx(46.0 / 35.0)
+    assert all(h.get("ours") == ["lowdiff"] for h in frontier.all_headlines(rows[:-2], 0.2, args))
 
 
 def test_replot_redraws_the_published_plot_from_its_json(frontier, tmp_path):
