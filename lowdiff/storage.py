@@ -156,6 +156,7 @@ def from_pretrained(directory: str | Path) -> tuple[Preset, Denoiser, str]:
     """(preset, denoiser with its weights, where the weights came from) of a model directory."""
     preset, recorded = read_config(directory)
     try:
+        preset.validate()
         model = Denoiser.from_preset(preset)
     except ConfigError as e:                                   # a network that cannot be built from config.json
         raise CheckpointError(f"{config_file(directory)}: {e}") from None

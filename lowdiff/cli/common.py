@@ -10,7 +10,7 @@ import signal
 import sys
 import warnings
 
-from ..checks import AUTO_DEVICE, check_device
+from ..checks import AUTO_DEVICE, PRECISIONS, check_device
 from ..errors import ConfigError
 
 INTERRUPTED = 130                      # exit status after Ctrl-C (128 + SIGINT)
@@ -59,7 +59,7 @@ def add_speed_args(s: argparse.ArgumentParser, plan: bool = True) -> None:
                    "(minutes of compilation first; on a CPU 1.1-1.3x the bundled models' eager speed)")
     g.add_argument("--channels-last", dest="channels_last", action="store_true", help="channels_last memory format "
                    "(on a CPU 0.95-1.25x: no reliable gain)")
-    g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+    g.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
                    help="autocast precision of the network (default fp32). bf16: 1.3-2.1x faster on a CPU with bf16 "
                    "units (AMX, AVX512-BF16), 2.5-3.7x with --compile; several times slower on a CPU without them")
     g.add_argument("--cuda-graphs", dest="cuda_graphs", action="store_true",

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ..checks import batch_size, check_device, check_output, nonnegative_int, positive_float, seed_value
+from ..checks import PRECISIONS, batch_size, check_device, check_output, nonnegative_int, positive_float, seed_value
 from ..errors import ConfigError
 from ..presets import get_preset
 from .common import add_device, add_progress, stopped_status
@@ -29,7 +29,7 @@ def register(sub) -> None:
     s.add_argument("--batch-gpu", dest="batch_gpu", type=nonnegative_int,
                    help="per-process micro-batch, for gradient accumulation (default: no accumulation)")
     s.add_argument("--lr", type=positive_float, help="learning rate (default: the preset's)")
-    s.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="mixed precision (default: the preset's)")
+    s.add_argument("--precision", choices=list(PRECISIONS), help="mixed precision (default: the preset's)")
     s.add_argument("--compile", action="store_true", default=None, help="torch.compile the network")
     s.add_argument("--seed", type=seed_value, help="training seed (default: the preset's, 0)")
     length = s.add_mutually_exclusive_group()
@@ -99,7 +99,7 @@ def size_by_compute(preset, args):
         return None
     preset.train.duration_kimg = duration_kimg_for(preset, tflop, option)
     try:
-        preset.validate()
+        preset.train.validate()          # the rest of the preset was validated before
     except ConfigError as e:
         raise ConfigError(f"{option}: {tflop:g} TFLOP is {preset.train.duration_kimg:g} kimg of "
                           f"{preset.name}, out of range ({e})") from None

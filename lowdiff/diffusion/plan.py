@@ -95,6 +95,11 @@ class StagePlan(Sequence):
     def __init__(self, stages: Iterable[StageConfig]):
         self._stages = tuple(copy.deepcopy(s) for s in stages)
 
+    @classmethod
+    def of(cls, stages: "StagePlan | Iterable[StageConfig]") -> "StagePlan":
+        """The one door from a list of stages to a plan: a plan as it is, a list converted."""
+        return stages if isinstance(stages, StagePlan) else cls(stages)
+
     # --- the sequence --------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self._stages)
@@ -128,7 +133,17 @@ class StagePlan(Sequence):
         raise ConfigError(f"no stage at resolution {resolution}; the plan has {self.resolutions}")
 
     def is_final(self, i: int) -> bool:
-        return i % len(self) == len(self) - 1
+        return i % len(self) == self.final
+
+    @property
+    def final(self) -> int:
+        """The index of the final stage, the one that runs to sigma = 0."""
+        return len(self) - 1
+
+    @property
+    def lower(self) -> list[StageConfig]:
+        """The stages below the final one (a cascade's truncated stages, a progressive plan's lower ones)."""
+        return list(self._stages[:-1])
 
     @property
     def progressive(self) -> bool:
@@ -209,8 +224,8 @@ class StagePlan(Sequence):
             raise ConfigError(f"{where}: schedule {s.schedule!r}, choose edm or flow")
         if s.start not in STARTS:
             raise ConfigError(f"{where}: start {s.start!r}, choose {' or '.join(STARTS)}")
-        if precond.kind == "flow" or s.schedule != "edm":
-            _validate_flow_stage(s, final, precond.kind)
+        if precond.schedule == "flow" or s.schedule != "edm":
+            _validate_flow_stage(s, final, precond.schedule)
         elif s.steps < 1 or not (0 < s.sigma_min < s.sigma_max):
             raise ConfigError(f"{where}: need steps >= 1 and 0 < sigma_min < sigma_max")
         if s.cfg_scale != 1 and not conditional:
@@ -248,7 +263,7 @@ class StagePlan(Sequence):
         if s.start != "noise":
             raise ConfigError(f"{where}: start={s.start} is a cascade's warm start; a progressive stage starts from "
                               "the stage below by its handover (leave start=noise)")
-        if precond.kind == "flow" or s.schedule != "edm":
+        if precond.schedule == "flow" or s.schedule != "edm":
             raise ConfigError(f"{where}: progressive plans sample EDM-schedule models (schedule=edm)")
         self._check_switch_sigma(i, precond, "the switch")
         below = self[i - 1]
@@ -422,7 +437,7 @@ def _validate_sigma_span(s: StageConfig, precond: Preconditioning) -> None:
     """EDM-schedule noise levels within SIGMA_SPAN of the preconditioning's sampling range (far outside it
     already warns; beyond, float32 overflows: sigma_max = 1e308)."""
     low, high = precond.sampling_range
-    if s.schedule != "edm" or precond.kind == "flow":
+    if s.schedule != "edm" or precond.schedule == "flow":
         return
     if s.sigma_max > high * SIGMA_SPAN or 0 < s.sigma_min < low / SIGMA_SPAN:
         raise ConfigError(f"stage {s.resolution}: sigma range [{s.sigma_min:g}, {s.sigma_max:g}] lies beyond what "
@@ -430,10 +445,10 @@ def _validate_sigma_span(s: StageConfig, precond: Preconditioning) -> None:
                           f"{high * SIGMA_SPAN:g}]; its models sample [{low:g}, {high:g}])")
 
 
-def _validate_flow_stage(s: StageConfig, final: bool, kind: str) -> None:
+def _validate_flow_stage(s: StageConfig, final: bool, schedule: str) -> None:
     """Flow noise levels live in [0, 1] (sigma = 1 - t); the ODE solvers only, no churn."""
     where = f"stage {s.resolution}"
-    if kind != "flow":
+    if schedule != "flow":                 # the preconditioning's schedule
         raise ConfigError(f"{where}: the flow schedule needs a flow model (precond 'flow')")
     if s.S_churn:
         raise ConfigError(f"{where}: a flow model samples with an ODE solver ({', '.join(SOLVERS)}) and no churn")

@@ -24,7 +24,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .. import storage
+from .. import inference, storage
 from ..config import Preset
 from ..data import ImageDataset
 from ..diffusion.consistency import ConsistencyObjective, named_plans
@@ -118,13 +118,11 @@ class Trainer:
 
     def __init__(self, preset: Preset, dataset: ImageDataset, run_dir: str | Path, device: str = "cpu",
                  restart: bool = False, init_from: Baseline | None = None):
-        """`init_from`: the baseline a new run starts from (`--init-from`); a resumed run ignores it."""
-        preset.validate()
+        """`preset`: validated (`Preset.validate`); `init_from`: the baseline a new run starts from
+        (`--init-from`); a resumed run ignores it."""
         check_dataset(preset, dataset)
         record_dataset(preset, dataset)
         t = preset.train
-        if t.precision not in ("fp32", "bf16", "fp16"):
-            raise ConfigError(f"precision {t.precision!r}: choose fp32, bf16 or fp16")
         self.rank, self.world, self.device = init_distributed(device)
         self.local_batch, self.rounds = split_batch(t.batch, self.world, t.batch_gpu)
         self.preset, self.ds, self.run_dir = preset, dataset, Path(run_dir)
@@ -134,7 +132,7 @@ class Trainer:
         # consistency tuning (lowdiff/diffusion/consistency.py) or the denoising loss
         self.objective = ConsistencyObjective(preset.consistency) if preset.consistency else None
         self.loss_fn = LossModule(torch.compile(self.model) if t.compile else self.model, t.loss_weights,
-                                  preset.network.label_dropout, t.cosine_loss, self.objective)
+                                  preset.network.label_dropout, self.objective)
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.loss_fn = torch.nn.parallel.DistributedDataParallel(self.loss_fn, device_ids=ids)
@@ -246,8 +244,7 @@ class Trainer:
         step_gen = torch.Generator(self.device).manual_seed(derived_seed(t.seed, self.step + 1))
         flip = torch.rand(t.batch, generator=step_gen, device=self.device) < 0.5 if t.xflip else None
         noise_seed = int(torch.randint(1 << 62, (), generator=step_gen, device=self.device))
-        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16 if t.precision == "bf16" else torch.float16)
-                    if t.precision != "fp32" else contextlib.nullcontext())
+        autocast = inference.autocast(t.precision, self.device)
         if self.objective is not None:
             self.objective.nimg = self.nimg                 # where the step schedule is
         self.opt.zero_grad(set_to_none=True)
