@@ -7,8 +7,8 @@ from pathlib import Path
 from ..checks import at_least_2, batch_size, check_output, positive_float, positive_int, seed_value
 from ..errors import ConfigError
 from ..seeds import Seeds
-from .common import add_device, add_features_args, add_progress, add_speed_args, extractor_of, inference_options, \
-    joined, load_plan_file
+from .common import add_device, add_features_args, add_progress, add_speed_args, extractor_and_reference, \
+    inference_options, joined, load_plan_file
 
 
 def register(sub) -> None:
@@ -88,7 +88,7 @@ def _tune(args, world, plot: str) -> None:
     from ..pipeline import load
     from ..progress import image_bar
     pipe = load(args.checkpoint, device=world.device, options=inference_options(args))
-    extractor = extractor_of(args, pipe.image_channels, args.ref, world, pipe.image_shape)
+    extractor, ref = extractor_and_reference(args, pipe.image_shape, world)
     opts = TuneOptions(budget_nfe=args.budget_nfe, budget_latency=args.budget_latency, trials=args.trials,
                        num=args.num, screen_num=args.screen_num or min(200, args.num), confirm=args.confirm,
                        seed=args.seed, batch=args.batch, solvers=tuple(args.solvers.split(",")), cost=args.cost,
@@ -99,7 +99,7 @@ def _tune(args, world, plot: str) -> None:
     def progress(trial, n):
         bar.set_postfix_str(f"plan {n}: FID {trial.fid:.3f} at {trial.effective_nfe} eff. NFE ({trial.move})"[:90])
 
-    tuner = Tuner(pipe, args.ref, extractor, args.features, opts, progress, world, args.start_plans, bar)
+    tuner = Tuner(pipe, ref, extractor, args.features, opts, progress, world, args.start_plans, bar)
     chosen = tuner.run()
     bar.total = bar.n                    # the search may end before its most plans
     bar.close()

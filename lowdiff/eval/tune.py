@@ -41,7 +41,7 @@ from ..distributed import SINGLE, World
 from ..errors import ConfigError
 from ..files import atomic_write
 from .bench import BenchOptions, NetworkTimer, time_sampling
-from .evaluate import evaluate_pipeline, reference_for
+from .evaluate import checked_reference, evaluate_pipeline
 from .tune_budget import COSTS, FITS, CostModel, TuneOptions, fit_budget, within_budget
 from .tune_space import (calibration_plan, coordinates, few_step_plans, progressive_plan, progressive_resolutions,
                          progressive_starts)
@@ -119,7 +119,7 @@ class Tuner:
         if opts.screen_num < 2 or opts.confirm < 1 or opts.trials < 1:
             raise ConfigError("tune needs screen_num >= 2, confirm >= 1 and trials >= 1")
         self.pipe, self.extractor, self.feature_space = pipe, extractor, feature_space
-        self.ref = reference_for(ref, extractor, feature_space, pipe.image_shape)   # before any work
+        self.ref = checked_reference(ref, extractor, feature_space, pipe.image_shape)   # before any work
         self.opts, self.progress, self.world, self.bar = opts, progress, world, bar
         self.costs = world.broadcast(measure_costs(pipe, opts) if world.is_main else None)
         self.trials: dict[str, Trial] = {}
