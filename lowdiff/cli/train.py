@@ -13,6 +13,7 @@ OVERRIDES = ("batch", "batch_gpu", "lr", "seed", "duration_kimg", "checkpoint_ki
 
 
 def register(sub) -> None:
+    from ..data import SPEC_FORMS
     s = sub.add_parser("train", help="train a preset; re-run the same command to resume",
                        description="Train a preset. Re-running the same command resumes from the newest valid "
                        "state in --out; SIGTERM saves a state and exits 0 (preemption), Ctrl-C saves one and exits "
@@ -21,8 +22,7 @@ def register(sub) -> None:
                        "Losses go to --out/log.jsonl, and to TensorBoard (--out/tensorboard) when the tensorboard "
                        "package is installed. On a CPU shared with other jobs set OMP_NUM_THREADS to the free cores.")
     s.add_argument("--preset", required=True, help="preset name or config.json")
-    s.add_argument("--data", help="dataset: fashion-mnist, emoji[:RES], a cifar-10-python.tar.gz, an image folder/zip, "
-                   "a latent directory (`lowdiff dataset encode`), synthetic[:N[:RES]] (default: the preset's)")
+    s.add_argument("--data", help=f"dataset (default: the preset's): {'; '.join(SPEC_FORMS)}")
     s.add_argument("--out", required=True, help="run directory (checkpoints, logs, final model)")
     add_device(s)
     s.add_argument("--batch", type=batch_size, help="global batch size (default: the preset's)")

@@ -48,7 +48,7 @@ class TrainingError(RuntimeError):
 
 def check_dataset(preset: Preset, ds: ImageDataset) -> None:
     net = preset.network
-    latent = _is_latent(ds)
+    latent = ds.latent
     if (preset.latent is not None) != latent:
         raise ConfigError(f"preset {preset.name} works on {'VAE latents' if preset.latent else 'images'} but dataset "
                           f"{ds.name} holds {'latents' if latent else 'images'}"
@@ -79,16 +79,12 @@ def check_same_data(run: RecordedCompute, ds: ImageDataset) -> None:
         raise ConfigError(f"{where}: a run of another dataset ({e})") from None
 
 
-def _is_latent(ds) -> bool:
-    return hasattr(ds, "latent_config")
-
-
 def record_dataset(preset: Preset, ds: ImageDataset) -> None:
     """What the model directory keeps of its training data: class names (grid labels) and,
     for latents, the VAE and statistics (so it decodes its samples on its own)."""
     if preset.network.label_dim and ds.class_names:
         preset.class_names = list(ds.class_names)
-    if _is_latent(ds):
+    if ds.latent:
         preset.latent = ds.latent_config(preset.latent)
 
 
@@ -225,7 +221,7 @@ class Trainer:
 
     def _batch(self, idx: torch.Tensor, flip: torch.Tensor | None):
         net = self.preset.network
-        if _is_latent(self.ds):           # the latent pyramid {r: z_r}; flip picks the mirror twin
+        if self.ds.latent:           # the latent pyramid {r: z_r}; flip picks the mirror twin
             images = self.ds.pyramid(idx.numpy(), flip, self.preset.resolutions, self.preset.latent, self.device)
         else:
             images = torch.from_numpy(self.ds.images[idx.numpy()]).to(self.device, torch.float32) / 127.5 - 1
@@ -412,8 +408,8 @@ def run_training(preset: Preset, dataset: ImageDataset, run_dir: str | Path, dev
 
 
 def open_training_data(preset: Preset, data: str | None):
-    """The dataset a preset trains on: `data` or the preset's default; Fashion-MNIST zero-padded
-    to the network's resolution; latent presets need a latent directory (`lowdiff dataset encode`)."""
+    """The dataset a preset trains on: `data` or the preset's default, opened for the network's side
+    (Fashion-MNIST is zero-padded to it, `open_dataset`); latent presets need a latent directory (`lowdiff dataset encode`)."""
     from ..data import is_latent_dir, open_dataset
     data = data or preset.data
     if not data and preset.latent is None:
@@ -422,5 +418,4 @@ def open_training_data(preset: Preset, data: str | None):
         raise ConfigError(f"preset {preset.name} trains on VAE latents: encode the images first with `lowdiff "
                           f"dataset encode {data or 'IMAGES'} --vae VAE --out LATENTS` (e.g. --vae bundled:fashion-vae) "
                           "and pass --data LATENTS")
-    pad = data.startswith("fashion") and preset.latent is None
-    return open_dataset(data, pad_to=preset.network.img_resolution if pad else None)
+    return open_dataset(data, side=preset.network.img_resolution)
