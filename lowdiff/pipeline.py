@@ -82,10 +82,12 @@ class Pipeline:
     @classmethod
     def from_pretrained(cls, directory: str | Path | None = None, device: str | None = None,
                         options: InferenceOptions | None = None, vae: str | Path | None = None) -> "Pipeline":
-        preset, model, source = storage.from_pretrained(storage.model_dir(directory))
+        directory = storage.model_dir(directory)
+        config = storage.read_config(directory)                    # read once, for the weights and the plans
+        preset, model, source = storage.from_pretrained(directory, config)
         pipe = cls(model, preset, resolve_device(device), options, vae)
         pipe.source = source
-        pipe.plans = ModelPlans.read(directory)
+        pipe.plans = ModelPlans.read(directory, config)
         return pipe
 
     @property
