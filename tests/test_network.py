@@ -149,8 +149,10 @@ def test_paper_baselines_are_edm_preconditioned_and_edm_weights_give_edmprecond(
 
 def test_every_named_preset_validates_and_builds():
     from lowdiff.presets import PRESETS
-    for name in PRESETS:                                                  # Denoiser() validates
-        assert count_parameters(meta_denoiser(get_preset(name))) > 0, name
+    for name in PRESETS:
+        preset = get_preset(name)
+        preset.validate()
+        assert count_parameters(meta_denoiser(preset)) > 0, name
 
 
 def test_fashion_ablation_presets_are_configurations_of_one_host():

@@ -133,3 +133,12 @@ def test_lowdiff_train_validates_the_preset_once(tiny, tmp_path, capsys, monkeyp
                        "--no-progress", "--duration-kimg", "0.016")
     assert code == 0, err
     assert calls == {"validate": 1, "check_unified": 1}
+
+
+def test_train_config_checks_its_precision_against_the_one_list():
+    from lowdiff.checks import PRECISIONS
+    from lowdiff.config import TrainConfig
+    for name in PRECISIONS:
+        TrainConfig(precision=name).validate()
+    with pytest.raises(ConfigError, match="train precision 'fp8': choose fp32, bf16, fp16"):
+        TrainConfig(precision="fp8").validate()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from ..diffusion.plan import StagePlan
+from ..diffusion.plan import EDM_SCHEDULE, StagePlan
 from ..diffusion.precond import EDM
 from ..diffusion.solvers import few_step_solvers
 from ..errors import ConfigError
@@ -141,7 +141,7 @@ def coordinates(plan: StagePlan, solvers, warm_start: bool = False,
     to move, and their sigma_max only moves once warm-started. sigma_max and sigma_min move within
     the preconditioning's `sampling_range` (sigma_min down to a twentieth of its low end)."""
     last, (low, high) = plan.final, sampling_range
-    edm = [i for i, s in enumerate(plan) if s.schedule == "edm"]
+    edm = [i for i, s in enumerate(plan) if s.schedule == EDM_SCHEDULE]
     coords = [(f"{s.resolution}:solver", lambda p, i=i: _solver_moves(p, i, solvers)) for i, s in enumerate(plan)]
     coords.append((f"{plan[last].resolution}:steps", lambda p: _steps_moves(p, last)))
     for i, s in enumerate(plan.lower):
