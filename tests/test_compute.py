@@ -73,3 +73,18 @@ def test_a_compute_budget_becomes_images(tiny):
     preset = tiny()
     per_batch = preset.train.batch * sum(training_flops_per_image(preset).values()) / 1e12
     assert duration_kimg_for(preset, 10 * per_batch, "--duration-tflop") == pytest.approx(10 * preset.train.batch / 1000)
+
+
+def test_a_bundled_model_keeps_its_runs_compute_for_match_compute():
+    """`--match-compute bundled:fashion-edm-cond`: the bundled baseline's training.json gives its
+    run's compute, its images times the preset's FLOPs per image."""
+    from lowdiff import storage
+    from lowdiff.bundled import resolve
+    from lowdiff.train.compute import training_tflop
+    run = recorded_compute("bundled:fashion-edm-cond")
+    preset = storage.load_config(resolve("bundled:fashion-edm-cond"))
+    assert run.tflop == pytest.approx(training_tflop(preset, 80_000))
+    assert run.dataset == "fashion-mnist:train"
+    lowdiff = storage.load_config(resolve("bundled:fashion-lowdiff-cond"))
+    assert duration_kimg_for(lowdiff, run.tflop, "--match-compute") == pytest.approx(
+        80 * sum(training_flops_per_image(preset).values()) / sum(training_flops_per_image(lowdiff).values()))

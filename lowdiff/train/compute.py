@@ -16,12 +16,14 @@ from pathlib import Path
 
 import torch
 
-from .. import storage
+from .. import bundled, storage
 from ..config import Preset
 from ..errors import CheckpointError, ConfigError
 from ..info import training_flops_per_image
 
 LOG_FILE = "log.jsonl"
+TRAINING_FILE = "training.json"     # a bundled model's copy of its run's compute (scripts/bundle_model.py)
+COMPUTE_FIELDS = ("dataset", "kimg", "train_tflop", "thread_seconds")
 
 
 def flops_per_image(preset: Preset) -> float:
@@ -59,20 +61,35 @@ class RecordedCompute:
 
 
 def recorded_compute(run_dir: str | Path) -> RecordedCompute:
-    """The compute a run recorded (its log's last record); older logs without `train_tflop`
-    give their images times the run's FLOPs per image."""
-    run_dir = Path(run_dir)
+    """The compute a run recorded (its log's last record, or a bundled model's copy of it); older
+    logs without `train_tflop` give their images times the run's FLOPs per image."""
     where = f"--match-compute {run_dir}"
-    log = run_dir / LOG_FILE
-    if not log.is_file():
+    run_dir = bundled.resolve(run_dir)
+    if not (run_dir / LOG_FILE).is_file() and not (run_dir / TRAINING_FILE).is_file():
         raise ConfigError(f"{where}: not a training run (no {LOG_FILE}); give the --out directory of a "
-                          "`lowdiff train` run")
+                          f"`lowdiff train` run or a model that keeps its run's {TRAINING_FILE}")
     try:
         preset = storage.load_config(run_dir)
-        last = json.loads(log.read_text().splitlines()[-1])
+        last = model_compute(run_dir)
         tflop = last["train_tflop"] if "train_tflop" in last else training_tflop(preset, round(last["kimg"] * 1000))
     except CheckpointError as e:
         raise ConfigError(f"{where}: not a training run ({e})") from None
     except (IndexError, json.JSONDecodeError, KeyError, TypeError):
         raise ConfigError(f"{where}: its {LOG_FILE} holds no readable training record") from None
     return RecordedCompute(run_dir, preset, float(tflop), last.get("dataset"))
+
+
+def model_compute(directory: str | Path) -> dict:
+    """The training compute behind a model directory (COMPUTE_FIELDS that it recorded): a run's
+    log's last record, or the copy of it a bundled model keeps in TRAINING_FILE."""
+    directory = bundled.resolve(directory)
+    log = directory / LOG_FILE
+    if log.is_file():
+        last = json.loads(log.read_text().splitlines()[-1])
+    elif (directory / TRAINING_FILE).is_file():
+        last = json.loads((directory / TRAINING_FILE).read_text())
+    else:
+        raise ConfigError(f"{directory}: no record of its training compute ({LOG_FILE} or {TRAINING_FILE})")
+    if not isinstance(last, dict):
+        raise TypeError(f"{directory}: its training record is not a JSON object")
+    return {k: last[k] for k in COMPUTE_FIELDS if k in last}
