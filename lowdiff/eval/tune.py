@@ -109,7 +109,7 @@ class Tuner:
                  world: World = SINGLE, start_plans: list[tuple[str, StagePlan]] = (), bar=None):
         for name, plan in start_plans:       # a plan for other resolutions fails here, not as a skipped trial
             try:
-                pipe.preset.check_plan(plan)
+                pipe.plan(plan)
             except ConfigError as e:
                 raise ConfigError(f"start plan {name}: {e}") from None
         self.start_plans = list(start_plans)
@@ -142,7 +142,7 @@ class Tuner:
         if len(self.trials) >= self.opts.trials or not within_budget(stages, self.costs, self.opts):
             return None
         try:
-            self.pipe.preset.check_plan(stages)
+            self.pipe.plan(stages)           # checked against the model (once: sampling it does not check again)
         except ConfigError:
             return None
         ev = self._fid(stages, self.screen_num)
