@@ -38,6 +38,8 @@ at_least_2 = _number(int, 2, strict=False)          # sample counts of an FID (a
 nonnegative_int = _number(int, 0, strict=False)
 positive_float = _number(float, 0, strict=True)
 MAX_BATCH = 65_536
+# The network precisions of training (`TrainConfig.precision`) and inference (`--precision`): autocast dtypes.
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 batch_size = _number(int, 1, strict=False, high=MAX_BATCH)     # images per batch: a bound before any allocation
 seed_value = _number(int, 0, strict=False, high=MAX_SEED)      # --seed: what a torch.Generator takes without wrapping
 

@@ -17,8 +17,8 @@ from .diffusion import consistency
 from .diffusion.consistency import ConsistencyConfig
 from .diffusion.denoiser import check_unified
 from .diffusion.plan import StageConfig, StagePlan, progressive_on_cascade
-from .diffusion.precond import EDM, Preconditioning, preconditioning_from
-from .checks import MAX_BATCH, in_range
+from .diffusion.precond import EDM, Flow, Preconditioning, preconditioning_from
+from .checks import MAX_BATCH, PRECISIONS, in_range
 from .errors import ConfigError
 from .fields import from_dict, jsonable
 from .nn import NETWORKS, NetworkConfig
@@ -40,7 +40,7 @@ class TrainConfig:
     ema_rampup_ratio: float | None = 0.05
     duration_kimg: float = 200_000
     xflip: bool = False                      # random horizontal flips of training images
-    precision: str = "fp32"                  # fp32 | bf16 (autocast) | fp16 (autocast + loss scaling)
+    precision: str = "fp32"                  # one of PRECISIONS: fp32 | bf16 (autocast) | fp16 (+ loss scaling)
     compile: bool = False                    # torch.compile the network
     loss_weights: dict[int, float] = field(default_factory=dict)   # per resolution, default 1
     seed: int = 0
@@ -48,7 +48,6 @@ class TrainConfig:
     checkpoint_kimg: float = 2_500           # training-state checkpoint interval
     keep_checkpoints: int = 2
     adam_betas: tuple[float, float] = (0.9, 0.999)   # LightningDiT: (0.9, 0.95)
-    cosine_loss: bool = False                # flow objective: add 1 - cos(v, u) over channels (LightningDiT)
 
     def __post_init__(self):
         self.adam_betas = tuple(self.adam_betas)
@@ -65,6 +64,8 @@ class TrainConfig:
             in_range(f"train {name}", getattr(self, name), 1e-6, 1e9)
         if self.ema_rampup_ratio is not None:
             in_range("train ema_rampup_ratio", self.ema_rampup_ratio, 0, 1e6)
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"train precision {self.precision!r}: choose {', '.join(PRECISIONS)}")
         in_range("train keep_checkpoints", self.keep_checkpoints, 1, 1000, integer=True)
         in_range("train seed", self.seed, 0, MAX_SEED, integer=True)
         for beta in self.adam_betas:
@@ -99,7 +100,7 @@ class Preset:
     network: NetworkConfig                   # nn.UNetConfig or nn.DiTConfig
     stages: StagePlan                        # a list of StageConfig is converted
     train: TrainConfig = field(default_factory=TrainConfig)
-    precond: Preconditioning = field(default_factory=EDM)   # 'edm' | 'vp' | 've' | 'flow', or {"kind": .., settings}
+    precond: Preconditioning = field(default_factory=EDM)   # a kind is converted ('edm', 'flow', ...)
     unified: bool = True                     # False = CDM, one independent network per stage
     cond_scaling: bool = True                # scale the condition by c_in(sigma_cond) (docs/architecture.md)
     data: str = ""                           # default dataset for `lowdiff train`
@@ -110,8 +111,7 @@ class Preset:
     consistency: ConsistencyConfig | None = None   # consistency tuning (training) / a tuned model (sampling)
 
     def __post_init__(self):
-        if not isinstance(self.stages, StagePlan):
-            self.stages = StagePlan(self.stages)
+        self.stages = StagePlan.of(self.stages)
         self.precond = preconditioning_from(self.precond)
 
     @property
@@ -119,6 +119,8 @@ class Preset:
         return self.stages.resolutions
 
     def validate(self) -> None:
+        """Every part of the preset checked, once (`lowdiff train` calls it before the data are read;
+        model directories when they load)."""
         self.precond = preconditioning_from(self.precond)      # a kind assigned after construction
         if self.consistency is not None:
             self.consistency.validate(self.resolutions, self.precond)
@@ -131,8 +133,6 @@ class Preset:
         for r in self.train.loss_weights:
             if r not in self.resolutions:
                 raise ConfigError(f"loss weight for resolution {r}, which is not a stage")
-        if self.train.cosine_loss and self.precond.kind != "flow":
-            raise ConfigError("cosine_loss belongs to the flow objective (precond 'flow')")
         if self.latent is not None and self.latent.norm not in ("channel", "scale"):
             raise ConfigError(f"latent norm {self.latent.norm!r}: choose channel or scale")
         self.network.validate()
@@ -151,7 +151,6 @@ class Preset:
         """A stage plan must fit this model: the same resolutions, or for a single-resolution model a
         progressive plan ending at its resolution whose lower stages the network can run at; valid
         schedules."""
-        plan = plan if isinstance(plan, StagePlan) else StagePlan(plan)
         if self.single_resolution and plan.resolutions[-1:] == self.resolutions:
             for r in plan.resolutions[:-1]:
                 if not self.network.runs_at(r):
@@ -163,7 +162,7 @@ class Preset:
                 raise progressive_on_cascade(progressive[0])
             raise ConfigError(f"the stage plan has resolutions {plan.resolutions}, the model "
                               f"{self.stages.resolutions}")
-        plan.validate(preconditioning_from(self.precond), conditional=bool(self.network.label_dim),
+        plan.validate(self.precond, conditional=bool(self.network.label_dim),
                       single_resolution=self.single_resolution)
         consistency.check_plan(plan, self.consistency, self.name)
 
@@ -185,10 +184,12 @@ class Preset:
         d = copy.deepcopy(d)
         network = _network_from_dict(d.pop("network", None), f"{where}.network")
         stages = StagePlan.from_list(d.pop("stages", None), f"{where}.stages")
-        train = from_dict(TrainConfig, d.pop("train", {}), f"{where}.train")
+        train = d.pop("train", {})
+        cosine = train.pop("cosine_loss", False) if isinstance(train, dict) else False
+        train = from_dict(TrainConfig, train, f"{where}.train")
         latent = d.pop("latent", None)
         latent = from_dict(LatentConfig, latent, f"{where}.latent") if latent is not None else None
-        precond = preconditioning_from(d.pop("precond", "edm"), f"{where}.precond")
+        precond = _with_cosine(preconditioning_from(d.pop("precond", "edm"), f"{where}.precond"), cosine, where)
         tuned = d.pop("consistency", None)
         tuned = from_dict(ConsistencyConfig, tuned, f"{where}.consistency") if tuned is not None else None
         return from_dict(cls, {**d, "network": network, "stages": stages, "train": train, "latent": latent,
@@ -196,6 +197,19 @@ class Preset:
 
     def replace(self, **changes) -> "Preset":
         return dataclasses.replace(copy.deepcopy(self), **changes)
+
+
+def _with_cosine(precond: Preconditioning, cosine, where: str) -> Preconditioning:
+    """A config written when the flow loss's cosine term was a training setting (`train.cosine_loss`):
+    the term now belongs to the flow preconditioning (`Flow.cosine`)."""
+    if not cosine:
+        return precond
+    if cosine is not True:
+        raise ConfigError(f"{where}.train.cosine_loss must be true or false, got {cosine!r}")
+    if not isinstance(precond, Flow):
+        raise ConfigError(f"{where}.train.cosine_loss belongs to the flow objective (precond 'flow'), the "
+                          f"preconditioning is {precond.kind!r}")
+    return dataclasses.replace(precond, cosine=True)
 
 
 def _network_from_dict(d: Any, where: str) -> NetworkConfig:

@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
+from .checks import PRECISIONS
 from .errors import ConfigError
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Every compiled (resolution, switches) pair is one cache entry of the same Denoiser.forward;
 # dynamo's default limit of 8 would silently fall back to eager past the eighth.
 RECOMPILE_LIMIT = 64

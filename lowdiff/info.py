@@ -12,7 +12,7 @@ from .diffusion.denoiser import Denoiser, count_parameters
 from .fields import jsonable
 from .plans import DEFAULT_RULE, SHORT_RULE, ModelPlans
 from .presets import get_preset
-from .storage import load_config, model_dir
+from .storage import model_dir, read_config
 
 
 def meta_denoiser(preset: Preset) -> Denoiser:
@@ -125,8 +125,9 @@ def describe(preset: Preset | str) -> dict:
 def describe_model(spec: str) -> dict:
     """`describe` of a model directory's preset, with its named plans (lowdiff/plans.py): each
     plan's NFE per stage and the figures it was measured at, and which one is the default."""
-    plans = ModelPlans.read(spec)
-    info = describe(load_config(model_dir(spec)))
+    config = read_config(model_dir(spec))
+    plans = ModelPlans.read(spec, config)
+    info = describe(config[0])
     default = plans.default().name
     info["model"] = spec
     info["plans"] = [{"name": p.name, "default": p.name == default, "description": p.description,

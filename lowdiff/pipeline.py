@@ -27,6 +27,9 @@ from .progress import EvaluationTicks, image_bar
 from .seeds import Seeds
 
 
+CHECKED_PLANS = 16           # plans a pipeline remembers having checked
+
+
 @dataclass
 class Generated:
     images: torch.Tensor                  # uint8 (N, C, H, W)
@@ -46,6 +49,7 @@ class Pipeline:
         self.vae, self._decoder = vae, None
         self.source = "model.safetensors"          # where the weights came from (set by from_pretrained)
         self.plans = ModelPlans.of_config(preset.stages)
+        self._checked: list[StagePlan] = []         # the last plans `plan` checked (the model's own are)
         if vae is not None:                        # given: loaded and checked now, before any sampling
             if preset.latent is None:
                 raise ConfigError(f"VAE {vae}: {preset.name} is a pixel-space model, which decodes nothing; drop the "
@@ -78,10 +82,12 @@ class Pipeline:
     @classmethod
     def from_pretrained(cls, directory: str | Path | None = None, device: str | None = None,
                         options: InferenceOptions | None = None, vae: str | Path | None = None) -> "Pipeline":
-        preset, model, source = storage.from_pretrained(storage.model_dir(directory))
+        directory = storage.model_dir(directory)
+        config = storage.read_config(directory)                    # read once, for the weights and the plans
+        preset, model, source = storage.from_pretrained(directory, config)
         pipe = cls(model, preset, resolve_device(device), options, vae)
         pipe.source = source
-        pipe.plans = ModelPlans.read(directory)
+        pipe.plans = ModelPlans.read(directory, config)
         return pipe
 
     @property
@@ -166,8 +172,11 @@ class Pipeline:
         None), checked against the model."""
         if stages is None or isinstance(stages, str):
             stages = self.default_plan.stages if stages is None else self.plans.get(stages).stages
-        plan = StagePlan(stages)
-        self.preset.check_plan(plan)
+        plan = StagePlan.of(stages)
+        known = [*self._checked, *(named.stages for named in self.plans.plans.values())]   # checked when read
+        if not any(plan is checked for checked in known):       # plans are immutable: each checked once
+            self.preset.check_plan(plan)
+            self._checked = [*self._checked[1 - CHECKED_PLANS:], plan]
         return plan
 
     def check_class_labels(self, class_labels: list[int] | int | None, num: int | None = None) -> None:
@@ -196,7 +205,8 @@ class Pipeline:
             onehot = F.one_hot(labels.long(), label_dim).float()
             labels = labels.tolist()
         ticks = EvaluationTicks(bar, len(seeds), plan.total_nfe)
-        result = sample_cascade(self.fast, plan, rng, self.preset.network.in_channels, onehot, progress=ticks)
+        result = sample_cascade(self.fast, plan, rng, self.preset.network.in_channels, onehot, progress=ticks,
+                                precond=self.preset.precond)
         images = to_uint8(self.decode(result.images)).cpu()
         ticks.done()
         return images, labels, result

@@ -97,11 +97,11 @@ class ModelPlans:
         return cls({CONFIG_PLAN: NamedPlan(CONFIG_PLAN, stages, "the plan in config.json")})
 
     @classmethod
-    def read(cls, directory: str | Path | None) -> "ModelPlans":
+    def read(cls, directory: str | Path | None, config: tuple | None = None) -> "ModelPlans":
         """The plans of a model directory (`bundled:NAME`, a path or None for the default model),
-        each checked against the model."""
+        each checked against the model; `config`: its `read_config` when the caller has read it."""
         directory = model_dir(directory)
-        preset, weights_sha256 = read_config(directory)
+        preset, weights_sha256 = config or read_config(directory)
         out = cls.of_config(preset.stages)
         path = directory / PLANS_FILE
         if not path.is_file():

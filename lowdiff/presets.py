@@ -14,6 +14,7 @@ import math
 from .config import ConsistencyConfig, LatentConfig, Preset, TrainConfig
 from .diffusion.consistency import boundaries_of, consistency_plan
 from .diffusion.plan import StageConfig
+from .diffusion.precond import Flow
 from .errors import ConfigError
 from .files import read_json
 from .nn import DiTConfig, UNetConfig
@@ -50,7 +51,7 @@ IMAGENET_NET = dict(arch="dit", img_resolution=16, in_channels=32, out_channels=
                     hidden_size=768, depth=12, num_heads=12, patch_size=1)
 IMAGENET_TRAIN = dict(batch=1024, lr=2e-4, adam_betas=(0.9, 0.95), lr_rampup_kimg=0,
                       ema_halflife_kimg=1.024 * math.log(0.5) / math.log(0.9999), ema_rampup_ratio=None,
-                      xflip=True, cosine_loss=True, precision="bf16", log_kimg=100, checkpoint_kimg=20_480)
+                      xflip=True, precision="bf16", log_kimg=100, checkpoint_kimg=20_480)
 
 # The Fashion-MNIST latent CPU presets (the paper's 8x8 -> 16x16 latent cascade one level down):
 # a small DiT on the 8x8x4 latents of the bundled f4 VAE (32x32 images),
@@ -60,7 +61,7 @@ IMAGENET_TRAIN = dict(batch=1024, lr=2e-4, adam_betas=(0.9, 0.95), lr_rampup_kim
 FASHION_LATENT_NET = dict(arch="dit", img_resolution=8, in_channels=4, out_channels=4, label_dim=10,
                           label_dropout=0.1, hidden_size=128, depth=6, num_heads=4, patch_size=1)
 FASHION_LATENT_TRAIN = dict(FASHION_TRAIN, lr=5e-4, lr_rampup_kimg=0, adam_betas=(0.9, 0.95), xflip=False,
-                            cosine_loss=True, duration_kimg=200)
+                            duration_kimg=200)
 
 
 # The CIFAR-10 CPU presets (issue: the paper's main dataset at reachable scale): the Fashion
@@ -200,14 +201,15 @@ def _build_presets() -> dict[str, Preset]:
                     "LightningDiT-B/1 baseline, ImageNet 256 on VA-VAE latents (16x16x32), flow, Euler 100 NFE "
                     "(paper Tab. 4; 130,556,192 parameters incl. the frozen sin-cos table, as the paper counts)",
                     _network(IMAGENET_NET, resolutions=(16,)), [StageConfig(16, steps=100, **flow_in)],
-                    TrainConfig(duration_kimg=80_000 * 1.024, **IMAGENET_TRAIN), precond="flow", latent=in256,
+                    TrainConfig(duration_kimg=80_000 * 1.024, **IMAGENET_TRAIN), precond=Flow(cosine=True),
+                    latent=in256,
                     paper=dict(params_m=130.56, fid=4.38, inception_score=162.65, nfe=100, latency_s=21.87)))
     P.append(_lowdiff("imagenet256", "LowDiff ImageNet 256, unified LightningDiT-B/1 on VA-VAE latents 8-16, "
                       "NFE 45/50 (paper Tab. 4; 131,929,664 parameters = the paper's 131.86M layout + 65,536 for "
                       "the condition-noise embedding)", IMAGENET_NET,
                       [StageConfig(8, steps=100, nfe=45, **flow_in), StageConfig(16, steps=50, **flow_in)],
                       dict(IMAGENET_TRAIN, duration_kimg=42 * IMAGENET_EPOCH_KIMG), "imagenet256-lightningdit-b1",
-                      precond="flow", latent=in256,
+                      precond=Flow(cosine=True), latent=in256,
                       paper=dict(params_m=131.86, fid=4.00, inception_score=195.06, latency_s=13.23)))
     fm = LatentConfig(image_resolution=32, image_channels=1)
     # The baseline's 20-step grid, and LowDiff's 4x4 stage on that grid truncated after 9 NFE
@@ -215,13 +217,13 @@ def _build_presets() -> dict[str, Preset]:
     P.append(Preset("flow-fashion-latent-tiny",
                     "CPU baseline: small DiT on the bundled VAE's 8x8x4 Fashion-MNIST latents, class-conditional, "
                     "flow, Euler 20 NFE", _network(FASHION_LATENT_NET, resolutions=(8,)),
-                    [StageConfig(8, steps=20, **FLOW)], TrainConfig(**FASHION_LATENT_TRAIN), precond="flow",
+                    [StageConfig(8, steps=20, **FLOW)], TrainConfig(**FASHION_LATENT_TRAIN), precond=Flow(cosine=True),
                     latent=fm))
     P.append(_lowdiff("lowdiff-fashion-latent-tiny",
                       "CPU LowDiff: small unified DiT on the bundled VAE's Fashion-MNIST latents 4-8, "
                       "class-conditional, flow, NFE 9/10", FASHION_LATENT_NET,
                       [StageConfig(4, steps=20, nfe=9, **FLOW), StageConfig(8, steps=10, **FLOW)],
-                      FASHION_LATENT_TRAIN, "flow-fashion-latent-tiny", precond="flow", latent=fm))
+                      FASHION_LATENT_TRAIN, "flow-fashion-latent-tiny", precond=Flow(cosine=True), latent=fm))
     named = {p.name: p for p in P}
     P += [consistency_tuned(named[n]) for n in ("edm-fashion-tiny-cond", "lowdiff-fashion-tiny-cond",
                                                  "edm-cifar-tiny-cond", "lowdiff-cifar-tiny-cond")]

@@ -152,10 +152,13 @@ def check_tensors(state: dict[str, torch.Tensor], model: torch.nn.Module, where:
             raise CheckpointError(f"{where}: tensor {name} holds NaN or inf values; the weights are corrupt")
 
 
-def from_pretrained(directory: str | Path) -> tuple[Preset, Denoiser, str]:
-    """(preset, denoiser with its weights, where the weights came from) of a model directory."""
-    preset, recorded = read_config(directory)
+def from_pretrained(directory: str | Path, config: tuple[Preset, str | None] | None = None
+                    ) -> tuple[Preset, Denoiser, str]:
+    """(preset, denoiser with its weights, where the weights came from) of a model directory; `config`:
+    its `read_config`, when the caller has read it already (config.json is read once per load)."""
+    preset, recorded = config or read_config(directory)
     try:
+        preset.validate()
         model = Denoiser.from_preset(preset)
     except ConfigError as e:                                   # a network that cannot be built from config.json
         raise CheckpointError(f"{config_file(directory)}: {e}") from None

@@ -36,14 +36,15 @@ def tiny():
 def tiny_dit_preset(stages=(4, 8), label_dim=10, channels=4, unified=True) -> Preset:
     """A very small latent-space (DiT, flow) preset: 4x4 -> 8x8 latents of a tiny f2 VAE."""
     from lowdiff.config import LatentConfig
+    from lowdiff.diffusion.precond import Flow
     net = DiTConfig(img_resolution=stages[-1], in_channels=channels, out_channels=channels,
                     label_dim=label_dim, label_dropout=0.1, hidden_size=32, depth=2, num_heads=2,
                     resolutions=tuple(stages) if unified else (stages[-1],), base_resolution=stages[0])
     plan = [StageConfig(r, steps=6, nfe=None if i == len(stages) - 1 else 3, schedule="flow", solver="euler",
                         sigma_min=0.0, sigma_max=1.0, shift=0.3) for i, r in enumerate(stages)]
     train = TrainConfig(batch=8, lr=1e-3, lr_rampup_kimg=0, ema_halflife_kimg=0.05, duration_kimg=0.016,
-                        log_kimg=0.008, checkpoint_kimg=0.016, xflip=True, cosine_loss=True, adam_betas=(0.9, 0.95))
-    return Preset("tiny-dit-test", "test preset", net, plan, train, precond="flow", unified=unified,
+                        log_kimg=0.008, checkpoint_kimg=0.016, xflip=True, adam_betas=(0.9, 0.95))
+    return Preset("tiny-dit-test", "test preset", net, plan, train, precond=Flow(cosine=True), unified=unified,
                   latent=LatentConfig(image_resolution=2 * stages[-1], image_channels=1))
 
 

@@ -1,5 +1,6 @@
 """The `lowdiff` command: presets, info, train -> sample, bench, and clear errors."""
 import json
+import re
 
 import pytest
 
@@ -132,3 +133,17 @@ def test_every_command_lists_the_recorded_options():
 
     recorded = json.loads((Path(__file__).parent / "data" / "cli_options.json").read_text())
     assert walk(build_parser()) == recorded
+
+
+def test_sample_help_lists_every_bundled_model_and_train_help_every_dataset_form(capsys):
+    """The lists in the help are read from their owners: bundled.models() and data.SPEC_FORMS."""
+    from helpers import run
+
+    from lowdiff import bundled
+    from lowdiff.data import SPEC_FORMS
+    code, out, _ = run(capsys, "sample", "--help")
+    text = " ".join(re.sub(r"-\n\s*", "-", out).split())                    # argparse wraps after hyphens
+    assert code == 0 and len(bundled.models()) >= 6 and all(name in text for name in bundled.models())
+    code, out, _ = run(capsys, "train", "--help")
+    text = " ".join(out.split())
+    assert code == 0 and all(" ".join(form.split()) in text for form in SPEC_FORMS)

@@ -13,6 +13,7 @@ from lowdiff.diffusion.cascade import PerImageGenerator, sample_cascade
 from lowdiff.diffusion.denoiser import Denoiser, count_parameters
 from lowdiff.diffusion.guidance import Guided, guided
 from lowdiff.diffusion.loss import multires_loss
+from lowdiff.diffusion.plan import StagePlan
 from lowdiff.diffusion.schedules import flow_sigmas, shift_time
 from lowdiff.diffusion.solvers import sample_euler
 from lowdiff.info import describe, meta_denoiser
@@ -172,8 +173,8 @@ def test_cascade_with_guidance_doubles_the_batch_inside_the_interval():
         calls.append(x.shape[0])
         return model(x, sigma, labels, cond=cond, sigma_cond=sigma_cond)
 
-    stages = [s.__class__(**{**s.__dict__, "cfg_scale": 3.0, "cfg_sigma_max": 0.9}) for s in p.stages]
-    result = sample_cascade(counting, stages, PerImageGenerator([0, 1]), 4, torch.eye(10)[:2])
+    stages = StagePlan([s.__class__(**{**s.__dict__, "cfg_scale": 3.0, "cfg_sigma_max": 0.9}) for s in p.stages])
+    result = sample_cascade(counting, stages, PerImageGenerator([0, 1]), 4, torch.eye(10)[:2], precond=p.precond)
     assert result.nfe == {4: 3, 8: 6}
     evaluated = flow_sigmas(6, 0.0, 1.0, 0.3)[:3].tolist() + flow_sigmas(6, 0.0, 1.0, 0.3)[:6].tolist()
     assert calls == [2 if s > 0.9 else 4 for s in evaluated] and 2 in calls and 4 in calls
@@ -185,7 +186,7 @@ def test_flow_loss_touches_only_its_subnetwork():
     net = model.nets["unified"]
     y8 = torch.randn(4, 4, 8, 8)
     pyr = {8: y8, 4: torch.nn.functional.avg_pool2d(y8, 2)}
-    _, per = multires_loss(model, pyr, torch.eye(10)[:4], cosine=True)
+    _, per = multires_loss(model, pyr, torch.eye(10)[:4])                     # with the cosine term (Flow.cosine)
     per[4].backward()
     touched = {n for n, q in net.named_parameters() if q.grad is not None and q.grad.abs().sum() > 0}
     allowed = set(net.subnetwork_parameters(4))

@@ -1,4 +1,5 @@
 """Preconditioning coefficients and the multi-resolution loss with truncation augmentation."""
+import dataclasses
 import math
 
 import pytest
@@ -7,13 +8,13 @@ import torch
 from lowdiff.diffusion import pyramid
 from lowdiff.diffusion.denoiser import Denoiser
 from lowdiff.diffusion.loss import BatchNoise, multires_loss
-from lowdiff.diffusion.precond import get_preconditioning
+from lowdiff.diffusion.precond import preconditioning_from
 from lowdiff.errors import ConfigError
 
 
 def test_vp_coefficients_and_ranges_match_edm():
-    vp = get_preconditioning("vp")
-    lo, hi = vp.sigma_range
+    vp = preconditioning_from("vp")
+    lo, hi = vp.sigma_of_t(vp.epsilon_t).item(), vp.sigma_of_t(1.0).item()       # the levels it trains at
     assert lo == pytest.approx(0.001, abs=3e-5) and hi == pytest.approx(152.17, abs=0.01)
     s = torch.tensor([80.0, 0.002]).reshape(-1, 1, 1, 1)
     c_skip, c_out, c_in, c_noise = vp.coefficients(s)
@@ -25,20 +26,20 @@ def test_vp_coefficients_and_ranges_match_edm():
 
 def test_edm_and_ve_coefficients():
     s = torch.tensor([0.5]).reshape(1, 1, 1, 1)
-    c_skip, c_out, c_in, c_noise = get_preconditioning("edm").coefficients(s)
+    c_skip, c_out, c_in, c_noise = preconditioning_from("edm").coefficients(s)
     assert (c_skip.item(), c_out.item(), c_in.item()) == pytest.approx((0.5, 0.5 / math.sqrt(2), 1 / math.sqrt(0.5)))
     assert c_noise.item() == pytest.approx(math.log(0.5) / 4)
-    _, c_out, _, c_noise = get_preconditioning("ve").coefficients(s)
+    _, c_out, _, c_noise = preconditioning_from("ve").coefficients(s)
     assert c_out.item() == 0.5 and c_noise.item() == pytest.approx(math.log(0.25))
-    w = get_preconditioning("edm").loss_weight(s)
+    w = preconditioning_from("edm").loss_weight(s)
     assert w.item() == pytest.approx((0.25 + 0.25) / (0.25 * 0.25))
 
 
 def test_training_sigma_distributions():
     g = torch.Generator().manual_seed(0)
-    edm = get_preconditioning("edm").sample_sigma(20000, g).log()
+    edm = preconditioning_from("edm").sample_sigma(20000, g).log()
     assert edm.mean().item() == pytest.approx(-1.2, abs=0.03) and edm.std().item() == pytest.approx(1.2, abs=0.03)
-    vp = get_preconditioning("vp").sample_sigma(20000, g)
+    vp = preconditioning_from("vp").sample_sigma(20000, g)
     assert vp.min() > 0.0009 and vp.max() < 152.2
 
 
@@ -47,7 +48,7 @@ def test_training_noise_levels_keep_their_random_stream(kind):
     """The draws behind p(sigma) are part of every run's reproducibility: VP, VE and EDM take
     one uniform draw (EDM's unused) and EDM a normal one after it, flow one normal draw (the
     stream of the runs behind the bundled models)."""
-    precond = get_preconditioning(kind)
+    precond = preconditioning_from(kind)
     g, ref = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     sigma = precond.sample_sigma(5, g)
     u = torch.rand(5, 1, 1, 1, generator=ref) if kind != "flow" else None
@@ -134,9 +135,11 @@ def test_flow_loss_value_matches_the_velocity_objective():
     with x = (1 - sigma) y + sigma n and v the network's output at x."""
     from conftest import tiny_dit_preset
     torch.manual_seed(0)
-    model = _perturbed(Denoiser.from_preset(tiny_dit_preset(stages=(8,))))
+    preset = tiny_dit_preset(stages=(8,))
+    assert preset.precond.cosine                                      # the flow presets' objective has the term
+    model = _perturbed(Denoiser.from_preset(preset))
     y, labels = torch.randn(4, 4, 8, 8), torch.eye(10)[:4]
-    total, per = multires_loss(model, y, labels, noise=BatchNoise(torch.Generator().manual_seed(7), 4), cosine=True)
+    total, per = multires_loss(model, y, labels, noise=BatchNoise(torch.Generator().manual_seed(7), 4))
     g = torch.Generator().manual_seed(7)
     sigma = torch.sigmoid(-torch.randn(4, 1, 1, 1, generator=g))      # logit-normal t, sigma = 1 - t
     n = torch.randn(y.shape, generator=g)
@@ -145,6 +148,7 @@ def test_flow_loss_value_matches_the_velocity_objective():
     cos = (v * u).sum(1) / (v.norm(dim=1) * u.norm(dim=1))
     expect = ((v - u) ** 2).mean((1, 2, 3)) + (1 - cos).mean((1, 2))
     assert torch.allclose(total, expect.mean(), rtol=1e-5) and set(per) == {8}
+    model.precond = dataclasses.replace(model.precond, cosine=False)
     plain, _ = multires_loss(model, y, labels, noise=BatchNoise(torch.Generator().manual_seed(7), 4))
     assert torch.allclose(plain, ((v - u) ** 2).mean((1, 2, 3)).mean(), rtol=1e-5)
     assert plain.item() < 20                                          # not the EDM form on a flow model (~300)
@@ -185,9 +189,6 @@ def test_the_loss_uses_each_objectives_own_perturbation_and_term(tiny, kind):
     for r in (16, 32):
         assert torch.allclose(per[r], expect[r], rtol=1e-5), (kind, r)
     assert torch.allclose(total, per[16] + per[32])
-    if kind != "flow":
-        with pytest.raises(ConfigError, match="cosine"):
-            multires_loss(model, y, cosine=True)
 
 
 def test_the_preconditioning_is_a_configured_object_that_reads_bare_kinds(tiny):
@@ -213,3 +214,19 @@ def test_the_preconditioning_is_a_configured_object_that_reads_bare_kinds(tiny):
             Preset.from_dict(dict(d, precond=bad))
     with pytest.raises(ConfigError, match=r"outside the noise levels of the edm preconditioning \(0.002, 80\]"):
         p.check_plan(p.stages.replace(2, start="upsampled", sigma_max=200.0))
+
+
+def test_configs_with_the_cosine_term_as_a_training_setting_still_load():
+    """config.json files written when the cosine term was `train.cosine_loss` load with it on the flow
+    preconditioning (`Flow.cosine`), and write it back there; on another preconditioning it is refused."""
+    from conftest import tiny_dit_preset, tiny_preset
+
+    from lowdiff.config import Preset
+    d = tiny_dit_preset().to_dict()
+    assert d["precond"] == {"kind": "flow", "cosine": True} and "cosine_loss" not in d["train"]
+    old = {**d, "precond": "flow", "train": {**d["train"], "cosine_loss": True}}
+    assert Preset.from_dict(old).precond.cosine
+    assert not Preset.from_dict({**old, "train": {**d["train"], "cosine_loss": False}}).precond.cosine
+    edm = tiny_preset().to_dict()
+    with pytest.raises(ConfigError, match="cosine_loss belongs to the flow objective"):
+        Preset.from_dict({**edm, "train": {**edm["train"], "cosine_loss": True}})

@@ -149,8 +149,10 @@ def test_paper_baselines_are_edm_preconditioned_and_edm_weights_give_edmprecond(
 
 def test_every_named_preset_validates_and_builds():
     from lowdiff.presets import PRESETS
-    for name in PRESETS:                                                  # Denoiser() validates
-        assert count_parameters(meta_denoiser(get_preset(name))) > 0, name
+    for name in PRESETS:
+        preset = get_preset(name)
+        preset.validate()
+        assert count_parameters(meta_denoiser(preset)) > 0, name
 
 
 def test_fashion_ablation_presets_are_configurations_of_one_host():
@@ -163,3 +165,33 @@ def test_fashion_ablation_presets_are_configurations_of_one_host():
     assert two["parameters"] < three["parameters"] < cdm["parameters"]
     per_net = cdm["parameters_per_network"]
     assert sorted(per_net) == ["16x16", "32x32"] and sum(per_net.values()) == cdm["parameters"]
+
+
+@pytest.mark.parametrize("make", ["unet", "dit"])
+def test_a_denoiser_moved_to_float64_computes_in_float64_and_agrees_with_float32(make):
+    """The networks compute in the dtype they are given (their embeddings too): a denoiser moved to
+    float64 returns float64 that matches float32 to float32 rounding, with the condition and labels."""
+    import copy
+
+    from conftest import tiny_dit_preset, tiny_preset
+    preset = tiny_preset(label_dim=10) if make == "unet" else tiny_dit_preset()
+    torch.manual_seed(0)
+    model = Denoiser.from_preset(preset).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    double = copy.deepcopy(model).double()
+    r, low = preset.resolutions[-1], preset.resolutions[-2]
+    c = preset.network.in_channels
+    x = torch.randn(2, c, r, r) * 3
+    cond = torch.nn.functional.interpolate(torch.randn(2, c, low, low), scale_factor=2)
+    sigma, sigma_cond = torch.tensor([2.0, 0.5]), torch.tensor([0.3, 0.1])
+    if make == "dit":
+        sigma, sigma_cond = sigma / 4, sigma_cond
+    labels = torch.eye(10)[[3, 7]]
+    with torch.no_grad():
+        single = model(x, sigma, labels, cond=cond, sigma_cond=sigma_cond)
+        wide = double(x.double(), sigma.double(), labels.double(), cond=cond.double(), sigma_cond=sigma_cond.double())
+    assert single.dtype == torch.float32 and wide.dtype == torch.float64
+    assert torch.allclose(wide.float(), single, rtol=1e-4, atol=1e-4 * single.abs().max().item())
+    assert not torch.equal(wide.float(), single)                      # computed in float64, not float32

@@ -228,3 +228,25 @@ def test_only_a_lost_connection_reads_as_another_process_ending():
     with pytest.raises(RuntimeError, match="NCCL error: invalid usage"):       # this process's own fault
         with peer_loss_as_error(1, 2):
             raise RuntimeError("NCCL error: invalid usage")
+
+
+def test_a_model_load_reads_config_json_once_and_checks_each_plan_once(monkeypatch):
+    """Pipeline.from_pretrained and `lowdiff info MODEL` read config.json once; a plan the pipeline
+    has checked (its own, or one returned by `pipe.plan`) is not checked again when sampled."""
+    import lowdiff
+    from lowdiff import config, info, storage
+    reads, checks = [], []
+    read_config, check_plan = storage.read_config, config.Preset.check_plan
+    monkeypatch.setattr(storage, "read_config", lambda d: reads.append(d) or read_config(d))
+    monkeypatch.setattr(info, "read_config", storage.read_config)
+    monkeypatch.setattr(config.Preset, "check_plan", lambda self, plan: checks.append(plan) or check_plan(self, plan))
+    pipe = lowdiff.load("bundled:fashion-lowdiff-cond")
+    assert len(reads) == 1
+    checks.clear()
+    plan = pipe.plan(pipe.preset.stages.with_solver("euler"))
+    pipe(2, seed=0, stages=plan)
+    pipe(2, seed=0)                                                      # the model's default plan
+    assert len(checks) == 1
+    reads.clear()
+    info.describe_model("bundled:fashion-lowdiff-cond")
+    assert len(reads) == 1

@@ -10,7 +10,8 @@ from lowdiff.diffusion.denoiser import Denoiser
 from lowdiff.diffusion.plan import StagePlan
 from lowdiff.diffusion.solvers import SOLVERS
 from lowdiff.errors import ConfigError
-from lowdiff.eval.tune import (CostModel, TuneOptions, coordinates, progressive_resolutions, progressive_starts)
+from lowdiff.eval.tune_budget import CostModel, TuneOptions
+from lowdiff.eval.tune_space import coordinates, progressive_resolutions, progressive_starts
 
 
 @pytest.fixture(scope="module")

@@ -177,6 +177,7 @@ BAD_INPUTS = [
     (["sample", "--checkpoint", "{tmp}/absent"], "absent"),
     (["eval", "fid", "--num", "0", "--ref", "{tmp}/r.npz"], "--num"),
     (["eval", "fid", "--batch", "0", "--ref", "{tmp}/r.npz"], "--batch"),
+    (["eval", "ref", "--data", "synthetic:8:64", "--out", "{tmp}/r.npz"], "--features inception"),   # 32x32 classifier
     (["bench", "--preset", "lowdiff-fashion-tiny", "--repeats", "0"], "--repeats"),
     (["bench", "--preset", "lowdiff-fashion-tiny", "--batch", "-1"], "--batch"),
     (["train", "--preset", "lowdiff-fashion-tiny", "--out", "{tmp}/r", "--batch", "0"], "--batch"),

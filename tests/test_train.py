@@ -104,3 +104,41 @@ def test_a_non_finite_loss_stops_with_a_diagnostic_and_keeps_the_last_good_state
     assert not (tmp_path / "run" / "model.safetensors").exists()
     state = storage.load_latest_state(tmp_path / "run")
     assert state is not None and all(torch.isfinite(v).all() for v in state[0].values() if v.is_floating_point())
+
+
+def test_lowdiff_train_validates_the_preset_once(tiny, tmp_path, capsys, monkeypatch):
+    """Each check has one owner and runs once: `lowdiff train` validates its preset (and matches the
+    unified network to the stages) before the data are read, and nothing checks it again."""
+    from helpers import run
+
+    from lowdiff import config
+    from lowdiff.diffusion import denoiser
+    calls = {"validate": 0, "check_unified": 0}
+    validate, unified = config.Preset.validate, config.check_unified
+
+    def counted_validate(self):
+        calls["validate"] += 1
+        return validate(self)
+
+    def counted_unified(*args):
+        calls["check_unified"] += 1
+        return unified(*args)
+
+    monkeypatch.setattr(config.Preset, "validate", counted_validate)
+    monkeypatch.setattr(config, "check_unified", counted_unified)
+    monkeypatch.setattr(denoiser, "check_unified", counted_unified)
+    spec = tmp_path / "preset.json"
+    spec.write_text(tiny().to_json())
+    code, _, err = run(capsys, "train", "--preset", spec, "--data", "synthetic:16", "--out", tmp_path / "run",
+                       "--no-progress", "--duration-kimg", "0.016")
+    assert code == 0, err
+    assert calls == {"validate": 1, "check_unified": 1}
+
+
+def test_train_config_checks_its_precision_against_the_one_list():
+    from lowdiff.checks import PRECISIONS
+    from lowdiff.config import TrainConfig
+    for name in PRECISIONS:
+        TrainConfig(precision=name).validate()
+    with pytest.raises(ConfigError, match="train precision 'fp8': choose fp32, bf16, fp16"):
+        TrainConfig(precision="fp8").validate()

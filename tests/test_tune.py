@@ -11,7 +11,9 @@ from lowdiff.errors import ConfigError
 from lowdiff.diffusion.denoiser import Denoiser
 from lowdiff.eval.classifier import ImageClassifier
 from lowdiff.eval.features import ClassifierFeatures
-from lowdiff.eval.tune import CostModel, Trial, TuneOptions, coordinates, fit_budget, mark_pareto
+from lowdiff.eval.tune import Trial, mark_pareto
+from lowdiff.eval.tune_budget import CostModel, TuneOptions, fit_budget
+from lowdiff.eval.tune_space import coordinates
 from lowdiff.diffusion.plan import StagePlan
 from lowdiff.storage import save_pretrained
 
@@ -104,7 +106,7 @@ def test_fit_budget_and_search_space(tiny):
 def test_fit_budget_orders(tiny):
     """The three ways to fit a plan into a budget: from the costliest stage, from the lower
     stages first (the final stage keeps its steps while it can), or in proportion."""
-    from lowdiff.eval.tune import FITS
+    from lowdiff.eval.tune_budget import FITS
     stages = tiny().stages                                           # NFE 3 / 3 / 7, final Heun 4 steps
     costs = CostModel({8: 0.1, 16: 0.3, 32: 1.0}, batch=1, weights={8: 0.1, 16: 0.3, 32: 1.0})
     opts = TuneOptions(budget_nfe=6)
@@ -154,7 +156,7 @@ def test_cost_model_predicts_the_sampling_time_of_plans(tiny):
 
 
 def test_few_step_starts_fit_the_budget_and_use_one_evaluation_solvers(tiny):
-    from lowdiff.eval.tune import few_step_plans
+    from lowdiff.eval.tune_space import few_step_plans
     stages = tiny().stages
     costs = CostModel({8: 0.1, 16: 0.35, 32: 1.0}, batch=1)
     opts = TuneOptions(budget_nfe=9, solvers=("heun", "dpmpp2m", "ipndm"))
@@ -215,3 +217,21 @@ def test_tune_rejects_a_start_plan_for_other_resolutions(fixtures, capsys):
                  "--budget-nfe", "12", "--start", str(d / "missing.json"), "--out", str(d / "plan.json")])
     err = capsys.readouterr().err
     assert code == 2 and "--start" in err and "no such plan file" in err
+
+
+def test_a_solver_registered_once_reaches_the_help_the_tuner_and_its_few_step_starts(tiny, capsys, monkeypatch):
+    """SOLVERS is the one list: a solver added there appears in `lowdiff sample --help`, in `lowdiff tune
+    --help`'s --solvers, and (one evaluation per step) among the tuner's few-step starts."""
+    import dataclasses
+
+    from helpers import run
+    from lowdiff.diffusion import solvers
+    from lowdiff.eval.tune_space import few_step_plans
+    dummy = dataclasses.replace(solvers.SOLVERS["euler"], name="dummysolver", description="a test's own solver")
+    monkeypatch.setitem(solvers.SOLVERS, dummy.name, dummy)
+    for command in ("sample", "tune"):
+        code, out, _ = run(capsys, command, "--help")
+        assert code == 0 and "dummysolver" in " ".join(out.split()), command
+    costs = CostModel({8: 0.1, 16: 0.35, 32: 1.0}, batch=1)
+    starts = few_step_plans(tiny().stages, costs, TuneOptions(budget_nfe=9, solvers=("heun", "dummysolver")))
+    assert starts and {p[0].solver for _, p in starts} == {"dummysolver"}

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from conftest import tiny_dit_preset, tiny_preset
-from lowdiff.diffusion.cascade import PerImageGenerator, sample_cascade, warm_start
+from lowdiff.diffusion.cascade import PerImageGenerator, sample_cascade
 from lowdiff.diffusion.denoiser import Denoiser
+from lowdiff.diffusion.precond import EDM, Flow
 from lowdiff.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -58,10 +59,10 @@ def test_renoising_reaches_the_stage_noise_level():
     """EDM: the fresh noise tops the noise handed over up to sigma; flow: scale, then noise."""
     n = torch.randn(200_000, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     prev_noise = torch.randn(200_000, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    x = warm_start(0.3 * prev_noise, 0.3, 2.0, n)                                   # y = 0
+    x = EDM().renoise(0.3 * prev_noise, 0.3, 2.0, n)                                # y = 0
     assert x.std().item() == pytest.approx(2.0, rel=0.01)
     y = torch.ones_like(n)
-    x = warm_start(0.8 * y + 0.2 * prev_noise, 0.2, 0.6, n, flow=True)             # (1 - s) y + s n
+    x = Flow().renoise(0.8 * y + 0.2 * prev_noise, 0.2, 0.6, n)                     # (1 - s) y + s n
     assert x.mean().item() == pytest.approx(0.4, abs=0.01) and x.std().item() == pytest.approx(0.6, rel=0.01)
 
 
@@ -74,6 +75,6 @@ def test_flow_stage_warm_starts_on_its_own_time_axis():
     plan = preset.stages.replace(0, nfe=5).replace(1, start="upsampled", sigma_max=0.5)
     preset.check_plan(plan)
     out = sample_cascade(_model(preset), plan, PerImageGenerator([0, 1]), channels=4,
-                         class_labels=torch.eye(10)[[0, 1]])
+                         class_labels=torch.eye(10)[[0, 1]], precond=preset.precond)
     assert out.stages[1].sigma_start == pytest.approx(0.5) and out.stages[0].truncation_sigma < 0.5
     assert torch.isfinite(out.images).all()

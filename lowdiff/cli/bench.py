@@ -34,6 +34,7 @@ def run(args) -> None:
     opts = BenchOptions(batch=args.batch, repeats=args.repeats, warmup=args.warmup, device=args.device,
                         inference=inference_options(args))
     preset = get_preset(args.preset)
+    preset.validate()                    # a preset file's every setting, before its network is built
     stages = sampling_plan(args, NamedPlan(CONFIG_PLAN, preset.stages), precond=preset.precond).stages
     preset.check_plan(stages)
     if args.compare_options:

@@ -10,7 +10,7 @@ import signal
 import sys
 import warnings
 
-from ..checks import AUTO_DEVICE, check_device
+from ..checks import AUTO_DEVICE, PRECISIONS, check_device
 from ..errors import ConfigError
 
 INTERRUPTED = 130                      # exit status after Ctrl-C (128 + SIGINT)
@@ -59,7 +59,7 @@ def add_speed_args(s: argparse.ArgumentParser, plan: bool = True) -> None:
                    "(minutes of compilation first; on a CPU 1.1-1.3x the bundled models' eager speed)")
     g.add_argument("--channels-last", dest="channels_last", action="store_true", help="channels_last memory format "
                    "(on a CPU 0.95-1.25x: no reliable gain)")
-    g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+    g.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
                    help="autocast precision of the network (default fp32). bf16: 1.3-2.1x faster on a CPU with bf16 "
                    "units (AMX, AVX512-BF16), 2.5-3.7x with --compile; several times slower on a CPU without them")
     g.add_argument("--cuda-graphs", dest="cuda_graphs", action="store_true",
@@ -137,22 +137,44 @@ def say_plan(chosen, plans=None) -> None:
           file=sys.stderr)
 
 
-def extractor_of(args, channels: int = 1, ref: str | None = None, world=None, shape: tuple | None = None):
-    """The feature extractor the options name; the default classifier is chosen for `channels`-channel images,
-    or by the weights that made the statistics `ref`. Statistics `ref` of images of another `shape` (C, H, W)
-    than the ones to measure are refused before anything is printed."""
+def extractor_of(args, shape: tuple | None = None, world=None):
+    """The feature extractor the options name, for images of `shape` (C, H, W; the default classifier is
+    chosen by their channels, gray when unknown), which it must be able to measure (one line if not,
+    before any work)."""
+    extractor = _extractor(args, shape, world, None)
+    _say_features(args, extractor, world)
+    return extractor
+
+
+def extractor_and_reference(args, shape: tuple, world=None):
+    """(the feature extractor the options name, the statistics --ref (mu, sigma)) for images of `shape`
+    (C, H, W): images the feature space cannot measure, and statistics of other images or another extractor,
+    are refused in one line before anything is printed or sampled. The default classifier is the one for
+    the images' channels, or the one that made --ref."""
+    from ..eval import evaluate
+    extractor = _extractor(args, shape, world, args.ref)
+    reference = evaluate.reference_for(args.ref, extractor, args.features, shape)
+    _say_features(args, extractor, world)
+    return extractor, reference
+
+
+def _extractor(args, shape, world, ref):
     from ..eval import evaluate
     weights = args.inception if args.features == "inception" else args.classifier
     device = str(world.device) if world is not None else str(check_device(args.device))
-    extractor = evaluate.get_extractor(args.features, weights, device, channels, ref)
-    if ref is not None and shape is not None:
-        evaluate.check_reference_images(ref, shape, extractor)
-    if args.features == "classifier" and weights is None and (world is None or world.is_main):
+    extractor = evaluate.get_extractor(args.features, weights, device, shape[0] if shape else 1, ref)
+    if shape is not None:
+        extractor.check_images(shape)
+    return extractor
+
+
+def _say_features(args, extractor, world) -> None:
+    """Which classifier measures the features, when the default one does (stderr, the main process)."""
+    if args.features == "classifier" and args.classifier is None and (world is None or world.is_main):
         model = extractor.model
         accuracy = f", test accuracy {model.test_accuracy:.1%}" if model.test_accuracy is not None else ""
         print(f"features: classifier {model.arch()['name']} ({model.in_channels}-channel{accuracy}); "
               "--classifier DIR for another", file=sys.stderr)
-    return extractor
 
 
 @contextlib.contextmanager

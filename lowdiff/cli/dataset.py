@@ -15,12 +15,12 @@ COMMANDS = {"info": "print size, resolution, channels and class counts",
 
 
 def register(sub) -> None:
+    from ..data import SPEC_FORMS
     ds = sub.add_parser("dataset", help="inspect, convert or encode datasets")
     dss = ds.add_subparsers(dest="dataset_command", required=True)
     for name, text in COMMANDS.items():
         d = dss.add_parser(name, help=text)
-        d.add_argument("data", help="fashion-mnist[:test], emoji[:RES], cifar-10-python.tar.gz, an image folder/zip, "
-                       "an IDX file, synthetic[:N[:RES]]")
+        d.add_argument("data", help=f"dataset: {'; '.join(SPEC_FORMS)}")
         d.add_argument("--split", default="train", help="train or test (archives with splits)")
         d.add_argument("--pad-to", dest="pad_to", type=positive_int, help="zero-pad images to this size")
         if name == "convert":

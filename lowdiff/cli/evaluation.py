@@ -7,8 +7,8 @@ import sys
 
 from ..checks import at_least_2, batch_size, check_output, positive_float, positive_int, seed_value
 from ..errors import ConfigError
-from .common import add_device, add_features_args, add_progress, add_speed_args, extractor_of, inference_options, \
-    joined, sampling_plan, say_plan
+from .common import add_device, add_features_args, add_progress, add_speed_args, extractor_and_reference, \
+    extractor_of, inference_options, joined, sampling_plan, say_plan
 
 
 def register(sub) -> None:
@@ -93,7 +93,7 @@ def reference(args) -> None:
     check_output(args.out)
     ds = open_dataset(args.data, split=args.split)
     with joined(args.device) as world:
-        result = evaluate.reference_stats(ds, args.out, extractor_of(args, ds.channels, world=world),
+        result = evaluate.reference_stats(ds, args.out, extractor_of(args, ds.images.shape[1:], world),
                                           args.features, progress=not args.no_progress, world=world)
         if world.is_main:
             print(json.dumps(result, indent=2))
@@ -121,8 +121,7 @@ def fid(args) -> None:
 def _fid_of_folder(args, evaluate) -> None:
     from ..eval.metrics import frechet_distance
     images = evaluate.image_folder(args.images)
-    extractor = extractor_of(args, images.channels, args.ref, shape=images.images.shape[1:])
-    ref = evaluate.reference_for(args.ref, extractor, args.features, images.images.shape[1:])
+    extractor, ref = extractor_and_reference(args, images.images.shape[1:])
     stats = evaluate.folder_stats(images, extractor, num=args.num, batch=args.batch, progress=not args.no_progress)
     print(json.dumps({"fid": frechet_distance(stats.mu, stats.sigma, *ref), "num": stats.n,
                       "images": args.images, "feature_space": args.features}, indent=2))
@@ -131,8 +130,7 @@ def _fid_of_folder(args, evaluate) -> None:
 def _fid_of_model(args, world, evaluate) -> None:
     from ..pipeline import load
     pipe = load(args.checkpoint, device=world.device, options=inference_options(args))
-    extractor = extractor_of(args, pipe.image_channels, args.ref, world, pipe.image_shape)
-    ref = evaluate.reference_for(args.ref, extractor, args.features, pipe.image_shape)
+    extractor, ref = extractor_and_reference(args, pipe.image_shape, world)
     chosen = sampling_plan(args, pipe.default_plan, pipe.plans, pipe.preset.precond)
     stages = pipe.plan(chosen.stages)
     num, seed = args.num or 10_000, args.seed or 0

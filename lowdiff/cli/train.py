@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ..checks import batch_size, check_device, check_output, nonnegative_int, positive_float, seed_value
+from ..checks import PRECISIONS, batch_size, check_device, check_output, nonnegative_int, positive_float, seed_value
 from ..errors import ConfigError
 from ..presets import get_preset
 from .common import add_device, add_progress, stopped_status
@@ -13,6 +13,7 @@ OVERRIDES = ("batch", "batch_gpu", "lr", "seed", "duration_kimg", "checkpoint_ki
 
 
 def register(sub) -> None:
+    from ..data import SPEC_FORMS
     s = sub.add_parser("train", help="train a preset; re-run the same command to resume",
                        description="Train a preset. Re-running the same command resumes from the newest valid "
                        "state in --out; SIGTERM saves a state and exits 0 (preemption), Ctrl-C saves one and exits "
@@ -21,15 +22,14 @@ def register(sub) -> None:
                        "Losses go to --out/log.jsonl, and to TensorBoard (--out/tensorboard) when the tensorboard "
                        "package is installed. On a CPU shared with other jobs set OMP_NUM_THREADS to the free cores.")
     s.add_argument("--preset", required=True, help="preset name or config.json")
-    s.add_argument("--data", help="dataset: fashion-mnist, emoji[:RES], a cifar-10-python.tar.gz, an image folder/zip, "
-                   "a latent directory (`lowdiff dataset encode`), synthetic[:N[:RES]] (default: the preset's)")
+    s.add_argument("--data", help=f"dataset (default: the preset's): {'; '.join(SPEC_FORMS)}")
     s.add_argument("--out", required=True, help="run directory (checkpoints, logs, final model)")
     add_device(s)
     s.add_argument("--batch", type=batch_size, help="global batch size (default: the preset's)")
     s.add_argument("--batch-gpu", dest="batch_gpu", type=nonnegative_int,
                    help="per-process micro-batch, for gradient accumulation (default: no accumulation)")
     s.add_argument("--lr", type=positive_float, help="learning rate (default: the preset's)")
-    s.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="mixed precision (default: the preset's)")
+    s.add_argument("--precision", choices=list(PRECISIONS), help="mixed precision (default: the preset's)")
     s.add_argument("--compile", action="store_true", default=None, help="torch.compile the network")
     s.add_argument("--seed", type=seed_value, help="training seed (default: the preset's, 0)")
     length = s.add_mutually_exclusive_group()
@@ -104,7 +104,7 @@ def size_by_compute(preset, args):
         return None
     preset.train.duration_kimg = duration_kimg_for(preset, tflop, option)
     try:
-        preset.validate()
+        preset.train.validate()          # the rest of the preset was validated before
     except ConfigError as e:
         raise ConfigError(f"{option}: {tflop:g} TFLOP is {preset.train.duration_kimg:g} kimg of "
                           f"{preset.name}, out of range ({e})") from None

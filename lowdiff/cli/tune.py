@@ -7,11 +7,13 @@ from pathlib import Path
 from ..checks import at_least_2, batch_size, check_output, positive_float, positive_int, seed_value
 from ..errors import ConfigError
 from ..seeds import Seeds
-from .common import add_device, add_features_args, add_progress, add_speed_args, extractor_of, inference_options, \
-    joined, load_plan_file
+from .common import add_device, add_features_args, add_progress, add_speed_args, extractor_and_reference, \
+    inference_options, joined, load_plan_file
 
 
 def register(sub) -> None:
+    from ..diffusion.solvers import SOLVERS, tune_defaults
+    from ..eval.tune_budget import COSTS, PROGRESSIVE_MODES
     s = sub.add_parser("tune", help="search per-stage steps, truncation, sigma ranges and solvers for the lowest FID "
                        "within a budget; print the Pareto front, write the plan and a plot",
                        description="Search over a trained model's stage plan (per stage: solver, steps, truncation "
@@ -28,7 +30,7 @@ def register(sub) -> None:
                    help="effective NFE at most (paper App. B: low-resolution evaluations weighted by their cost)")
     s.add_argument("--budget-latency", dest="budget_latency", type=positive_float,
                    help="predicted seconds per image at most (measured per-evaluation latency x NFE)")
-    s.add_argument("--cost", default="latency", choices=["latency", "flops"],
+    s.add_argument("--cost", default=COSTS[0], choices=COSTS,
                    help="per-evaluation cost behind effective NFE (default latency, measured here)")
     s.add_argument("-n", "--num", type=at_least_2, default=500,
                    help="samples per FID of the confirmed plans (default 500; -n N under torchrun)")
@@ -40,14 +42,16 @@ def register(sub) -> None:
     s.add_argument("--seed", type=seed_value, default=0, help="first seed; every plan uses seeds seed..seed+num-1")
     s.add_argument("--batch", type=batch_size, default=250, help="images per batch (default 250)")
     s.add_argument("--trials", type=positive_int, default=100, help="plans screened at most (default 100)")
-    s.add_argument("--solvers", default="heun,dpmpp2m,ipndm", help="solvers to try, comma-separated (default "
-                   "heun,dpmpp2m,ipndm; also euler, dpmpp3m)")
+    defaults = tune_defaults()
+    s.add_argument("--solvers", default=",".join(defaults), help="solvers to try, comma-separated (default "
+                   f"{','.join(defaults)}; also {', '.join(n for n in SOLVERS if n not in defaults)}); the "
+                   "one-evaluation ones also make the few-step starts")
     s.add_argument("--start", metavar="PLAN", action="append", default=[],
                    help="also start the search from this plan JSON (e.g. one `lowdiff tune` chose at a larger "
                    "budget), fitted to the budget; repeatable")
     s.add_argument("--no-warm-start", dest="warm_start", action="store_false",
                    help="do not search warm-started stages (start=upsampled)")
-    s.add_argument("--progressive", default="also", choices=["no", "also", "only"],
+    s.add_argument("--progressive", default="also", choices=PROGRESSIVE_MODES,
                    help="a single-resolution model: also search progressive plans (the network run at one or two "
                    "lower resolutions first, `lowdiff sample --help`, --stage), only those, or no (default also)")
     s.add_argument("--out", required=True, help="the chosen plan, JSON")
@@ -84,7 +88,7 @@ def _tune(args, world, plot: str) -> None:
     from ..pipeline import load
     from ..progress import image_bar
     pipe = load(args.checkpoint, device=world.device, options=inference_options(args))
-    extractor = extractor_of(args, pipe.image_channels, args.ref, world, pipe.image_shape)
+    extractor, ref = extractor_and_reference(args, pipe.image_shape, world)
     opts = TuneOptions(budget_nfe=args.budget_nfe, budget_latency=args.budget_latency, trials=args.trials,
                        num=args.num, screen_num=args.screen_num or min(200, args.num), confirm=args.confirm,
                        seed=args.seed, batch=args.batch, solvers=tuple(args.solvers.split(",")), cost=args.cost,
@@ -95,7 +99,7 @@ def _tune(args, world, plot: str) -> None:
     def progress(trial, n):
         bar.set_postfix_str(f"plan {n}: FID {trial.fid:.3f} at {trial.effective_nfe} eff. NFE ({trial.move})"[:90])
 
-    tuner = Tuner(pipe, args.ref, extractor, args.features, opts, progress, world, args.start_plans, bar)
+    tuner = Tuner(pipe, ref, extractor, args.features, opts, progress, world, args.start_plans, bar)
     chosen = tuner.run()
     bar.total = bar.n                    # the search may end before its most plans
     bar.close()

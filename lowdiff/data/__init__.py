@@ -72,14 +72,16 @@ def test_split(spec: str) -> str:
     raise DatasetError(f"--data {spec} has no test split of its own: pass --test-data (e.g. the test zip)")
 
 
-def open_dataset(spec: str, *, split: str = "train", pad_to: int | None = None,
+def open_dataset(spec: str, *, split: str = "train", pad_to: int | None = None, side: int | None = None,
                  use_labels: bool = True) -> ImageDataset:
-    """Open a dataset by name or path (see SPEC_FORMS); `pad_to` zero-pads images to that resolution."""
+    """Open a dataset by name or path (see SPEC_FORMS); `pad_to` zero-pads any images to that resolution;
+    `side`, the side of the network it is for, pads only the datasets made to be padded (Fashion-MNIST's
+    28x28 images, else to 32x32); other sizes are left for the caller to refuse."""
     head, _, tail = spec.partition(":")
     if head == "fashion-mnist":
         if tail not in ("", "train", "test"):
             raise _spec_error(spec, "bad Fashion-MNIST split")
-        return load_fashion_mnist(split=tail or split, pad_to=32 if pad_to is None else pad_to)
+        return load_fashion_mnist(split=tail or split, pad_to=pad_to or side or 32)
     if head == "emoji":
         if tail and not tail.isdigit():
             raise _spec_error(spec, "bad emoji resolution")

@@ -15,6 +15,7 @@ LATENT_MANIFEST = "latents.json"         # the file that makes a folder a latent
 
 class ImageDataset(torch.utils.data.Dataset):
     """In-memory uint8 images (N, C, H, W) with optional int64 labels (N,)."""
+    latent = False                       # images; a LatentDataset (lowdiff/data/latents.py) holds VAE latents
 
     def __init__(self, images: np.ndarray, labels: np.ndarray | None, name: str,
                  class_names: list[str] | None = None):

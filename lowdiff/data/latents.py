@@ -195,6 +195,7 @@ class LatentDataset:
     resolution (and their mirror twins), labels and statistics. The attributes the trainer
     checks (name, resolution, channels, labels, num_classes, class_names) mirror
     ImageDataset's, with resolution/channels those of the top latent."""
+    latent = True                        # a pyramid of VAE latents, not images (ImageDataset.latent)
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)

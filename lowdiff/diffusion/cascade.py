@@ -1,7 +1,7 @@
 """The cascaded, truncated sampler (paper Sec. 3.2, 3.4, Alg. 2).
 
 Stages run bottom-up. Each starts from pure noise at its own sigma_max (or, with the warm
-start `start='upsampled'`, from the stage below's output re-noised to it); every stage above
+start `start='upsampled'`, from the stage below's output re-noised to it by the preconditioning); every stage above
 the lowest is conditioned on the previous stage's output, upsampled by the pyramid, at
 the noise level where that stage was truncated. Only the last stage runs to sigma = 0.
 A progressive plan (a single-resolution model; `StageConfig.handover`) runs the same stages
@@ -24,6 +24,7 @@ from . import pyramid
 from .guidance import guided
 from ..seeds import check_seed
 from .plan import StagePlan
+from .precond import EDM, Preconditioning
 
 
 class PerImageGenerator:
@@ -53,17 +54,6 @@ class StageReport:
     handover: str = "none"            # a progressive plan's stage: 'plain' or 'spectral' (`handover`)
 
 
-def warm_start(upsampled: torch.Tensor, sigma_below: float, sigma: float, noise: torch.Tensor,
-               flow: bool = False) -> torch.Tensor:
-    """The upsampled state of the stage below, at noise level `sigma_below`, re-noised to `sigma`
-    (> sigma_below) with fresh unit noise `noise`. Nearest-neighbour upsampling keeps the noise
-    level per pixel (lowdiff/diffusion/pyramid.py), so for x = y + sigma n (EDM) the fresh noise
-    has std sqrt(sigma^2 - sigma_below^2); for the flow path x = (1 - sigma) y + sigma n the
-    state is first scaled by a = (1 - sigma) / (1 - sigma_below), then noised to sigma."""
-    a = (1 - sigma) / (1 - sigma_below) if flow else 1.0
-    return a * upsampled + math.sqrt(max(sigma ** 2 - (a * sigma_below) ** 2, 0.0)) * noise
-
-
 def spectral_handover(below: torch.Tensor, sigma_below: float, sigma: float, noise: torch.Tensor) -> torch.Tensor:
     """The stage below's state x_b = y_b + sigma_below n_b (EDM), upsampled by f to the side of `noise`
     and completed to white noise of level sigma >= f sigma_below with fresh unit noise n (`noise`).
@@ -80,22 +70,24 @@ def spectral_handover(below: torch.Tensor, sigma_below: float, sigma: float, noi
     has block-mean noise of level sqrt(sigma_below^2 + sigma^2 / f^2 - sigma_below^2) = sigma / f
     and detail noise sigma (I - P) n, independent: together exactly white noise of level sigma,
     around U D y, the image's block means. At sigma = f sigma_below (the natural switch) no noise
-    is added to the block means. `warm_start` (the plain hand-over) instead adds white noise
+    is added to the block means. The plain hand-over (a warm start) instead adds white noise
     sqrt(sigma^2 - sigma_below^2) n, leaving too much noise in the block means and too little in
-    the detail (tests/test_progressive.py measures both per frequency band)."""
+    the detail (tests/test_progressive.py measures both per frequency band). `Preconditioning.renoise`
+    (a warm start) is the plain hand-over."""
     factor = noise.shape[-1] // below.shape[-1]
     means = pyramid.upsample(pyramid.downsample(noise, below.shape[-1]), noise.shape[-1])      # P n
     return (pyramid.upsample(below, noise.shape[-1]) + sigma * (noise - means)
             + math.sqrt(max(sigma ** 2 - (factor * sigma_below) ** 2, 0.0)) * means)
 
 
-def handover(kind: str, below: torch.Tensor, sigma_below: float, sigma: float, noise: torch.Tensor) -> torch.Tensor:
-    """A progressive plan's stage start (`StageConfig.handover`): the stage below's state at
-    `sigma_below`, upsampled to the side of `noise` and re-noised to `sigma`, plainly (`warm_start`)
-    or spectrally (`spectral_handover`)."""
+def handover(kind: str, below: torch.Tensor, sigma_below: float, sigma: float, noise: torch.Tensor,
+             precond: Preconditioning = EDM()) -> torch.Tensor:
+    """A progressive plan's stage start (`StageConfig.handover`; EDM-schedule models only): the stage
+    below's state at `sigma_below`, upsampled to the side of `noise` and re-noised to `sigma`,
+    plainly (`precond.renoise`, a warm start) or spectrally (`spectral_handover`)."""
     if kind == "spectral":
         return spectral_handover(below, sigma_below, sigma, noise)
-    return warm_start(pyramid.upsample(below, noise.shape[-1]), sigma_below, sigma, noise)
+    return precond.renoise(pyramid.upsample(below, noise.shape[-1]), sigma_below, sigma, noise)
 
 
 @dataclass
@@ -109,23 +101,21 @@ class CascadeResult:
 
 
 @torch.inference_mode()
-def sample_cascade(denoiser, stages, rng: PerImageGenerator, channels: int,
+def sample_cascade(denoiser, plan: StagePlan, rng: PerImageGenerator, channels: int,
                    class_labels: torch.Tensor | None = None, progress=None,
-                   dtype: torch.dtype = torch.float64) -> CascadeResult:
-    """Run the stage plan (a StagePlan or a list of StageConfig). `denoiser(x, sigma,
-    class_labels, cond=, sigma_cond=)` is D (a `Denoiser`, or a `FastDenoiser` carrying the
-    inference options)."""
-    plan = stages if isinstance(stages, StagePlan) else StagePlan(stages)
+                   dtype: torch.dtype = torch.float64, precond: Preconditioning = EDM()) -> CascadeResult:
+    """Run the stage plan. `denoiser(x, sigma, class_labels, cond=, sigma_cond=)` is D (a `Denoiser`,
+    or a `FastDenoiser` carrying the inference options); `precond` its preconditioning, which
+    re-noises a warm-started stage's start (`Preconditioning.renoise`)."""
     result = CascadeResult(images=torch.empty(0))
     cond, sigma_cond, below = None, None, None
     for i, stage in enumerate(plan):
         sigmas = plan.sigmas(i)
         noise = rng.randn((channels, stage.resolution, stage.resolution)).to(dtype)
         if stage.handover != "none":
-            x = handover(stage.handover, below[0], below[1], sigmas[0].item(), noise)
+            x = handover(stage.handover, below[0], below[1], sigmas[0].item(), noise, precond)
         elif stage.start == "upsampled" and below is not None:
-            x = warm_start(pyramid.upsample(below[0], stage.resolution), below[1], sigmas[0].item(), noise,
-                           flow=stage.schedule == "flow")
+            x = precond.renoise(pyramid.upsample(below[0], stage.resolution), below[1], sigmas[0].item(), noise)
         else:
             x = noise * sigmas[0].item()
 

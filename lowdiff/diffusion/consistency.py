@@ -67,7 +67,7 @@ class ConsistencyConfig:
                               "shrink over training; choose ratio > 1 (ECT: 2)")
         if not (self.stage_kimg > 0 and self.k >= 0 and self.b >= 0 and self.P_std > 0 and 0 < self.min_step < 1):
             raise ConfigError("consistency schedule: stage_kimg and P_std must be > 0, k and b >= 0, min_step in (0, 1)")
-        if precond.kind == "flow":
+        if not precond.additive_noise:
             raise ConfigError("consistency tuning works on x = y + sigma n (precond edm, vp or ve), not on flow models")
         if sorted(self.boundaries) != sorted(resolutions):
             raise ConfigError(f"consistency boundaries are given for {sorted(self.boundaries)}, the stages are "

@@ -15,23 +15,24 @@ from torch import nn
 from ..errors import ConfigError
 from ..nn import NetworkConfig, build_network
 from ..nn.keys import res_key
-from .precond import get_preconditioning
+from .precond import Preconditioning, preconditioning_from
 
 
 class Denoiser(nn.Module):
-    def __init__(self, network: NetworkConfig, precond: str = "edm", resolutions: list[int] | None = None,
-                 unified: bool = True, cond_scaling: bool = True):
-        """`network`: the (host) network's config; `precond`: vp, ve, edm or flow;
-        `resolutions`: the cascade's stages (default: the network's); `unified`: one network
-        for all of them, else one per stage (CDM); `cond_scaling`: scale the condition by
+    def __init__(self, network: NetworkConfig, precond: Preconditioning | str = "edm",
+                 resolutions: list[int] | None = None, unified: bool = True, cond_scaling: bool = True):
+        """`network`: the (host) network's config; `precond`: the preconditioning (or its kind: vp,
+        ve, edm, flow); `resolutions`: the cascade's stages (default: the network's); `unified`: one
+        network for all of them, else one per stage (CDM); `cond_scaling`: scale the condition by
         c_in(sigma_cond) (docs/architecture.md, "The unified network")."""
         super().__init__()
         self.network = network                      # validated by the network's constructor
         self.resolutions = sorted(resolutions or network.resolutions)
-        self.precond = get_preconditioning(precond)
+        self.precond: Preconditioning = preconditioning_from(precond)
         self.cond_scaling = cond_scaling
         if unified:
-            check_unified(network, self.resolutions)
+            if resolutions:
+                check_unified(network, self.resolutions)
             self.nets = nn.ModuleDict({"unified": build_network(network)})
         else:
             self.nets = nn.ModuleDict({res_key(r): build_network(dataclasses.replace(network, resolutions=(r,)))
@@ -39,9 +40,10 @@ class Denoiser(nn.Module):
 
     @classmethod
     def from_preset(cls, preset) -> "Denoiser":
-        """The denoiser of a `lowdiff.config.Preset` (validated first)."""
-        preset.validate()
-        return cls(preset.network, preset.precond, preset.resolutions, preset.unified, preset.cond_scaling)
+        """The denoiser of a `lowdiff.config.Preset`, validated by whoever made it (`Preset.validate`,
+        which also matches a unified network to the stages)."""
+        resolutions = None if preset.unified else preset.resolutions
+        return cls(preset.network, preset.precond, resolutions, preset.unified, preset.cond_scaling)
 
     def net_for(self, resolution: int):
         if "unified" in self.nets:
@@ -56,32 +58,39 @@ class Denoiser(nn.Module):
         """D(x; sigma): x (N, C, r, r); sigma scalar or (N,). For r above the lowest
         stage, `cond` is the upsampled noisy lower-resolution image at noise sigma_cond."""
         c_skip, c_out, F_x = self._evaluate(x, sigma, class_labels, cond, sigma_cond, augment_labels)
-        return (c_skip * x.to(torch.float32) + c_out * F_x).to(x.dtype)
+        return (c_skip * x.to(F_x.dtype) + c_out * F_x).to(x.dtype)
 
     def network_output(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None = None,
                        cond: torch.Tensor | None = None, sigma_cond: torch.Tensor | None = None,
                        augment_labels: torch.Tensor | None = None) -> torch.Tensor:
-        """F(c_in x; c_noise) in float32, the raw network output: the velocity under the
-        flow preconditioning (what the flow loss compares with u = y - n)."""
+        """F(c_in x; c_noise) in the compute dtype (`compute_dtype`), the raw network output: the
+        velocity under the flow preconditioning (what the flow loss compares with u = y - n)."""
         return self._evaluate(x, sigma, class_labels, cond, sigma_cond, augment_labels)[2]
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """float32, or float64 for a denoiser moved to float64 (`.double()`): the dtype of the
+        preconditioning and of what the network is given (autocast lowers the network's own arithmetic)."""
+        weight = next(self.parameters(), None)
+        return torch.promote_types(weight.dtype, torch.float32) if weight is not None else torch.float32
 
     def _evaluate(self, x, sigma, class_labels, cond, sigma_cond, augment_labels):
         """(c_skip, c_out, F) for D = c_skip x + c_out F."""
-        net = self.net_for(x.shape[-1])
-        x = x.to(torch.float32)
-        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1, 1, 1, 1)
+        net, dtype = self.net_for(x.shape[-1]), self.compute_dtype
+        x = x.to(dtype)
+        sigma = torch.as_tensor(sigma, dtype=dtype, device=x.device).reshape(-1, 1, 1, 1)
         sigma = sigma.expand(x.shape[0], 1, 1, 1)
         c_skip, c_out, c_in, c_noise = self.precond.coefficients(sigma)
         cond_in = cond_noise = None
         if cond is not None:
-            sc = torch.as_tensor(sigma_cond, dtype=torch.float32, device=x.device).reshape(-1, 1, 1, 1)
+            sc = torch.as_tensor(sigma_cond, dtype=dtype, device=x.device).reshape(-1, 1, 1, 1)
             sc = sc.expand(x.shape[0], 1, 1, 1)
             _, _, c_in_c, c_noise_c = self.precond.coefficients(sc)
-            cond_in = cond.to(torch.float32) * (c_in_c if self.cond_scaling else 1)
+            cond_in = cond.to(dtype) * (c_in_c if self.cond_scaling else 1)
             cond_noise = c_noise_c.flatten()
         F_x = net(c_in * x, c_noise.flatten(), class_labels=class_labels, augment_labels=augment_labels,
                   cond=cond_in, cond_noise_labels=cond_noise)
-        return c_skip, c_out, F_x.to(torch.float32)
+        return c_skip, c_out, F_x.to(dtype)
 
 
 def check_unified(network: NetworkConfig, resolutions) -> None:

@@ -51,9 +51,6 @@ class DiffusionObjective:
     """A stage's loss term: the denoising loss of the model's preconditioning (`P.loss`). Another
     objective (consistency tuning, lowdiff/diffusion/consistency.py) has the same two methods."""
 
-    def __init__(self, cosine: bool = False):
-        self.cosine = cosine
-
     def draw(self, precond, y: torch.Tensor, resolution: int, noise: BatchNoise):
         """The randomness of one stage, drawn before its condition's: (sigma, n)."""
         return noise.sigma(precond), noise.randn(*y.shape[1:])
@@ -62,19 +59,18 @@ class DiffusionObjective:
         """Per-sample loss on the clean y_r with the draw of `draw`."""
         sigma, n = drawn
         x = model.precond.perturb(y, sigma, n)
-        return model.precond.loss(model, x, sigma, y, n, class_labels, cond, sigma_cond, augment_labels, self.cosine)
+        return model.precond.loss(model, x, sigma, y, n, class_labels, cond, sigma_cond, augment_labels)
 
 
 def multires_loss(model, images: torch.Tensor | dict[int, torch.Tensor], class_labels: torch.Tensor | None = None,
                   augment_labels: torch.Tensor | None = None, weights: dict[int, float] | None = None,
-                  noise: BatchNoise | None = None, cosine: bool = False,
-                  objective=None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+                  noise: BatchNoise | None = None, objective=None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
     """Returns (total loss, {resolution: loss}) for a batch in [-1, 1]: the clean top
     resolution (the pyramid is built here) or the pyramid itself {r: y_r}, as latent datasets
     store it. `model` is a Denoiser; each loss is averaged over the batch rows given.
     `objective`: each stage's loss term (default the denoising loss, `DiffusionObjective`)."""
     precond, resolutions = model.precond, model.resolutions
-    objective = objective or DiffusionObjective(cosine)
+    objective = objective or DiffusionObjective()
     top = images if isinstance(images, torch.Tensor) else images[resolutions[-1]]
     noise = noise or BatchNoise(None, top.shape[0], device=top.device)
     clean = pyramid.build(images, resolutions) if isinstance(images, torch.Tensor) else images
@@ -107,14 +103,13 @@ class LossModule(torch.nn.Module):
     sees one forward per backward that uses every parameter."""
 
     def __init__(self, model, weights: dict[int, float] | None = None, label_dropout: float = 0.0,
-                 cosine: bool = False, objective=None):
+                 objective=None):
         super().__init__()
-        self.model, self.weights, self.label_dropout, self.cosine = model, dict(weights or {}), label_dropout, cosine
+        self.model, self.weights, self.label_dropout = model, dict(weights or {}), label_dropout
         self.objective = objective
 
     def forward(self, images, class_labels=None, augment_labels=None, noise=None):
         top = images if isinstance(images, torch.Tensor) else next(iter(images.values()))
         noise = noise or BatchNoise(None, top.shape[0], device=top.device)
         class_labels = drop_labels(class_labels, self.label_dropout, noise)
-        return multires_loss(self.model, images, class_labels, augment_labels, self.weights, noise, self.cosine,
-                             self.objective)
+        return multires_loss(self.model, images, class_labels, augment_labels, self.weights, noise, self.objective)

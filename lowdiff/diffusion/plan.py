@@ -71,13 +71,15 @@ class StageConfig:
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(StageConfig))
+EDM_SCHEDULE, FLOW_SCHEDULE = "edm", "flow"      # the schedule kinds (a preconditioning names its own)
+SCHEDULES = (EDM_SCHEDULE, FLOW_SCHEDULE)
 STARTS = ("noise", "upsampled")
 HANDOVERS = ("none", "plain", "spectral")
 
 
 def stage_sigmas(stage: StageConfig, final: bool) -> torch.Tensor:
     """The stage's noise levels (float64): where its solver steps."""
-    if stage.schedule == "flow":
+    if stage.schedule == FLOW_SCHEDULE:
         return flow_sigmas(stage.steps, stage.sigma_min, stage.sigma_max, stage.shift)
     return edm_sigmas(stage.steps, stage.sigma_min, stage.sigma_max, stage.rho, append_zero=final)
 
@@ -94,6 +96,11 @@ class StagePlan(Sequence):
 
     def __init__(self, stages: Iterable[StageConfig]):
         self._stages = tuple(copy.deepcopy(s) for s in stages)
+
+    @classmethod
+    def of(cls, stages: "StagePlan | Iterable[StageConfig]") -> "StagePlan":
+        """The one door from a list of stages to a plan: a plan as it is, a list converted."""
+        return stages if isinstance(stages, StagePlan) else cls(stages)
 
     # --- the sequence --------------------------------------------------------------------
     def __len__(self) -> int:
@@ -128,7 +135,17 @@ class StagePlan(Sequence):
         raise ConfigError(f"no stage at resolution {resolution}; the plan has {self.resolutions}")
 
     def is_final(self, i: int) -> bool:
-        return i % len(self) == len(self) - 1
+        return i % len(self) == self.final
+
+    @property
+    def final(self) -> int:
+        """The index of the final stage, the one that runs to sigma = 0."""
+        return len(self) - 1
+
+    @property
+    def lower(self) -> list[StageConfig]:
+        """The stages below the final one (a cascade's truncated stages, a progressive plan's lower ones)."""
+        return list(self._stages[:-1])
 
     @property
     def progressive(self) -> bool:
@@ -205,17 +222,17 @@ class StagePlan(Sequence):
         _validate_numbers(s)
         _validate_sigma_span(s, precond)
         self.solver(i)
-        if s.schedule not in ("edm", "flow"):
-            raise ConfigError(f"{where}: schedule {s.schedule!r}, choose edm or flow")
+        if s.schedule not in SCHEDULES:
+            raise ConfigError(f"{where}: schedule {s.schedule!r}, choose {' or '.join(SCHEDULES)}")
         if s.start not in STARTS:
             raise ConfigError(f"{where}: start {s.start!r}, choose {' or '.join(STARTS)}")
-        if precond.kind == "flow" or s.schedule != "edm":
-            _validate_flow_stage(s, final, precond.kind)
+        if precond.schedule == FLOW_SCHEDULE or s.schedule != EDM_SCHEDULE:
+            _validate_flow_stage(s, final, precond.schedule)
         elif s.steps < 1 or not (0 < s.sigma_min < s.sigma_max):
             raise ConfigError(f"{where}: need steps >= 1 and 0 < sigma_min < sigma_max")
         if s.cfg_scale != 1 and not conditional:
             raise ConfigError(f"{where}: cfg_scale needs a class-conditional model")
-        if s.schedule == "edm" and s.shift != 1:
+        if s.schedule == EDM_SCHEDULE and s.shift != 1:
             raise ConfigError(f"{where}: shift belongs to the flow schedule (schedule=flow); "
                               "the edm schedule is shaped by rho")
         if not final and s.steps < 2:
@@ -248,7 +265,7 @@ class StagePlan(Sequence):
         if s.start != "noise":
             raise ConfigError(f"{where}: start={s.start} is a cascade's warm start; a progressive stage starts from "
                               "the stage below by its handover (leave start=noise)")
-        if precond.kind == "flow" or s.schedule != "edm":
+        if precond.schedule == FLOW_SCHEDULE or s.schedule != EDM_SCHEDULE:
             raise ConfigError(f"{where}: progressive plans sample EDM-schedule models (schedule=edm)")
         self._check_switch_sigma(i, precond, "the switch")
         below = self[i - 1]
@@ -413,7 +430,7 @@ def far_outside(s: StageConfig, precond: Preconditioning) -> bool:
     """An EDM-schedule stage whose sigma range lies far outside the preconditioning's sampling range, but
     within what can be sampled (`_validate_sigma_span`): worth a warning, not an error."""
     low, high = precond.sampling_range
-    return (s.schedule == "edm" and 0 < s.sigma_min < s.sigma_max < float("inf")
+    return (s.schedule == EDM_SCHEDULE and 0 < s.sigma_min < s.sigma_max < float("inf")
             and (s.sigma_max > 6 * high or s.sigma_min < low / 200)
             and s.sigma_max <= high * SIGMA_SPAN and s.sigma_min >= low / SIGMA_SPAN)
 
@@ -422,7 +439,7 @@ def _validate_sigma_span(s: StageConfig, precond: Preconditioning) -> None:
     """EDM-schedule noise levels within SIGMA_SPAN of the preconditioning's sampling range (far outside it
     already warns; beyond, float32 overflows: sigma_max = 1e308)."""
     low, high = precond.sampling_range
-    if s.schedule != "edm" or precond.kind == "flow":
+    if s.schedule != EDM_SCHEDULE or precond.schedule == FLOW_SCHEDULE:
         return
     if s.sigma_max > high * SIGMA_SPAN or 0 < s.sigma_min < low / SIGMA_SPAN:
         raise ConfigError(f"stage {s.resolution}: sigma range [{s.sigma_min:g}, {s.sigma_max:g}] lies beyond what "
@@ -430,19 +447,19 @@ def _validate_sigma_span(s: StageConfig, precond: Preconditioning) -> None:
                           f"{high * SIGMA_SPAN:g}]; its models sample [{low:g}, {high:g}])")
 
 
-def _validate_flow_stage(s: StageConfig, final: bool, kind: str) -> None:
+def _validate_flow_stage(s: StageConfig, final: bool, schedule: str) -> None:
     """Flow noise levels live in [0, 1] (sigma = 1 - t); the ODE solvers only, no churn."""
     where = f"stage {s.resolution}"
-    if kind != "flow":
+    if schedule != FLOW_SCHEDULE:                 # the preconditioning's schedule
         raise ConfigError(f"{where}: the flow schedule needs a flow model (precond 'flow')")
     if s.S_churn:
         raise ConfigError(f"{where}: a flow model samples with an ODE solver ({', '.join(SOLVERS)}) and no churn")
-    if s.steps < 1 or not 0 <= s.sigma_min < s.sigma_max <= 1 or (s.schedule == "edm" and s.sigma_min == 0):
+    if s.steps < 1 or not 0 <= s.sigma_min < s.sigma_max <= 1 or (s.schedule == EDM_SCHEDULE and s.sigma_min == 0):
         raise ConfigError(f"{where}: flow noise levels need steps >= 1 and 0 <= sigma_min < sigma_max <= 1")
     if s.sigma_max != 1 and s.start != "upsampled":
         raise ConfigError(f"{where}: a flow stage starts from pure noise (t = 0), so sigma_max must be 1 unless it "
                           "starts from the stage below (start=upsampled); move the first steps with shift instead")
-    if s.schedule == "flow" and (s.shift <= 0 or (final and s.sigma_min != 0)):
+    if s.schedule == FLOW_SCHEDULE and (s.shift <= 0 or (final and s.sigma_min != 0)):
         raise ConfigError(f"{where}: a flow schedule needs shift > 0, and the final stage sigma_min = 0")
 
 

@@ -15,7 +15,10 @@ scalings).
   sigma, x + (sigma' - sigma)(x - D)/sigma = x + (t' - t) F, is the flow's Euler step in t.
   Training draws t from the logit-normal distribution, t = sigmoid(z), z ~ N(0, 1) (SD3's
   lognorm(0, 1), symmetric, so sigma has the same law); the loss is the velocity MSE averaged
-  over C, H, W, plus LightningDiT's 1 - cos(v, u) over channels when `cosine` is on.
+  over C, H, W, plus LightningDiT's 1 - cos(v, u) over channels when its `cosine` is on.
+
+Every question about a formulation is asked of its object: its `kind`, the `schedule` its models
+sample with, its `sampling_range`, the noise of a warm start (`renoise`) and its loss term.
 """
 from __future__ import annotations
 
@@ -36,6 +39,8 @@ class Preconditioning:
     In a preset or config.json a preconditioning is its kind, `"edm"`, or its kind with settings,
     `{"kind": "edm", "sigma_data": 0.5}` (`preconditioning_from` / `to_config`)."""
     kind = ""
+    schedule = "edm"                     # the stage schedule its models sample with (lowdiff/diffusion/plan.py)
+    additive_noise = True                # x = y + sigma n (`perturb`), the form consistency tuning assumes
     sampling_range = (0.002, 80.0)       # the noise levels its models are sampled over (EDM Sec. 5)
 
     def to_config(self) -> str | dict:
@@ -53,6 +58,17 @@ class Preconditioning:
         """The noisy input at level sigma."""
         return y + sigma * noise
 
+    def renoise(self, x: torch.Tensor, sigma_below: float, sigma: float, noise: torch.Tensor) -> torch.Tensor:
+        """A state at noise level `sigma_below` taken to `sigma` (> sigma_below) with fresh unit noise
+        `noise` (a warm start, lowdiff/diffusion/cascade.py): for x = y + sigma n the fresh noise has
+        std sqrt(sigma^2 - sigma_below^2)."""
+        return self._renoise(x, 1.0, sigma_below, sigma, noise)
+
+    @staticmethod
+    def _renoise(x, scale: float, sigma_below: float, sigma: float, noise):
+        """scale x + sqrt(sigma^2 - (scale sigma_below)^2) noise: the state scaled, then noised to sigma."""
+        return scale * x + math.sqrt(max(sigma ** 2 - (scale * sigma_below) ** 2, 0.0)) * noise
+
     def sample_sigma(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
         raise NotImplementedError
 
@@ -60,19 +76,12 @@ class Preconditioning:
         """lambda(sigma) = 1 / c_out(sigma)^2: unit-weighted network-output error."""
         return 1 / sigma ** 2
 
-    def loss(self, model, x, sigma, y, noise, class_labels=None, cond=None, sigma_cond=None, augment_labels=None,
-             cosine: bool = False) -> torch.Tensor:
+    def loss(self, model, x, sigma, y, noise, class_labels=None, cond=None, sigma_cond=None,
+             augment_labels=None) -> torch.Tensor:
         """Per-sample loss of `model` (a Denoiser) on the noisy x = perturb(y, sigma, noise):
         lambda(sigma) |D(x; sigma) - y|^2 summed over C, H, W."""
-        if cosine:
-            raise ConfigError("the cosine loss term belongs to the flow objective (precond 'flow')")
         denoised = model(x, sigma, class_labels, cond=cond, sigma_cond=sigma_cond, augment_labels=augment_labels)
         return (self.loss_weight(sigma) * (denoised.float() - y) ** 2).sum(dim=(1, 2, 3))
-
-    @property
-    def sigma_range(self) -> tuple[float, float]:
-        """Noise levels the network supports."""
-        return 0.0, math.inf
 
 
 @dataclass(frozen=True)
@@ -100,10 +109,6 @@ class VP(Preconditioning):
         u = torch.rand(n, 1, 1, 1, generator=generator, device=device)
         return self.sigma_of_t(1 + u * (self.epsilon_t - 1))
 
-    @property
-    def sigma_range(self):
-        return float(self.sigma_of_t(torch.tensor(self.epsilon_t))), float(self.sigma_of_t(torch.tensor(1.0)))
-
 
 @dataclass(frozen=True)
 class VE(Preconditioning):
@@ -120,10 +125,6 @@ class VE(Preconditioning):
     def sample_sigma(self, n, generator=None, device=None):
         u = torch.rand(n, 1, 1, 1, generator=generator, device=device)
         return self.sigma_min * (self.sigma_max / self.sigma_min) ** u
-
-    @property
-    def sigma_range(self):
-        return self.sigma_min, self.sigma_max
 
 
 @dataclass(frozen=True)
@@ -153,11 +154,15 @@ class EDM(Preconditioning):
 
 @dataclass(frozen=True)
 class Flow(Preconditioning):
-    """Rectified flow on x = (1 - sigma) y + sigma n; logit(t) ~ N(mean, std^2)."""
+    """Rectified flow on x = (1 - sigma) y + sigma n; logit(t) ~ N(mean, std^2); `cosine` adds
+    LightningDiT's 1 - cos(v, u) over channels to the loss."""
     kind = "flow"
+    schedule = "flow"
+    additive_noise = False
     sampling_range = (0.0, 1.0)          # sigma = 1 - t
     mean: float = 0.0
     std: float = 1.0
+    cosine: bool = False
 
     def coefficients(self, sigma):
         one = torch.ones_like(sigma)
@@ -166,20 +171,20 @@ class Flow(Preconditioning):
     def perturb(self, y, sigma, noise):
         return (1 - sigma) * y + sigma * noise
 
+    def renoise(self, x, sigma_below, sigma, noise):
+        """On the path x = (1 - sigma) y + sigma n the state is first scaled by
+        (1 - sigma) / (1 - sigma_below), then noised to sigma."""
+        return self._renoise(x, (1 - sigma) / (1 - sigma_below), sigma_below, sigma, noise)
+
     def sample_sigma(self, n, generator=None, device=None):
         z = torch.randn(n, 1, 1, 1, generator=generator, device=device)
         return torch.sigmoid(-(z * self.std + self.mean))                 # sigma = 1 - sigmoid(logit t)
 
-    def loss(self, model, x, sigma, y, noise, class_labels=None, cond=None, sigma_cond=None, augment_labels=None,
-             cosine: bool = False):
+    def loss(self, model, x, sigma, y, noise, class_labels=None, cond=None, sigma_cond=None, augment_labels=None):
         """Velocity MSE over C, H, W against u = y - n (+ 1 - cos(v, u) over channels)."""
         v = model.network_output(x, sigma, class_labels, cond=cond, sigma_cond=sigma_cond,
                                  augment_labels=augment_labels)
-        return velocity_loss(v, y - noise, cosine)
-
-    @property
-    def sigma_range(self):
-        return 0.0, 1.0
+        return velocity_loss(v, y - noise, self.cosine)
 
 
 def velocity_loss(v: torch.Tensor, u: torch.Tensor, cosine: bool) -> torch.Tensor:
@@ -223,9 +228,6 @@ def preconditioning_from(spec: str | dict | Preconditioning, where: str = "preco
         raise ConfigError(f"{where}: unknown preconditioning {kind!r}: choose {', '.join(PRECONDITIONINGS)}")
     precond = from_dict(PRECONDITIONINGS[kind], settings, where)
     for f in dataclasses.fields(precond):
-        if not math.isfinite(getattr(precond, f.name)):
+        if f.type != "bool" and not math.isfinite(getattr(precond, f.name)):
             raise ConfigError(f"{where}.{f.name} must be a finite number, got {getattr(precond, f.name)}")
     return precond
-
-
-get_preconditioning = preconditioning_from

@@ -233,14 +233,19 @@ def sample_consistency(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, 
 
 @dataclass(frozen=True)
 class Solver:
-    """A solver and what it costs: `evaluations_per_step` network evaluations per interval of
-    the sigma array, except that a step to sigma = 0 costs `step_to_zero` (one: Heun's last step
-    is Euler; none for the consistency sampler, whose last level is its boundary)."""
+    """A solver and what it is: `evaluations_per_step` network evaluations per interval of the sigma
+    array, except that a step to sigma = 0 costs `step_to_zero` (one: Heun's last step is Euler;
+    none for the consistency sampler, whose last level is its boundary); `tuned_models_only`: it
+    samples consistency-tuned models only; `tune_default`: among `lowdiff tune`'s default solvers.
+    Registering one in SOLVERS is all it takes to appear in the commands' choices and help and in
+    the tuner's starts."""
     name: str
     sample: Callable
     evaluations_per_step: int
     description: str
     step_to_zero: int = 1
+    tuned_models_only: bool = False
+    tune_default: bool = False
 
     def __call__(self, *args, **kwargs):
         return self.sample(*args, **kwargs)
@@ -250,13 +255,28 @@ class Solver:
         steps, to_zero = len(sigmas) - 1, float(sigmas[-1]) == 0
         return self.evaluations_per_step * steps - (self.evaluations_per_step - self.step_to_zero if to_zero else 0)
 
+    @property
+    def few_step(self) -> bool:
+        """One evaluation per step on any model: the family of the tuner's few-step starts."""
+        return self.evaluations_per_step == 1 and not self.tuned_models_only
+
 
 SOLVERS = {s.name: s for s in (
-    Solver("heun", sample_heun, 2, "EDM's 2nd-order Heun (2 evaluations per step)"),
+    Solver("heun", sample_heun, 2, "EDM's 2nd-order Heun (2 evaluations per step)", tune_default=True),
     Solver("euler", sample_euler, 1, "1st-order Euler"),
-    Solver("dpmpp2m", sample_dpmpp_2m, 1, "DPM-Solver++(2M), 2nd-order multistep"),
+    Solver("dpmpp2m", sample_dpmpp_2m, 1, "DPM-Solver++(2M), 2nd-order multistep", tune_default=True),
     Solver("dpmpp3m", sample_dpmpp_3m, 1, "DPM-Solver++(3M), 3rd-order multistep"),
-    Solver("ipndm", sample_ipndm, 1, "iPNDM, up to 4th-order Adams-Bashforth multistep"),
+    Solver("ipndm", sample_ipndm, 1, "iPNDM, up to 4th-order Adams-Bashforth multistep", tune_default=True),
     Solver("consistency", sample_consistency, 1, "multistep consistency sampling, one jump to the stage's end per "
-           "evaluation (consistency-tuned models only)", step_to_zero=0),
+           "evaluation (consistency-tuned models only)", step_to_zero=0, tuned_models_only=True),
 )}
+
+
+def few_step_solvers(names) -> list[str]:
+    """Those of the solvers `names` that make few-step plans (`Solver.few_step`), in the given order."""
+    return [n for n in names if n in SOLVERS and SOLVERS[n].few_step]
+
+
+def tune_defaults() -> tuple[str, ...]:
+    """The solvers `lowdiff tune` tries unless told otherwise."""
+    return tuple(n for n, s in SOLVERS.items() if s.tune_default)

@@ -45,7 +45,7 @@ class Variant:
 
     @property
     def plan(self) -> StagePlan:
-        return StagePlan(self.stages) if self.stages is not None else self.preset.stages
+        return StagePlan.of(self.stages) if self.stages is not None else self.preset.stages
 
 
 def _sync(device: torch.device) -> None:
@@ -134,7 +134,7 @@ def time_sampling(model: FastDenoiser, preset: Preset, opts: BenchOptions, seed:
     _sync(device)
     start = time.perf_counter()
     result = sample_cascade(timer or model, stages if stages is not None else preset.stages, rng,
-                            preset.network.in_channels, labels)
+                            preset.network.in_channels, labels, precond=preset.precond)
     _sync(device)
     return time.perf_counter() - start, result.nfe
 

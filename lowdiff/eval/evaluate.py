@@ -60,9 +60,10 @@ def reference_for(ref: str | Path, extractor, feature_space: str, shape) -> tupl
                            getattr(extractor, "input_channels", None))
 
 
-def check_reference_images(ref: str | Path, shape, extractor=None) -> None:
-    """Refuse statistics `ref` of images of another shape (C, H, W) than `shape` (`check_reference`)."""
-    _check_shape(ref, stats_identity(ref).get(IMAGE_SHAPE), shape, getattr(extractor, "input_channels", None))
+def checked_reference(ref, extractor, feature_space: str, shape) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma): `ref` as it is when already checked (a tuple, e.g. from `reference_for`), else a statistics
+    file read and checked by `reference_for`."""
+    return ref if isinstance(ref, tuple) else reference_for(ref, extractor, feature_space, shape)
 
 
 def _check_shape(ref, recorded, shape, input_channels) -> None:
@@ -195,10 +196,7 @@ def evaluate_pipeline(pipe, ref: str | Path | tuple, extractor, feature_space: s
     returns it. `bar`: an image progress bar to advance (e.g. a tune's), else one of its own."""
     if num < 2:
         raise ConfigError(f"an FID needs at least 2 samples, got num={num}")
-    if isinstance(ref, tuple):
-        mu_ref, sigma_ref = ref
-    else:
-        mu_ref, sigma_ref = reference_for(ref, extractor, feature_space, pipe.image_shape)
+    mu_ref, sigma_ref = checked_reference(ref, extractor, feature_space, pipe.image_shape)
     seeds = Seeds.count(seed, num)
     plan = pipe.plan(stages)
     generation_s, generated = [0.0], [0]

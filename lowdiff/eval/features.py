@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..progress import image_bar
 
 
@@ -48,6 +49,9 @@ class FeatureExtractor(ABC):
     @abstractmethod
     def __call__(self, images_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         ...
+
+    def check_images(self, shape) -> None:
+        """Refuse images of `shape` (C, H, W) this feature space cannot measure (a ConfigError); any by default."""
 
     @property
     def device(self) -> torch.device:
@@ -92,6 +96,15 @@ class ClassifierFeatures(_ModuleFeatures):
     def __call__(self, images_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         with torch.inference_mode():
             return self.model.features_and_logits(self._prepare(images_uint8))
+
+    def check_images(self, shape) -> None:
+        """A classifier measures images of the side it was trained at only: others are refused in one line
+        before any are made."""
+        side = int(self.model.resolution)
+        if tuple(shape[-2:]) != (side, side):
+            raise ConfigError(f"the classifier feature space ({self.model.name}) measures {side}x{side} images, "
+                              f"these are {shape[-1]}x{shape[-2]}: use --features inception (it resizes), or "
+                              f"--classifier DIR trained on {shape[-1]}x{shape[-2]} images (`lowdiff eval classifier`)")
 
 
 class InceptionFeatures(_ModuleFeatures):

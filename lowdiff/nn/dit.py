@@ -42,6 +42,7 @@ from torch import nn
 from ..checks import in_range
 from ..errors import ConfigError
 from .keys import res_key
+from .shared import at_least_float32, check_sizes, settle_resolutions
 
 FREQ_DIM = 256          # time-frequency embedding width (DiT's TimestepEmbedder)
 
@@ -74,13 +75,10 @@ class DiTConfig:
     cond_noise_embedding: bool = True        # embed the condition's noise level (docs/architecture.md)
 
     def __post_init__(self):
-        self.resolutions = tuple(sorted(self.resolutions))
-        if not self.base_resolution and self.resolutions:
-            self.base_resolution = min(self.resolutions)
+        settle_resolutions(self)
 
     def validate(self) -> None:
-        for name, (low, high) in SIZE_BOUNDS.items():
-            in_range(f"network {name}", getattr(self, name), low, high, integer=True)
+        check_sizes(self, SIZE_BOUNDS)
         in_range("network mlp_ratio", self.mlp_ratio, 0.25, 16)
         in_range("network label_dropout", self.label_dropout, 0, 1)
         D, heads = self.hidden_size, self.num_heads
@@ -91,8 +89,6 @@ class DiTConfig:
             if r % self.patch_size or r > self.img_resolution:
                 raise ConfigError(f"resolution {r} must be a multiple of patch_size {self.patch_size} and at most "
                                   f"img_resolution {self.img_resolution}")
-        if self.base_resolution > min(self.resolutions):
-            raise ConfigError("base_resolution must be <= the lowest served resolution")
 
     def runs_at(self, r: int) -> bool:
         """Progressive sampling at a lower side is not supported for the transformer: its patch
@@ -109,9 +105,9 @@ class DiTConfig:
 def timestep_frequencies(t: torch.Tensor, dim: int = FREQ_DIM, max_period: float = 10_000.0) -> torch.Tensor:
     """[cos(t w_k), sin(t w_k)], w_k = exp(-ln(max_period) k / (dim/2)); t is the continuous
     flow time in [0, 1], not rescaled."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    angles = t.to(torch.float32)[:, None] * freqs[None]
+    half, dtype = dim // 2, at_least_float32(t)
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=dtype, device=t.device) / half)
+    angles = t.to(dtype)[:, None] * freqs[None]
     return torch.cat([angles.cos(), angles.sin()], dim=1)
 
 
@@ -146,7 +142,7 @@ def rope_angles(grid: int, head_dim: int, base: float = 10_000.0, device=None) -
 def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
     """Rotate adjacent channel pairs (2j, 2j+1) of x (..., T, head_dim) by angles (T, head_dim/2):
     (a, b) -> (a cos - b sin, a sin + b cos)."""
-    a, b = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+    a, b = x.to(at_least_float32(x)).unflatten(-1, (-1, 2)).unbind(-1)
     cos, sin = angles.cos(), angles.sin()
     return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2).to(x.dtype)
 
@@ -155,7 +151,7 @@ def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
 # Layers (LightningDiT Sec. 4: SwiGLU, RMSNorm, RoPE, optional qk-norm).
 
 class RMSNorm(nn.Module):
-    """x / sqrt(mean(x^2) + eps) * weight, computed in float32."""
+    """x / sqrt(mean(x^2) + eps) * weight, computed in float32 (float64 for float64 x)."""
 
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
@@ -163,9 +159,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.float()
+        h = x.to(at_least_float32(x))
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (h * self.weight.float()).to(x.dtype)
+        return (h * self.weight.to(h.dtype)).to(x.dtype)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,7 @@ from torch import nn
 from ..checks import in_range
 from ..errors import ConfigError
 from .keys import res_key
+from .shared import at_least_float32, check_sizes, settle_resolutions
 
 
 def _is_pow2(n: int) -> bool:
@@ -70,13 +71,10 @@ class UNetConfig:
     def __post_init__(self):
         self.channel_mult = tuple(self.channel_mult)
         self.attn_resolutions = tuple(self.attn_resolutions)
-        self.resolutions = tuple(sorted(self.resolutions))
-        if not self.base_resolution and self.resolutions:
-            self.base_resolution = min(self.resolutions)
+        settle_resolutions(self)
 
     def validate(self) -> None:
-        for name, (low, high) in SIZE_BOUNDS.items():
-            in_range(f"network {name}", getattr(self, name), low, high, integer=True)
+        check_sizes(self, SIZE_BOUNDS)
         if not 1 <= len(self.channel_mult) <= 10:
             raise ConfigError(f"network channel_mult has {len(self.channel_mult)} levels; use 1 to 10")
         for m in self.channel_mult:
@@ -93,8 +91,6 @@ class UNetConfig:
             if r > R or r < lowest:
                 raise ConfigError(f"resolution {r} is outside the U-Net's levels {R}..{lowest}; "
                                   "change channel_mult or the resolutions")
-        if self.base_resolution > min(self.resolutions):
-            raise ConfigError("base_resolution must be <= the lowest served resolution")
 
     def runs_at(self, r: int) -> bool:
         """Whether a single-resolution network can run on an r x r image below its own (progressive
@@ -155,10 +151,11 @@ def resample(x: torch.Tensor, up: bool, down: bool) -> torch.Tensor:
 # in Song et al.'s DDPM++.
 
 def positional_embedding(t: torch.Tensor, channels: int, max_positions: int = 10000) -> torch.Tensor:
-    half = channels // 2
-    freqs = torch.arange(half, dtype=torch.float32, device=t.device) / (half - 1)
+    """In float32, or in float64 for float64 noise labels (`at_least_float32`)."""
+    half, dtype = channels // 2, at_least_float32(t)
+    freqs = torch.arange(half, dtype=dtype, device=t.device) / (half - 1)
     freqs = (1.0 / max_positions) ** freqs
-    angles = t.to(torch.float32).outer(freqs)
+    angles = t.to(dtype).outer(freqs)
     return torch.cat([angles.sin(), angles.cos()], dim=1)
 
 

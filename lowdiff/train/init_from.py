@@ -77,11 +77,12 @@ def load_baseline_for(spec: str, preset: Preset) -> Baseline:
         path = bundled.resolve(spec)
         if path.is_file() and path.suffix == ".safetensors":
             return Baseline(spec, edm_export(path, preset, where))
-        baseline = storage.load_config(path)
+        config = storage.read_config(path)
+        baseline = config[0]
         mismatch = first_mismatch(baseline, preset)
         if mismatch:
             raise ConfigError(f"{where}: does not fit preset {preset.name}: {mismatch}")
-        _, model, _ = storage.from_pretrained(path)
+        _, model, _ = storage.from_pretrained(path, config)
     except CheckpointError as e:
         raise ConfigError(f"{where}: {e}") from None
     return Baseline(spec, model.net_for(baseline.network.resolutions[0]).state_dict())
@@ -112,12 +113,13 @@ def trained_model_for(spec: str, preset: Preset) -> Baseline:
         if path.is_file():
             raise ConfigError(f"{where}: consistency tuning ({preset.name}) starts from a lowdiff model directory of "
                               "the preset it tunes, not a weight file")
-        model = storage.load_config(path)
+        config = storage.read_config(path)
+        model = config[0]
         mismatch = same_network_mismatch(model, preset)
         if mismatch:
             raise ConfigError(f"{where}: a {model.name} model; consistency tuning ({preset.name}) starts from a "
                               f"trained model of the same network ({mismatch})")
-        _, denoiser, _ = storage.from_pretrained(path)
+        _, denoiser, _ = storage.from_pretrained(path, config)
     except CheckpointError as e:
         raise ConfigError(f"{where}: {e}") from None
     return Baseline(spec, denoiser.state_dict(), whole=True)

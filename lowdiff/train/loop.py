@@ -24,7 +24,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .. import storage
+from .. import inference, storage
 from ..config import Preset
 from ..data import ImageDataset
 from ..diffusion.consistency import ConsistencyObjective, named_plans
@@ -49,7 +49,7 @@ class TrainingError(RuntimeError):
 
 def check_dataset(preset: Preset, ds: ImageDataset) -> None:
     net = preset.network
-    latent = _is_latent(ds)
+    latent = ds.latent
     if (preset.latent is not None) != latent:
         raise ConfigError(f"preset {preset.name} works on {'VAE latents' if preset.latent else 'images'} but dataset "
                           f"{ds.name} holds {'latents' if latent else 'images'}"
@@ -80,16 +80,12 @@ def check_same_data(run: RecordedCompute, ds: ImageDataset) -> None:
         raise ConfigError(f"{where}: a run of another dataset ({e})") from None
 
 
-def _is_latent(ds) -> bool:
-    return hasattr(ds, "latent_config")
-
-
 def record_dataset(preset: Preset, ds: ImageDataset) -> None:
     """What the model directory keeps of its training data: class names (grid labels) and,
     for latents, the VAE and statistics (so it decodes its samples on its own)."""
     if preset.network.label_dim and ds.class_names:
         preset.class_names = list(ds.class_names)
-    if _is_latent(ds):
+    if ds.latent:
         preset.latent = ds.latent_config(preset.latent)
 
 
@@ -119,14 +115,12 @@ class Trainer:
 
     def __init__(self, preset: Preset, dataset: ImageDataset, run_dir: str | Path, device: str = "cpu",
                  restart: bool = False, init_from: Baseline | None = None, snapshot_kimg: float | None = None):
-        """`init_from`: the baseline a new run starts from (`--init-from`); a resumed run ignores it.
-        `snapshot_kimg`: write the EMA as a model directory every so many kimg (lowdiff/train/snapshots.py)."""
-        preset.validate()
+        """`preset`: validated (`Preset.validate`); `init_from`: the baseline a new run starts from
+        (`--init-from`); a resumed run ignores it. `snapshot_kimg`: write the EMA as a model directory
+        every so many kimg (lowdiff/train/snapshots.py)."""
         check_dataset(preset, dataset)
         record_dataset(preset, dataset)
         t = preset.train
-        if t.precision not in ("fp32", "bf16", "fp16"):
-            raise ConfigError(f"precision {t.precision!r}: choose fp32, bf16 or fp16")
         self.rank, self.world, self.device = init_distributed(device)
         self.local_batch, self.rounds = split_batch(t.batch, self.world, t.batch_gpu)
         self.preset, self.ds, self.run_dir = preset, dataset, Path(run_dir)
@@ -136,7 +130,7 @@ class Trainer:
         # consistency tuning (lowdiff/diffusion/consistency.py) or the denoising loss
         self.objective = ConsistencyObjective(preset.consistency) if preset.consistency else None
         self.loss_fn = LossModule(torch.compile(self.model) if t.compile else self.model, t.loss_weights,
-                                  preset.network.label_dropout, t.cosine_loss, self.objective)
+                                  preset.network.label_dropout, self.objective)
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.loss_fn = torch.nn.parallel.DistributedDataParallel(self.loss_fn, device_ids=ids)
@@ -230,7 +224,7 @@ class Trainer:
 
     def _batch(self, idx: torch.Tensor, flip: torch.Tensor | None):
         net = self.preset.network
-        if _is_latent(self.ds):           # the latent pyramid {r: z_r}; flip picks the mirror twin
+        if self.ds.latent:           # the latent pyramid {r: z_r}; flip picks the mirror twin
             images = self.ds.pyramid(idx.numpy(), flip, self.preset.resolutions, self.preset.latent, self.device)
         else:
             images = torch.from_numpy(self.ds.images[idx.numpy()]).to(self.device, torch.float32) / 127.5 - 1
@@ -249,8 +243,7 @@ class Trainer:
         step_gen = torch.Generator(self.device).manual_seed(derived_seed(t.seed, self.step + 1))
         flip = torch.rand(t.batch, generator=step_gen, device=self.device) < 0.5 if t.xflip else None
         noise_seed = int(torch.randint(1 << 62, (), generator=step_gen, device=self.device))
-        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16 if t.precision == "bf16" else torch.float16)
-                    if t.precision != "fp32" else contextlib.nullcontext())
+        autocast = inference.autocast(t.precision, self.device)
         if self.objective is not None:
             self.objective.nimg = self.nimg                 # where the step schedule is
         self.opt.zero_grad(set_to_none=True)
@@ -431,8 +424,8 @@ def run_training(preset: Preset, dataset: ImageDataset, run_dir: str | Path, dev
 
 
 def open_training_data(preset: Preset, data: str | None):
-    """The dataset a preset trains on: `data` or the preset's default; Fashion-MNIST zero-padded
-    to the network's resolution; latent presets need a latent directory (`lowdiff dataset encode`)."""
+    """The dataset a preset trains on: `data` or the preset's default, opened for the network's side
+    (Fashion-MNIST is zero-padded to it, `open_dataset`); latent presets need a latent directory (`lowdiff dataset encode`)."""
     from ..data import is_latent_dir, open_dataset
     data = data or preset.data
     if not data and preset.latent is None:
@@ -441,5 +434,4 @@ def open_training_data(preset: Preset, data: str | None):
         raise ConfigError(f"preset {preset.name} trains on VAE latents: encode the images first with `lowdiff "
                           f"dataset encode {data or 'IMAGES'} --vae VAE --out LATENTS` (e.g. --vae bundled:fashion-vae) "
                           "and pass --data LATENTS")
-    pad = data.startswith("fashion") and preset.latent is None
-    return open_dataset(data, pad_to=preset.network.img_resolution if pad else None)
+    return open_dataset(data, side=preset.network.img_resolution)
