@@ -144,7 +144,9 @@ def load_tuned(paths: list[str]) -> list[tuple[str, StagePlan]]:
         if starts:
             label += f", search also started from {' and '.join(starts)}"
         out.append((label, StagePlan.load(path)))
-    return out
+    labels = [label for label, _ in out]
+    return [(f"{label} ({Path(path).stem})" if labels.count(label) > 1 else label, plan)   # two tunes, one budget
+            for (label, plan), path in zip(out, paths)]
 
 
 def fid_key(spec: str, plan: StagePlan, precision: str, seed: int, args) -> str:
@@ -479,7 +481,8 @@ def main() -> None:
                     bf16_gaps, args, command)
     write_section(Path(args.out), args.tag, text)
     Path(args.json).write_text(json.dumps({
-        "command": command, "batch": args.batch, "num": args.num, "noise": noise, "noise_fids": noise_fids,
+        "command": command, "models": specs, "batch": args.batch, "num": args.num, "noise": noise,
+        "noise_fids": noise_fids,
         "noise_plan": noise_row.label,
         "title": args.title, "headlines": headlines, "earlier_headlines": args.earlier_headlines,
         "bf16_minus_fp32_fid": bf16_gaps, "rows": [row_record(r) for r in rows], "timing": report["rows"]},

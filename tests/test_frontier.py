@@ -121,3 +121,12 @@ def test_tuned_rows_name_the_plans_their_search_started_from(frontier, tmp_path)
                                                                   "start_plans": ["docs/results/x-b6.json"]}}))
     labels = [label for label, _ in frontier.load_tuned([str(tmp_path / "a.json"), str(tmp_path / "b.json")])]
     assert labels == ["tuned, budget 5 eff. NFE", "tuned, budget 5 eff. NFE, search also started from x-b6"]
+
+
+def test_two_tunes_at_one_budget_keep_distinct_labels(frontier, tmp_path):
+    """Plans tuned for two models at the same budget (one transplanted) stay two named rows."""
+    plan = {"stages": [{"resolution": 32, "steps": 5}], "tuned": {"budget_nfe": 4, "screen_num": 200}}
+    for name in ("own-b4", "other-b4"):
+        (tmp_path / f"{name}.json").write_text(json.dumps(plan))
+    labels = [label for label, _ in frontier.load_tuned([str(tmp_path / "own-b4.json"), str(tmp_path / "other-b4.json")])]
+    assert labels == ["tuned, budget 4 eff. NFE (own-b4)", "tuned, budget 4 eff. NFE (other-b4)"]
