@@ -183,6 +183,8 @@ BAD_INPUTS = [
     (["train", "--preset", "lowdiff-fashion-tiny", "--out", "{tmp}/r", "--duration-kimg", "0"], "--duration-kimg"),
     (["train", "--preset", "lowdiff-fashion-latent-tiny", "--out", "{tmp}/r"], "dataset encode"),
     (["train", "--preset", "lowdiff-fashion-tiny", "--out", "{tmp}/r", "--duration-tflop", "nan"], "--duration-tflop"),
+    (["train", "--preset", "lowdiff-fashion-tiny", "--out", "{tmp}/r", "--snapshot-kimg", "0"], "--snapshot-kimg"),
+    (["train", "--preset", "lowdiff-fashion-tiny", "--out", "{tmp}/r", "--snapshot-kimg", "inf"], "--snapshot-kimg"),
     (["train", "--preset", "lowdiff-fashion-tiny", "--out", "{tmp}/r", "--duration-tflop", "-1"], "--duration-tflop"),
     (["train", "--preset", "lowdiff-fashion-tiny", "--out", "{tmp}/r", "--duration-tflop", "0.01"], "one batch"),
     (["train", "--preset", "lowdiff-fashion-tiny", "--out", "{tmp}/r", "--duration-tflop", "1e30"], "--duration-tflop"),

@@ -45,6 +45,10 @@ def register(sub) -> None:
                    help="training-state interval in kimg (default: the preset's)")
     s.add_argument("--log-kimg", dest="log_kimg", type=positive_float, help="loss log interval in kimg "
                    "(default: the preset's)")
+    s.add_argument("--snapshot-kimg", dest="snapshot_kimg", type=positive_float, metavar="KIMG",
+                   help="every KIMG write the EMA as a model directory with its compute (kimg, train_tflop, "
+                   "thread_seconds) under --out/snapshots/kimg-NNNNNN/ (loadable by sample / eval fid --checkpoint); "
+                   "snapshot k equals a run of --duration-kimg k x KIMG")
     s.add_argument("--init-from", dest="init_from", metavar="MODEL",
                    help="start a new run from a trained single-resolution model of the same architecture: a lowdiff "
                    "model directory, bundled:NAME (e.g. bundled:fashion-edm-cond) or a .safetensors state dict "
@@ -79,7 +83,7 @@ def run(args) -> int | None:
         print(f"training {preset.name} on {dataset.name} ({len(dataset)} images){sized} -> {args.out}", file=sys.stderr)
     with peer_loss_as_error(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))):
         trainer = run_training(preset, dataset, args.out, device=args.device, progress=not args.no_progress,
-                               restart=args.restart, init_from=baseline)
+                               restart=args.restart, init_from=baseline, snapshot_kimg=args.snapshot_kimg)
     if trainer.stopped_by is not None:
         return stopped_status(trainer.stopped_by)
     if main_rank:

@@ -35,6 +35,7 @@ from ..plans import PLANS_FILE, ModelPlans, NamedPlan
 from .common import DataStream, StopRequest, load_optimizer, optimizer_tensors
 from .init_from import Baseline
 from .compute import LOG_FILE, RecordedCompute, threads_in_use, training_tflop
+from .snapshots import SNAPSHOT_DIR, interval_images, is_due, write_snapshot
 from ..errors import ConfigError
 from ..files import write_json
 from ..plans import PLANS_FILE
@@ -117,8 +118,9 @@ class Trainer:
     """Owns the model, EMA, optimizer, RNG state and data position of one run."""
 
     def __init__(self, preset: Preset, dataset: ImageDataset, run_dir: str | Path, device: str = "cpu",
-                 restart: bool = False, init_from: Baseline | None = None):
-        """`init_from`: the baseline a new run starts from (`--init-from`); a resumed run ignores it."""
+                 restart: bool = False, init_from: Baseline | None = None, snapshot_kimg: float | None = None):
+        """`init_from`: the baseline a new run starts from (`--init-from`); a resumed run ignores it.
+        `snapshot_kimg`: write the EMA as a model directory every so many kimg (lowdiff/train/snapshots.py)."""
         preset.validate()
         check_dataset(preset, dataset)
         record_dataset(preset, dataset)
@@ -147,6 +149,7 @@ class Trainer:
         self.restart, self.stopped_by = restart, None     # stopped_by: the signal that ended the run early
         self.init_from = init_from
         self.init_from_spec = init_from.spec if init_from is not None else None     # what the run started from
+        self.snapshot_every = interval_images(snapshot_kimg) if snapshot_kimg else None
         torch.manual_seed((t.seed * 7919 + self.rank) % (MAX_SEED + 1))      # dropout differs per rank, as in EDM
 
     @property
@@ -310,6 +313,7 @@ class Trainer:
         window: list[dict[int, torch.Tensor]] = []
         start, start_nimg = time.time(), self.nimg
         self.started = start
+        self.snapshot_if_due()                  # a resumed run whose state came before its due snapshot
         log = open(self.run_dir / LOG_FILE, "a") if self.is_main else None
         self.tensorboard = _tensorboard_writer(self.run_dir) if self.is_main else None
         try:
@@ -320,6 +324,7 @@ class Trainer:
                     if self.step % log_every == 0 or self.nimg >= total:
                         self._log(window, log, bar, start, start_nimg)
                         window.clear()
+                    self.snapshot_if_due()
                     if self.step % ckpt_every == 0:
                         self.save_state()
                 self.save_state()
@@ -339,6 +344,16 @@ class Trainer:
         if self.is_main:
             storage.save_pretrained(self.run_dir, self.preset, self.ema.state_dict())
         return self.run_dir
+
+    def snapshot_if_due(self) -> None:
+        """The EMA as RUN/snapshots/kimg-N when this step first reaches a multiple of the interval."""
+        every, batch = self.snapshot_every, self.preset.train.batch
+        if not (self.is_main and every and is_due(self.nimg, batch, every)):
+            return
+        compute = {"nimg": self.nimg, "kimg": self.nimg / 1000, "step": self.step,
+                   "train_tflop": training_tflop(self.preset, self.nimg),
+                   "thread_seconds": round(self.spent_thread_seconds(), 1)}
+        write_snapshot(self.run_dir, self.nimg // every * every, self.preset, self.ema.state_dict(), compute)
 
     def spent_thread_seconds(self) -> float:
         """The run's one-thread seconds so far: those of earlier processes (resumed) plus this one's wall
@@ -385,9 +400,9 @@ def _tensorboard_writer(run_dir: Path):
 
 
 def discard_run(run_dir: Path) -> None:
-    """What --restart removes: the run's states, log, TensorBoard events, model and its plans."""
+    """What --restart removes: the run's states, log, TensorBoard events, snapshots, model and its plans."""
     import shutil
-    for name in (storage.STATE_DIR, "tensorboard"):
+    for name in (storage.STATE_DIR, "tensorboard", SNAPSHOT_DIR):
         shutil.rmtree(run_dir / name, ignore_errors=True)
     for name in (storage.MODEL_FILE, storage.CONFIG_FILE, LOG_FILE, storage.RUN_CONFIG_FILE, PLANS_FILE):
         (run_dir / name).unlink(missing_ok=True)
@@ -401,11 +416,12 @@ def train(preset: Preset, dataset: ImageDataset, run_dir: str | Path, device: st
 
 def run_training(preset: Preset, dataset: ImageDataset, run_dir: str | Path, device: str = "cpu",
                  duration_kimg: float | None = None, progress: bool = True, restart: bool = False,
-                 init_from: Baseline | None = None) -> "Trainer":
+                 init_from: Baseline | None = None, snapshot_kimg: float | None = None) -> "Trainer":
     """Train (or resume) a run and return the trainer (`run_dir`, `stopped_by`). Under torchrun the
     process group is left afterwards, once all ranks arrive (at once after an error)."""
     try:
-        trainer = Trainer(preset, dataset, run_dir, device, restart=restart, init_from=init_from)
+        trainer = Trainer(preset, dataset, run_dir, device, restart=restart, init_from=init_from,
+                          snapshot_kimg=snapshot_kimg)
         trainer.run(duration_kimg, progress)
     except BaseException:
         close_distributed(barrier=False)
