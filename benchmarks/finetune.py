@@ -11,7 +11,7 @@ One run gives every budget: snapshot k of `--snapshot-kimg N` holds the EMA a ru
     lowdiff train --preset lowdiff-fashion-tiny-cond --init-from bundled:fashion-edm-cond --data fashion-mnist --out runs/ft-fashion --duration-kimg 40 --snapshot-kimg 5
     lowdiff eval ref --data cifar10-jpeg-test.zip --out runs/cifar-test.npz
     lowdiff train --preset lowdiff-cifar-tiny-cond --init-from bundled:cifar-edm-cond --data cifar10-jpeg-train.zip --out runs/ft-cifar --duration-kimg 20 --snapshot-kimg 5
-    python benchmarks/finetune.py --paper-kimg 40 20
+    python benchmarks/finetune.py --paper-kimg fashion:20 fashion:40 cifar:25 --fast-kimg fashion:5 fashion:10 fashion:20 fashion:40 cifar:5 cifar:10 cifar:25
 
 FID: bundled classifier features, 2,000 samples, seeds 100000-101999, against the test set, with
 two plans per snapshot: the paper's (the preset's own, config.json) and the `fast` plan tuned for
@@ -105,12 +105,17 @@ def measure_pair(name: str, pair: Pair, args) -> dict:
         spec = f"{directory.relative_to(ROOT)}@{storage.read_config(directory)[1][:12]}"   # the weights' SHA-256
         budget = float(directory.name.removeprefix("kimg-"))
         wanted = {"paper": args.paper_kimg, "fast": args.fast_kimg}
-        fids = {p: fid(pipe, spec, plans[p], args, extractor, wanted[p] is None or budget in wanted[p]) for p in PLANS}
+        fids = {p: fid(pipe, spec, plans[p], args, extractor, is_wanted(wanted[p], name, budget)) for p in PLANS}
         out["snapshots"].append({"dir": str(directory.relative_to(ROOT)), "budget_kimg": budget, **compute,
                                  "fid": fids})
         print(f"{name} {directory.name}: {compute['train_tflop']:.1f} TFLOP, FID {fids}", file=sys.stderr, flush=True)
     out["aim"] = {p: aim(out, p) for p in PLANS}
     return out
+
+
+def is_wanted(budgets: list[str] | None, pair: str, kimg: float) -> bool:
+    """Whether the snapshot of `kimg` of `pair` is measured: no list = all; items KIMG (every pair) or PAIR:KIMG."""
+    return budgets is None or f"{kimg:g}" in budgets or f"{pair}:{kimg:g}" in budgets
 
 
 def aim(result: dict, plan: str) -> dict:
@@ -222,10 +227,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pairs", nargs="+", choices=sorted(PAIRS), default=sorted(PAIRS),
                    help="pairs to report (those whose run directory exists)")
-    p.add_argument("--paper-kimg", dest="paper_kimg", type=float, nargs="+",
-                   help="snapshot budgets (kimg) measured with the paper plan (default: all; others are read "
-                   "from the cache or left out)")
-    p.add_argument("--fast-kimg", dest="fast_kimg", type=float, nargs="+",
+    p.add_argument("--paper-kimg", dest="paper_kimg", nargs="*", metavar="[PAIR:]KIMG",
+                   help="snapshot budgets measured with the paper plan, e.g. 40 or fashion:20 (default: all; the "
+                   "others are read from the cache or left out)")
+    p.add_argument("--fast-kimg", dest="fast_kimg", nargs="*", metavar="[PAIR:]KIMG",
                    help="snapshot budgets measured with the fast plan (default: all)")
     p.add_argument("--num", type=int, default=2000)
     p.add_argument("--seed", type=int, default=100_000)
