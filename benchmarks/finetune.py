@@ -11,7 +11,7 @@ One run gives every budget: snapshot k of `--snapshot-kimg N` holds the EMA a ru
     lowdiff train --preset lowdiff-fashion-tiny-cond --init-from bundled:fashion-edm-cond --data fashion-mnist --out runs/ft-fashion --duration-kimg 40 --snapshot-kimg 5
     lowdiff eval ref --data cifar10-jpeg-test.zip --out runs/cifar-test.npz
     lowdiff train --preset lowdiff-cifar-tiny-cond --init-from bundled:cifar-edm-cond --data cifar10-jpeg-train.zip --out runs/ft-cifar --duration-kimg 20 --snapshot-kimg 5
-    python benchmarks/finetune.py --paper-kimg fashion:20 fashion:40 cifar:25 --fast-kimg fashion:5 fashion:10 fashion:20 fashion:40 cifar:5 cifar:10 cifar:25
+    python benchmarks/finetune.py --paper-kimg fashion:20 fashion:40 cifar:25 --fast-kimg fashion:5 fashion:10 fashion:20 fashion:30 fashion:40 cifar:5 cifar:10 cifar:15 cifar:20 cifar:25
 
 FID: bundled classifier features, 2,000 samples, seeds 100000-101999, against the test set, with
 two plans per snapshot: the paper's (the preset's own, config.json) and the `fast` plan tuned for
