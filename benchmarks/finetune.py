@@ -13,6 +13,15 @@ One run gives every budget: snapshot k of `--snapshot-kimg N` holds the EMA a ru
     lowdiff train --preset lowdiff-cifar-tiny-cond --init-from bundled:cifar-edm-cond --data cifar10-jpeg-train.zip --out runs/ft-cifar --duration-kimg 20 --snapshot-kimg 5
     python benchmarks/finetune.py --paper-kimg fashion:20 fashion:40 cifar:25 --fast-kimg fashion:5 fashion:10 fashion:20 fashion:30 fashion:40 cifar:5 cifar:10 cifar:15 cifar:20 cifar:25
 
+The latent pair (the LowDiff DiT from the flow DiT; config.json plans, as the latent models ship no
+tuned ones) in its own section:
+
+    lowdiff dataset encode fashion-mnist --vae bundled:fashion-vae --lowest 4 --out runs/fashion-latents
+    lowdiff train --preset lowdiff-fashion-latent-tiny --init-from bundled:fashion-latent-flow --data runs/fashion-latents --out runs/ft-latent --duration-kimg 20 --snapshot-kimg 5
+    python benchmarks/finetune.py --pairs latent --paper-kimg latent:5 latent:10 latent:20 --tag finetune-latent \
+        --heading "Fine-tuning the latent LowDiff DiT from the flow DiT (issue 38)" \
+        --json docs/results/finetune-latent.json --plot docs/img/finetune-latent.png
+
 FID: bundled classifier features, 2,000 samples, seeds 100000-101999, against the test set, with
 two plans per snapshot: the paper's (the preset's own, config.json) and the `fast` plan tuned for
 the from-scratch cascade (its plans.json). The from-scratch cascade's and the EDM model's FIDs use
@@ -26,9 +35,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
@@ -56,12 +66,19 @@ class Pair:
     scratch: str                            # the LowDiff cascade trained from scratch
     edm: str                                # the model the fine-tuning started from
     channels: int
+    plans: dict = field(default_factory=lambda: {p: p for p in PLANS})   # column -> the scratch model's plan name
+    edm_plan: str = EDM_PLAN
+    fid_noise: float | None = None          # None: the scratch model's recorded FID noise (plans.json)
 
 
 PAIRS = {"fashion": Pair("Fashion-MNIST", "runs/ft-fashion", "runs/fashion-test.npz", "bundled:fashion-lowdiff-cond",
                          "bundled:fashion-edm-cond", 1),
          "cifar": Pair("CIFAR-10", "runs/ft-cifar", "runs/cifar-test.npz", "bundled:cifar-lowdiff-cond",
-                       "bundled:cifar-edm-cond", 3)}
+                       "bundled:cifar-edm-cond", 3),
+         # the latent pair ships no tuned plans: its config.json plans (unguided), the pixel Fashion pair's noise
+         "latent": Pair("Fashion-MNIST latent: the LowDiff DiT from the flow DiT (its 'EDM' rows), f4 VAE, "
+                        "4x4 -> 8x8 latents", "runs/ft-latent", "runs/fashion-test.npz", "bundled:fashion-latent-lowdiff",
+                        "bundled:fashion-latent-flow", 1, plans={"paper": "config"}, edm_plan="config", fid_noise=0.200)}
 
 
 def known_fids(args) -> dict:
@@ -94,22 +111,23 @@ def measure_pair(name: str, pair: Pair, args) -> dict:
     args.ref_name = reference_name(args.ref)
     extractor = get_extractor("classifier", channels=pair.channels, ref=args.ref)
     scratch, edm = Pipeline.from_pretrained(pair.scratch), Pipeline.from_pretrained(pair.edm)
-    plans = {p: scratch.plans.get(p).stages for p in PLANS}
-    out = {"title": pair.title, "run": pair.run, "snapshots": [], "fid_noise": scratch.plans.fid_noise,
+    plans = {p: scratch.plans.get(name).stages for p, name in pair.plans.items()}
+    noise = scratch.plans.fid_noise if pair.fid_noise is None else pair.fid_noise
+    out = {"title": pair.title, "run": pair.run, "snapshots": [], "fid_noise": noise,
            "scratch": {"spec": pair.scratch, **bundled_compute(pair.scratch),
-                       "fid": {p: fid(scratch, pair.scratch, plans[p], args, extractor, True) for p in PLANS}},
-           "edm": {"spec": pair.edm, **bundled_compute(pair.edm), "plan": EDM_PLAN,
-                   "fid": fid(edm, pair.edm, edm.plans.get(EDM_PLAN).stages, args, extractor, True)}}
+                       "fid": {p: fid(scratch, pair.scratch, plans[p], args, extractor, True) for p in plans}},
+           "edm": {"spec": pair.edm, **bundled_compute(pair.edm), "plan": pair.edm_plan,
+                   "fid": fid(edm, pair.edm, edm.plans.get(pair.edm_plan).stages, args, extractor, True)}}
     for directory, compute in list_snapshots(ROOT / pair.run):
         pipe = Pipeline.from_pretrained(directory)
         spec = f"{directory.relative_to(ROOT)}@{storage.read_config(directory)[1][:12]}"   # the weights' SHA-256
         budget = float(directory.name.removeprefix("kimg-"))
         wanted = {"paper": args.paper_kimg, "fast": args.fast_kimg}
-        fids = {p: fid(pipe, spec, plans[p], args, extractor, is_wanted(wanted[p], name, budget)) for p in PLANS}
+        fids = {p: fid(pipe, spec, plans[p], args, extractor, is_wanted(wanted[p], name, budget)) for p in plans}
         out["snapshots"].append({"dir": str(directory.relative_to(ROOT)), "budget_kimg": budget, **compute,
                                  "fid": fids})
         print(f"{name} {directory.name}: {compute['train_tflop']:.1f} TFLOP, FID {fids}", file=sys.stderr, flush=True)
-    out["aim"] = {p: aim(out, p) for p in PLANS}
+    out["aim"] = {p: aim(out, p) for p in plans}
     return out
 
 
@@ -137,8 +155,13 @@ def cell(value: float | None) -> str:
     return "not measured" if value is None else f"{value:.3f}"
 
 
+def column(fids: dict, plan: str) -> str:
+    """A FID cell of `plan`; a dash where the pair has no such plan (the latent pair ships no `fast`)."""
+    return cell(fids[plan]) if plan in fids else "-"
+
+
 def markdown(results: dict, args, command: str) -> str:
-    lines = ["## Fine-tuning LowDiff from the EDM model (issue 38)", "",
+    lines = [f"## {args.heading}", "",
              f"Measured {date.today().isoformat()} on the development machine (one CPU thread per job). "
              f"`lowdiff train --init-from` starts the cascade from the bundled EDM model (at step 0 its 32x32 stage "
              "is that model's denoiser), then trains it as usual with the preset's recipe; `--snapshot-kimg` saves "
@@ -164,20 +187,20 @@ def markdown(results: dict, args, command: str) -> str:
             t = snap["train_tflop"]
             lines.append(f"| fine-tuned, `{Path(snap['dir']).name}` | {snap['kimg']:g} | {t:.1f} | "
                          f"{t / s['train_tflop']:.0%} | {(t + e['train_tflop']) / s['train_tflop']:.0%} | "
-                         f"{snap['thread_seconds']:.0f} | {cell(snap['fid']['paper'])} | {cell(snap['fid']['fast'])} |")
+                         f"{snap['thread_seconds']:.0f} | {column(snap['fid'], 'paper')} | {column(snap['fid'], 'fast')} |")
         lines.append(f"| from scratch `{s['spec']}` | {s['kimg']:g} | {s['train_tflop']:.1f} | 100% | | | "
-                     f"{cell(s['fid']['paper'])} | {cell(s['fid']['fast'])} |")
+                     f"{column(s['fid'], 'paper')} | {column(s['fid'], 'fast')} |")
         lines.append(f"| EDM `{e['spec']}`, its `{e['plan']}` plan | {e['kimg']:g} | {e['train_tflop']:.1f} | | | | "
                      f"{cell(e['fid'])} | |")
         lines += ["", verdict(r), ""]
-    lines += ["![FID against training compute](img/finetune-fid-vs-compute.png)", ""]
+    lines += [f"![FID against training compute]({os.path.relpath(args.plot, Path(args.out).parent)})", ""]
     return "\n".join(lines)
 
 
 def verdict(r: dict) -> str:
     """Whether the aim (from-scratch FID within the noise at <= 1/4 of its compute) is met, per plan."""
     out = []
-    for plan in PLANS:
+    for plan in r["aim"]:
         a = r["aim"][plan]
         if a["snapshot"] is None:
             out.append(f"`{plan}` plan: no snapshot within {r['fid_noise']:.3f} of the from-scratch FID "
@@ -199,7 +222,7 @@ def plot(results: dict, path: Path, num: int) -> None:
     fig, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 6), squeeze=False)
     for ax, r in zip(axes[0], results.values()):
         s, e = r["scratch"], r["edm"]
-        for plan, color in zip(PLANS, ("tab:blue", "tab:orange")):
+        for plan, color in zip(r["aim"], ("tab:blue", "tab:orange")):
             pts = [(snap["train_tflop"], snap["fid"][plan]) for snap in r["snapshots"] if snap["fid"][plan] is not None]
             if pts:
                 x, y = zip(*pts)
@@ -239,11 +262,13 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
     p.add_argument("--json", default=str(RESULTS / "finetune.json"))
     p.add_argument("--plot", default=str(ROOT / "docs" / "img" / "finetune-fid-vs-compute.png"))
+    p.add_argument("--tag", default="finetune", help="section tag in --out")
+    p.add_argument("--heading", default="Fine-tuning LowDiff from the EDM model (issue 38)")
     args = p.parse_args()
     command = "python benchmarks/finetune.py " + shlex.join(sys.argv[1:])
     results = {n: measure_pair(n, PAIRS[n], args) for n in args.pairs if (ROOT / PAIRS[n].run).is_dir()}
     text = markdown(results, args, command)
-    write_section(Path(args.out), "finetune", text)
+    write_section(Path(args.out), args.tag, text)
     Path(args.json).write_text(json.dumps({"command": command, "num": args.num, "seed": args.seed,
                                            "pairs": results}, indent=1))
     plot(results, Path(args.plot), args.num)
