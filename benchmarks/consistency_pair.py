@@ -43,11 +43,6 @@ START_PLANS = {"baseline": ["best", "fast"], "lowdiff": ["best", "fast"]}
 NAMES = {"baseline": "EDM", "lowdiff": "LowDiff"}
 
 
-def tuning_compute(model: str) -> dict:
-    """A tuning's images, TFLOP and one-thread seconds (a run's log, or a bundled model's record of it)."""
-    return model_compute(model)
-
-
 def rows_of(args) -> list[dict]:
     rows = []
     for family in ("baseline", "lowdiff"):
@@ -131,7 +126,7 @@ def main() -> None:
                              model=r["pipe"].denoiser) for r in rows], opts)
     for r, t in zip(rows, timed):
         r["images_per_s"], r["effective_nfe"] = t["images_per_s"], t["effective_nfe"]
-    compute = {f: tuning_compute(getattr(args, f)) for f in ("baseline", "lowdiff")}
+    compute = {f: model_compute(getattr(args, f)) for f in ("baseline", "lowdiff")}
     text = markdown(rows, compute, grids(rows, args.grids), args, command, device_name("cpu"))
     for out in args.out:
         write_section(Path(out), args.tag, text)

@@ -28,8 +28,7 @@ the from-scratch cascade (its plans.json). The from-scratch cascade's and the ED
 the same seeds and reference; they are read from the frontier's FID caches when these hold the
 same key (same plan, seeds and reference statistics), else measured. Compute: images x the
 preset's training FLOPs per image (`lowdiff info`), the fine-tuning's from its snapshots'
-compute.json, the bundled models' from their config.json's duration_kimg (the length they were
-trained for, docs/results.md).
+compute.json, the bundled models' from the record of their run they keep (training.json).
 """
 from __future__ import annotations
 
@@ -45,7 +44,7 @@ from pathlib import Path
 from lowdiff import storage
 from lowdiff.eval.evaluate import get_extractor
 from lowdiff.pipeline import Pipeline
-from lowdiff.train.compute import training_tflop
+from lowdiff.train.compute import model_compute
 from lowdiff.train.snapshots import list_snapshots
 
 from _markdown import write_section
@@ -99,13 +98,6 @@ def fid(pipe, spec, plan, args, extractor, measure: bool) -> float | None:
     return cached_fid(pipe, spec, plan, "fp32", args.seed, args, extractor) if measure else None
 
 
-def bundled_compute(spec: str) -> dict:
-    """A bundled model's training: the kimg its config.json records and their TFLOP."""
-    preset = storage.load_config(storage.model_dir(spec))
-    kimg = preset.train.duration_kimg
-    return {"kimg": kimg, "train_tflop": training_tflop(preset, round(kimg * 1000))}
-
-
 def measure_pair(name: str, pair: Pair, args) -> dict:
     args.ref = str(ROOT / pair.ref)
     args.ref_name = reference_name(args.ref)
@@ -114,9 +106,9 @@ def measure_pair(name: str, pair: Pair, args) -> dict:
     plans = {p: scratch.plans.get(name).stages for p, name in pair.plans.items()}
     noise = scratch.plans.fid_noise if pair.fid_noise is None else pair.fid_noise
     out = {"title": pair.title, "run": pair.run, "snapshots": [], "fid_noise": noise,
-           "scratch": {"spec": pair.scratch, **bundled_compute(pair.scratch),
+           "scratch": {"spec": pair.scratch, **model_compute(pair.scratch),
                        "fid": {p: fid(scratch, pair.scratch, plans[p], args, extractor, True) for p in plans}},
-           "edm": {"spec": pair.edm, **bundled_compute(pair.edm), "plan": pair.edm_plan,
+           "edm": {"spec": pair.edm, **model_compute(pair.edm), "plan": pair.edm_plan,
                    "fid": fid(edm, pair.edm, edm.plans.get(pair.edm_plan).stages, args, extractor, True)}}
     for directory, compute in list_snapshots(ROOT / pair.run):
         pipe = Pipeline.from_pretrained(directory)
@@ -172,8 +164,8 @@ def markdown(results: dict, args, command: str) -> str:
              "against the 10,000 test images, fp32 weights of the snapshots (the bundled models are fp16). Plans: "
              "`paper` (the preset's own) and `fast`, the plan tuned for the from-scratch cascade "
              "(its plans.json). Compute: images x the preset's training FLOPs per image (`lowdiff info`: forward + "
-             "backward at every stage resolution); the from-scratch cascade's and the EDM model's from the kimg "
-             "their config.json records. One-thread seconds are the fine-tuning's own (shared 2-core machine). "
+             "backward at every stage resolution); the from-scratch cascade's and the EDM model's from the record "
+             "of their run they keep (training.json). One-thread seconds are the fine-tuning's own (shared 2-core machine). "
              f"Command: `{command}`.", ""]
     for r in results.values():
         s, e = r["scratch"], r["edm"]

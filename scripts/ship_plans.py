@@ -41,7 +41,6 @@ SHIPPED = {
         "progressive": ("tuned, budget 6 eff. NFE, search also started from tuned-progressive-edm-b6",
                         "training-free progressive sampling (16x16 first, README 'Progressive sampling'): tuned at "
                         "budget 6", "progressive")}),
-
     "fashion-lowdiff-ct": ("frontier.json", "lowdiff-ct", CONSISTENCY),
     "fashion-edm-ct": ("frontier.json", "baseline-ct", CONSISTENCY),
 }

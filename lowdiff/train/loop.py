@@ -38,7 +38,6 @@ from .compute import LOG_FILE, RecordedCompute, threads_in_use, training_tflop
 from .snapshots import SNAPSHOT_DIR, interval_images, is_due, write_snapshot
 from ..errors import ConfigError
 from ..files import write_json
-from ..plans import PLANS_FILE
 from ..seeds import MAX_SEED, derived_seed
 from .ema import ema_beta, update_ema
 
@@ -343,10 +342,13 @@ class Trainer:
         every, batch = self.snapshot_every, self.preset.train.batch
         if not (self.is_main and every and is_due(self.nimg, batch, every)):
             return
-        compute = {"nimg": self.nimg, "kimg": self.nimg / 1000, "step": self.step,
-                   "train_tflop": training_tflop(self.preset, self.nimg),
-                   "thread_seconds": round(self.spent_thread_seconds(), 1)}
+        compute = {"nimg": self.nimg, "step": self.step, **self.compute_so_far()}
         write_snapshot(self.run_dir, self.nimg // every * every, self.preset, self.ema.state_dict(), compute)
+
+    def compute_so_far(self) -> dict:
+        """The run's compute at this step, as its log records and its snapshots keep it."""
+        return {"kimg": self.nimg / 1000, "train_tflop": training_tflop(self.preset, self.nimg),
+                "thread_seconds": round(self.spent_thread_seconds(), 1)}
 
     def spent_thread_seconds(self) -> float:
         """The run's one-thread seconds so far: those of earlier processes (resumed) plus this one's wall
@@ -361,10 +363,11 @@ class Trainer:
         if log is None:
             return
         elapsed = time.time() - start
-        record = {"step": self.step, "kimg": self.nimg / 1000, "seconds": round(elapsed, 1),
+        compute = self.compute_so_far()
+        record = {"step": self.step, "kimg": compute["kimg"], "seconds": round(elapsed, 1),
                   "images_per_s": round((self.nimg - start_nimg) / max(elapsed, 1e-9), 2),
-                  "train_tflop": training_tflop(self.preset, self.nimg),
-                  "thread_seconds": round(self.spent_thread_seconds(), 1), "dataset": self.ds.name,
+                  "train_tflop": compute["train_tflop"], "thread_seconds": compute["thread_seconds"],
+                  "dataset": self.ds.name,
                   "loss": sum(mean.values()), **{f"loss_{r}": v for r, v in mean.items()}}
         if self.preset.consistency is not None:
             record["consistency_stage"] = self.preset.consistency.schedule_stage(self.nimg)
