@@ -3,7 +3,9 @@ baseline (equal images: more FLOPs, as its 8x8 and 16x16 levels train too) besid
 trained at the baseline's training FLOPs (equal compute: fewer images, as the paper's 150M against
 EDM's 200M), each from the frontier it was measured in (same protocol, same seeds, the baseline's
 rows and FID noise of that frontier) and each model's training record (training.json or its log).
-Writes the section `equal-compute` of docs/results.md and docs/results/equal-compute.json.
+Writes the section `equal-compute` of docs/results.md and docs/results/equal-compute.json; one
+table per dataset (Fashion-MNIST, CIFAR-10). The Fashion commands (CIFAR-10: the same with
+`cifar` names, --match-compute bundled:cifar-edm-cond, budget 7, frontier-cifar-eqc):
 
     lowdiff train --preset lowdiff-fashion-tiny-cond --data fashion-mnist --out runs/fm-lowdiff-eqc \\
         --match-compute bundled:fashion-edm-cond --snapshot-kimg 10
@@ -46,44 +48,57 @@ def row(name: str, model: str, frontier_path: str) -> dict:
             **summary(json.loads(Path(frontier_path).read_text()))}
 
 
-def markdown(rows: list[dict], baseline: dict, command: str) -> str:
+def markdown(tables: dict, command: str) -> str:
     lines = ["## Equal training compute: the cascade at its baseline's FLOPs", "",
              f"Command: `{command}`. Each LowDiff model's figures are those of the frontier it was measured in "
              "(docs/benchmarks.md; FID on 2,000 held-out samples in the bundled classifier's space, every row timed "
              "alternately in one process beside the same tuned EDM rows); compute from each model's training record "
              "(TFLOP = images x the preset's training FLOPs per image, forward + backward at every stage resolution).",
-             "", "| model | kimg | TFLOP | one-thread s | FID, paper plan | best FID (plan) | matched to EDM's best "
-             "FID: LowDiff row, img/s, FID | ratio |", "|---|---|---|---|---|---|---|---|"]
-    c = baseline["compute"]
-    lines.append(f"| EDM `{baseline['model']}` | {c['kimg']:g} | {c['train_tflop']:.1f} | "
-                 f"{c.get('thread_seconds', float('nan')):.0f} | | {baseline['best_fid']:.3f} (tuned) | | 1x |")
-    for r in rows:
-        c, m = r["compute"], r["matched"]
-        match = f"*{m['label']}*, {m['images_per_s']:.1f}, {m['fid']:.3f}" if m else "none within the noise"
-        ratio = f"**{r['ratio']:.2f}x**" if r["ratio"] else "-"
-        lines.append(f"| LowDiff, {r['name']} `{r['model']}` | {c['kimg']:g} | {c['train_tflop']:.1f} | "
-                     f"{c.get('thread_seconds', float('nan')):.0f} | {r['paper_fid']:.3f} | {r['best_fid']:.3f} "
-                     f"(*{r['best_label']}*) | {match} | {ratio} |")
-    return "\n".join(lines) + "\n"
+             ""]
+    for title, (rows, baseline) in tables.items():
+        lines += [f"### {title}", "", "| model | kimg | TFLOP | one-thread s | FID, paper plan | best FID (plan) | "
+                  "matched to EDM's best FID: LowDiff row, img/s, FID | ratio |", "|---|---|---|---|---|---|---|---|"]
+        c = baseline["compute"]
+        lines.append(f"| EDM `{baseline['model']}` | {c['kimg']:g} | {c['train_tflop']:.1f} | "
+                     f"{c.get('thread_seconds', float('nan')):.0f} | | {baseline['best_fid']:.3f} (tuned) | | 1x |")
+        for r in rows:
+            c, m = r["compute"], r["matched"]
+            match = f"*{m['label']}*, {m['images_per_s']:.1f}, {m['fid']:.3f}" if m else "none within the noise"
+            ratio = f"**{r['ratio']:.2f}x**" if r["ratio"] else "-"
+            lines.append(f"| LowDiff, {r['name']} `{r['model']}` | {c['kimg']:g} | {c['train_tflop']:.1f} | "
+                         f"{c.get('thread_seconds', float('nan')):.0f} | {r['paper_fid']:.3f} | {r['best_fid']:.3f} "
+                         f"(*{r['best_label']}*) | {match} | {ratio} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# dataset -> (title, baseline, (equal-images model, its frontier), (equal-compute model, its frontier))
+PAIRS = {"fashion": ("Fashion-MNIST", "bundled:fashion-edm-cond",
+                     ("bundled:fashion-lowdiff-cond", "docs/results/frontier.json"),
+                     ("bundled:fashion-lowdiff-cond-eqc", "docs/results/frontier-eqc.json")),
+         "cifar": ("CIFAR-10", "bundled:cifar-edm-cond",
+                   ("bundled:cifar-lowdiff-cond", "docs/results/frontier-cifar.json"),
+                   ("bundled:cifar-lowdiff-cond-eqc", "docs/results/frontier-cifar-eqc.json"))}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--baseline", default="bundled:fashion-edm-cond")
-    p.add_argument("--equal-images", nargs=2, metavar=("MODEL", "FRONTIER_JSON"),
-                   default=["bundled:fashion-lowdiff-cond", "docs/results/frontier.json"])
-    p.add_argument("--equal-compute", nargs=2, metavar=("MODEL", "FRONTIER_JSON"),
-                   default=["bundled:fashion-lowdiff-cond-eqc", "docs/results/frontier-eqc.json"])
+    p.add_argument("--pairs", nargs="+", choices=sorted(PAIRS), default=["fashion", "cifar"])
     p.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
     p.add_argument("--json", default=str(ROOT / "docs" / "results" / "equal-compute.json"))
     p.add_argument("--tag", default="equal-compute")
     args = p.parse_args()
     command = "python benchmarks/equal_compute.py " + shlex.join(sys.argv[1:])
-    rows = [row("equal images", *args.equal_images), row("equal compute", *args.equal_compute)]
-    base = {"model": args.baseline, "compute": model_compute(args.baseline), "best_fid": rows[0]["baseline_best_fid"]}
-    text = markdown(rows, base, command)
+    tables, record = {}, {}
+    for name in args.pairs:
+        title, baseline, images, compute = PAIRS[name]
+        rows = [row("equal images", *images), row("equal compute", *compute)]
+        base = {"model": baseline, "compute": model_compute(baseline), "best_fid": rows[0]["baseline_best_fid"]}
+        tables[title] = (rows, base)
+        record[name] = {"baseline": base, "rows": rows}
+    text = markdown(tables, command)
     write_section(Path(args.out), args.tag, text)
-    Path(args.json).write_text(json.dumps({"command": command, "baseline": base, "rows": rows}, indent=1))
+    Path(args.json).write_text(json.dumps({"command": command, "pairs": record}, indent=1))
     print(text)
 
 
