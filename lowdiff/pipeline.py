@@ -66,13 +66,22 @@ class Pipeline:
         return self._decoder(x)
 
     def _latent_decoder(self):
-        """The VAE decoder of a latent model, whose latents must have the network's channels."""
+        """The VAE decoder of a latent model, whose latents must have the network's channels and whose
+        downsampling factor must take the model's latents to its images (latent.image_resolution)."""
         from .data.latents import LatentDecoder
+        from .data.vae import downsampling_factor
         decoder = LatentDecoder(self.preset.latent, self.device, self.vae)
+        which = f"--vae {self.vae}" if self.vae is not None else f"VAE {self.preset.latent.vae}"
         channels, wanted = decoder.vae.config.latent_channels, self.preset.network.in_channels
         if channels != wanted:
-            raise ConfigError(f"VAE {self.vae or self.preset.latent.vae}: its latents have {channels} channels, the "
-                              f"model samples {wanted}; use the VAE the model was trained with")
+            raise ConfigError(f"{which}: its latents have {channels} channels, the model samples {wanted}; use the VAE "
+                              "the model was trained with")
+        factor, side = downsampling_factor(decoder.vae.config.block_out_channels), self.preset.resolutions[-1]
+        if factor * side != self.preset.latent.image_resolution:
+            raise ConfigError(f"{which}: a factor-{factor} autoencoder decodes the model's {side}x{side} latents to "
+                              f"{factor * side}x{factor * side}, the model was trained on "
+                              f"{self.preset.latent.image_resolution}x{self.preset.latent.image_resolution} images; "
+                              "use the VAE the model was trained with")
         return decoder
 
     @property

@@ -143,3 +143,31 @@ def test_latent_path_end_to_end(tmp_path, capsys, vae_dir):
     from PIL import Image
     img = Image.open(tmp_path / "g" / "000000.png")
     assert img.size == (16, 16) and img.mode == "L"                         # decoded by the tiny VAE
+
+
+def _vae(path, levels: int = 2, latent_channels: int = 4):
+    """A tiny random AutoencoderKL of factor 2^(levels - 1) saved at `path`."""
+    torch.manual_seed(0)
+    AutoencoderKL(in_channels=1, out_channels=1, block_out_channels=(8,) * levels,
+                  down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
+                  layers_per_block=1, latent_channels=latent_channels, norm_num_groups=4).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("levels, channels, message", [
+    (3, 4, "a factor-4 autoencoder decodes the model's 8x8 latents to 32x32, the model was trained on 16x16 images"),
+    (2, 2, "its latents have 2 channels, the model samples 4"),
+])
+def test_a_latent_model_refuses_an_autoencoder_it_was_not_trained_with(tmp_path, capsys, levels, channels, message):
+    """--vae of another downsampling factor or channel count: one line naming the option, before sampling."""
+    from lowdiff.diffusion.denoiser import Denoiser
+    from lowdiff.pipeline import Pipeline
+    from lowdiff.storage import save_pretrained
+    preset = tiny_dit_preset()                                       # 8x8x4 latents of 16x16 images: f2
+    save_pretrained(tmp_path / "model", preset, Denoiser.from_preset(preset).state_dict())
+    vae = _vae(tmp_path / "vae", levels, channels)
+    code, _, err = run(capsys, "sample", "--checkpoint", tmp_path / "model", "--vae", vae, "--num", "2",
+                       "--out", tmp_path / "g.png", "--no-progress")
+    assert code == 2 and f"--vae {vae}: {message}" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "g.png").exists()
+    Pipeline(Denoiser.from_preset(preset), preset, vae=_vae(tmp_path / "right"))      # the f2, 4-channel one loads

@@ -86,3 +86,40 @@ def test_validation_names_the_stage_and_the_field(change, message):
     plan = tiny_preset().stages.replace(1, **change)
     with pytest.raises(ConfigError, match=message):
         plan.validate()
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(cfg_scale=float("nan")), "stage 16: cfg_scale must be a finite number, got nan"),
+    (dict(cfg_scale=-1.0), "stage 16: cfg_scale must be >= 0"),
+    (dict(cfg_sigma_max=float("nan")), "stage 16: cfg_sigma_max must be a number"),
+    (dict(cfg_sigma_max=-0.5), r"stage 16: cfg_sigma_max -0.5 is outside the noise levels of the edm "
+                               r"preconditioning \[0, 80\]"),
+    (dict(cfg_sigma_max=100.0), r"cfg_sigma_max 100 is outside .* \[0, 80\]"),
+])
+def test_guidance_errors_name_the_field(change, message):
+    plan = tiny_preset(label_dim=10).stages.replace(1, **change)
+    with pytest.raises(ConfigError, match=message):
+        plan.validate(conditional=True)
+
+
+def test_the_guidance_interval_of_a_flow_stage_lies_in_0_1():
+    from conftest import tiny_dit_preset
+    preset = tiny_dit_preset()
+    for v in (1.5, -0.1):
+        with pytest.raises(ConfigError, match=rf"stage 8: cfg_sigma_max {v:g} is outside the noise levels of the flow "
+                                              r"preconditioning \[0, 1\]"):
+            preset.check_plan(preset.stages.replace(1, cfg_scale=2.0, cfg_sigma_max=v))
+    for v in (0.0, 0.89, 1.0, float("inf")):                       # inf: guide at every level
+        preset.check_plan(preset.stages.replace(1, cfg_scale=2.0, cfg_sigma_max=v))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("32:cfg_scale=nan", "cfg_scale must be a finite number"),
+    ("32:cfg_sigma_max=-1", "cfg_sigma_max -1 is outside"),
+])
+def test_bad_guidance_is_one_line_before_sampling(capsys, tmp_path, override, message):
+    from helpers import run
+    code, _, err = run(capsys, "sample", "--checkpoint", "bundled:fashion-lowdiff-cond", "--num", "2",
+                       "--stage", override, "--out", tmp_path / "g.png", "--no-progress")
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "g.png").exists()

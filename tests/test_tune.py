@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from conftest import tiny_dit_preset, tiny_preset
 from lowdiff.cli import main
 from lowdiff.errors import ConfigError
 from lowdiff.diffusion.denoiser import Denoiser
@@ -235,3 +236,123 @@ def test_a_solver_registered_once_reaches_the_help_the_tuner_and_its_few_step_st
     costs = CostModel({8: 0.1, 16: 0.35, 32: 1.0}, batch=1)
     starts = few_step_plans(tiny().stages, costs, TuneOptions(budget_nfe=9, solvers=("heun", "dummysolver")))
     assert starts and {p[0].solver for _, p in starts} == {"dummysolver"}
+
+
+# --- guidance, flow solvers and warm starts on the flow ----------------------------------------------------------
+
+def _moves(coords, name, plan):
+    return dict(coords)[name](plan)
+
+
+def test_guidance_is_searched_for_conditional_models_only():
+    """By default for a class-conditional model trained with label dropout (or whose plan guides); never for
+    an unconditional one, and asked for there it is a one-line error naming the option."""
+    from lowdiff.eval.tune_space import guidance_searched
+    assert guidance_searched(tiny_dit_preset(), TuneOptions())                      # label dropout 0.1
+    assert not guidance_searched(tiny_dit_preset(), TuneOptions(guidance=False))
+    cond = tiny_preset(label_dim=10)                                                # no label dropout
+    assert not guidance_searched(cond, TuneOptions()) and guidance_searched(cond, TuneOptions(guidance=True))
+    cond.stages = cond.stages.replace(2, cfg_scale=1.5)
+    assert guidance_searched(cond, TuneOptions())
+    assert not guidance_searched(tiny_preset(), TuneOptions())
+    with pytest.raises(ConfigError, match="--tune-guidance: tiny-test is unconditional"):
+        guidance_searched(tiny_preset(), TuneOptions(guidance=True))
+    names = [n for n, _ in coordinates(tiny_preset().stages, ("heun",), guidance=False)]
+    assert not any("cfg" in n for n in names)
+
+
+def test_guidance_moves_scale_and_interval_and_stay_valid():
+    preset = tiny_dit_preset()
+    plan = preset.stages
+    coords = coordinates(plan, ("euler",), precond=preset.precond, guidance=True)
+    names = [n for n, _ in coords]
+    assert {"4:cfg_scale", "8:cfg_scale", "4:cfg_interval", "8:cfg_interval"} <= set(names)
+    up = _moves(coords, "8:cfg_scale", plan)                                        # from w = 1: only up
+    assert sorted(p[1].cfg_scale for _, p in up) == [1.25, 1.5, 2.0]
+    assert _moves(coords, "8:cfg_interval", plan) == []                              # unguided: nothing to move
+    guided = plan.replace(1, cfg_scale=2.0)
+    scales = sorted(p[1].cfg_scale for _, p in _moves(coords, "8:cfg_scale", guided))
+    assert scales == [1.0, 1.333, 1.75, 2.25, 3.0] and min(scales) >= 1              # small, large, and unguided
+    intervals = [p[1].cfg_sigma_max for _, p in _moves(coords, "8:cfg_interval", guided)]
+    assert intervals == [0.9, 0.75, 0.6]                                             # the flow's, less inf (current)
+    for _, p in _moves(coords, "8:cfg_scale", guided) + _moves(coords, "8:cfg_interval", guided):
+        preset.check_plan(p)
+
+
+def test_a_guided_evaluation_costs_two_in_the_budget():
+    """Guidance runs a doubled batch in its interval: the cost model counts those evaluations twice, and
+    the guidance moves are fitted to the budget (fewer steps) or dropped when it cannot pay for them."""
+    preset = tiny_dit_preset()
+    plan = preset.stages                                                            # NFE 3 / 6, Euler
+    costs = CostModel({4: 0.5, 8: 1.0}, batch=1)
+    guided = plan.replace(1, cfg_scale=2.0)
+    assert guided.guided_nfe(1) == 6 and guided.nfe_per_stage == plan.nfe_per_stage
+    interval = guided.replace(1, cfg_sigma_max=0.6)
+    assert 0 < interval.guided_nfe(1) < 6
+    assert costs.effective_nfe(guided) == costs.effective_nfe(plan) + 6
+    assert costs.latency_per_image(guided) == pytest.approx(costs.latency_per_image(plan) + 6)
+    assert costs.effective_nfe(plan) < costs.effective_nfe(interval) < costs.effective_nfe(guided)
+    opts = TuneOptions(budget_nfe=costs.effective_nfe(plan))                       # no room for guidance as it is
+    fit = lambda p: fit_budget(p, costs, opts)                                     # noqa: E731
+    coords = coordinates(plan, ("euler",), precond=preset.precond, guidance=True, fit=fit)
+    moves = _moves(coords, "8:cfg_scale", plan)
+    assert moves and all(costs.effective_nfe(p) <= opts.budget_nfe for _, p in moves)
+    assert all(p[1].cfg_scale > 1 and p[1].steps < plan[1].steps and "fitted to the budget" in m for m, p in moves)
+    tight = TuneOptions(budget_nfe=2)                                               # one evaluation per stage
+    coords = coordinates(plan, ("euler",), precond=preset.precond, guidance=True,
+                         fit=lambda p: fit_budget(p, costs, tight))
+    assert _moves(coords, "8:cfg_scale", plan) == []                                # guidance cannot be paid for
+    assert fit_budget(guided, costs, tight)[1].cfg_scale == 1                       # a fitted start drops it
+
+
+def test_calibration_is_unguided():
+    from lowdiff.eval.tune_space import calibration_plan
+    plan = tiny_dit_preset().stages.replace(1, cfg_scale=3.0)
+    assert all(s.cfg_scale == 1 for s in calibration_plan(plan))
+
+
+def test_solvers_valid_on_the_flow_ode_are_listed_and_only_they_are_searched(capsys):
+    from helpers import run
+    from lowdiff.diffusion.solvers import SOLVERS, flow_solvers, flow_solvers_text
+    from lowdiff.eval.tune_space import searched_solvers
+    assert set(flow_solvers()) == set(SOLVERS) - {"consistency"}
+    preset = tiny_dit_preset()
+    coords = coordinates(preset.stages, tuple(SOLVERS), precond=preset.precond)
+    offered = {p[1].solver for _, p in _moves(coords, "8:solver", preset.stages)}
+    assert offered == set(flow_solvers()) - {"euler"}                                # the plan's own is euler
+    with pytest.raises(ConfigError, match="--solvers consistency: not valid on the flow ODE"):
+        searched_solvers(("euler", "consistency"), preset.precond)
+    assert searched_solvers(tuple(SOLVERS), tiny_preset().precond) == tuple(SOLVERS)  # EDM: checked elsewhere
+    with pytest.raises(ConfigError, match="valid on the flow ODE"):
+        preset.check_plan(preset.stages.replace(1, solver="consistency"))
+    for command in ("tune", "sample"):
+        _, out, _ = run(capsys, command, "--help")
+        assert flow_solvers_text() in " ".join(out.split()), command
+
+
+def test_flow_warm_start_moves_are_valid_and_sample():
+    """On the flow (sigma in [0, 1], 1 = pure noise) a warm start begins between the noise level the stage
+    below hands over and 1, and its sigma_max moves once warm; the plans validate and sample."""
+    from lowdiff.diffusion.cascade import PerImageGenerator, sample_cascade
+    preset = tiny_dit_preset()
+    plan = preset.stages
+    below = plan.truncation_sigma(0)
+    coords = coordinates(plan, ("euler",), warm_start=True, precond=preset.precond)
+    names = [n for n, _ in coords]
+    assert "8:start" in names and "4:start" not in names and "8:sigma_max" in names
+    warm = _moves(coords, "8:start", plan)
+    assert warm and all(below < p[1].sigma_max < 1 and p[1].start == "upsampled" for _, p in warm)
+    for _, p in warm:
+        preset.check_plan(p)
+    assert _moves(coords, "8:sigma_max", plan) == []                                 # from noise it starts at 1
+    start = warm[0][1]
+    moved = _moves(coords, "8:sigma_max", start)
+    assert moved and all(below < p[1].sigma_max < 1 for _, p in moved)
+    back = _moves(coords, "8:start", start)
+    assert back[0][1][1].start == "noise" and back[0][1][1].sigma_max == 1
+    preset.check_plan(back[0][1])
+    torch.manual_seed(0)
+    model = Denoiser.from_preset(preset).eval()
+    out = sample_cascade(model, start, PerImageGenerator([0, 1]), channels=4, class_labels=torch.eye(10)[[0, 1]],
+                         precond=preset.precond)
+    assert out.stages[1].sigma_start == pytest.approx(start[1].sigma_max) and torch.isfinite(out.images).all()

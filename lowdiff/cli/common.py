@@ -37,7 +37,7 @@ def add_progress(p: argparse.ArgumentParser) -> None:
 def add_speed_args(s: argparse.ArgumentParser, plan: bool = True) -> None:
     """The stage-plan and inference speed switches shared by sample, eval fid, bench and tune."""
     from ..diffusion.plan import FIELDS
-    from ..diffusion.solvers import SOLVERS
+    from ..diffusion.solvers import SOLVERS, flow_solvers_text
     from ..plans import DEFAULT_RULE
     g = s.add_argument_group("sampling plan and speed")
     if plan:
@@ -46,7 +46,7 @@ def add_speed_args(s: argparse.ArgumentParser, plan: bool = True) -> None:
                        f"written by `lowdiff tune`); default: {DEFAULT_RULE}. --solver and --stage apply on top")
         g.add_argument("--solver", metavar="NAME", choices=list(SOLVERS),
                        help="this solver in every stage at the same NFE per stage: "
-                       + ", ".join(f"{k} ({v.description})" for k, v in SOLVERS.items()))
+                       + ", ".join(f"{k} ({v.description})" for k, v in SOLVERS.items()) + "; " + flow_solvers_text())
         g.add_argument("--stage", action="append", metavar="RES:key=val[,key=val]",
                        help="override a stage's sampling parameter, e.g. --stage 16:nfe=13,sigma_max=50 (keys: "
                        f"{', '.join(f for f in FIELDS if f != 'resolution')}). A lower RES adds a stage: a "

@@ -1,6 +1,7 @@
 """`lowdiff tune`: search a trained model's stage plan for the lowest FID within a budget."""
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -12,12 +13,14 @@ from .common import add_device, add_features_args, add_progress, add_speed_args,
 
 
 def register(sub) -> None:
-    from ..diffusion.solvers import SOLVERS, tune_defaults
+    from ..diffusion.solvers import SOLVERS, flow_solvers_text, tune_defaults
     from ..eval.tune_budget import COSTS, PROGRESSIVE_MODES
-    s = sub.add_parser("tune", help="search per-stage steps, truncation, sigma ranges and solvers for the lowest FID "
-                       "within a budget; print the Pareto front, write the plan and a plot",
+    from ..eval.tune_space import CFG_FACTOR, CFG_INTERVALS, CFG_STEP
+    s = sub.add_parser("tune", help="search per-stage steps, truncation, sigma ranges, solvers and guidance for the "
+                       "lowest FID within a budget; print the Pareto front, write the plan and a plot",
                        description="Search over a trained model's stage plan (per stage: solver, steps, truncation "
-                       "NFE, sigma_max, sigma_min, rho, warm start), for a cascade or a single-resolution "
+                       "NFE, sigma_max, sigma_min, rho, warm start, and a class-conditional model's guidance scale "
+                       "and interval), for a cascade or a single-resolution "
                        "baseline alike: starts from the model's plan and from few-step plans, descends one "
                        "coordinate at a time, screens every plan on --screen-num samples and confirms the best "
                        "--confirm on --num (the same seeds for every plan). Prints the FID / throughput Pareto "
@@ -45,12 +48,20 @@ def register(sub) -> None:
     defaults = tune_defaults()
     s.add_argument("--solvers", default=",".join(defaults), help="solvers to try, comma-separated (default "
                    f"{','.join(defaults)}; also {', '.join(n for n in SOLVERS if n not in defaults)}); the "
-                   "one-evaluation ones also make the few-step starts")
+                   "one-evaluation ones also make the few-step starts; " + flow_solvers_text())
     s.add_argument("--start", metavar="PLAN", action="append", default=[],
                    help="also start the search from this plan JSON (e.g. one `lowdiff tune` chose at a larger "
                    "budget), fitted to the budget; repeatable")
     s.add_argument("--no-warm-start", dest="warm_start", action="store_false",
                    help="do not search warm-started stages (start=upsampled)")
+    s.add_argument("--tune-guidance", dest="guidance", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"move each stage's classifier-free guidance scale (cfg_scale: +-{CFG_STEP:g}, x or / "
+                   f"{CFG_FACTOR:g}, +1, or 1 = unguided; never below 1) and its interval (cfg_sigma_max: "
+                   + "; ".join(f"{', '.join(f'{v:g}' for v in values)} on the {kind} schedule"
+                               for kind, values in CFG_INTERVALS.items())
+                   + "); a guided evaluation costs two in the budget, and each guidance move is "
+                   "fitted to it. Default: on for a class-conditional model trained with label dropout (the null "
+                   "class guidance needs) or whose plan guides already, off otherwise; needs a class-conditional model")
     s.add_argument("--progressive", default="also", choices=PROGRESSIVE_MODES,
                    help="a single-resolution model: also search progressive plans (the network run at one or two "
                    "lower resolutions first, `lowdiff sample --help`, --stage), only those, or no (default also)")
@@ -92,7 +103,7 @@ def _tune(args, world, plot: str) -> None:
     opts = TuneOptions(budget_nfe=args.budget_nfe, budget_latency=args.budget_latency, trials=args.trials,
                        num=args.num, screen_num=args.screen_num or min(200, args.num), confirm=args.confirm,
                        seed=args.seed, batch=args.batch, solvers=tuple(args.solvers.split(",")), cost=args.cost,
-                       warm_start=args.warm_start, progressive=args.progressive)
+                       warm_start=args.warm_start, progressive=args.progressive, guidance=args.guidance)
     most = opts.trials * min(opts.screen_num, opts.num) + opts.confirm * opts.num     # images, at most
     bar = image_bar(most, "tune", disable=args.no_progress or not world.is_main)
 

@@ -38,6 +38,11 @@ def to_vae_input(images: np.ndarray, channels: int, device) -> torch.Tensor:
     raise DatasetError(f"the images have {x.shape[1]} channels but the VAE takes {channels}")
 
 
+def downsampling_factor(block_out_channels) -> int:
+    """An AutoencoderKL's side reduction: every encoder level but the last halves the side."""
+    return 2 ** (len(block_out_channels) - 1)
+
+
 def load_vae(path: str | Path, device: str | torch.device = "cpu", norm_num_groups: int = 32):
     """AutoencoderKL from a diffusers directory, or from an LDM / VA-VAE layout weight file
     (.safetensors, or .pt/.ckpt/.pth read with torch.load(weights_only=True)); the file's

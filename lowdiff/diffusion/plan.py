@@ -24,7 +24,7 @@ from ..fields import convert, from_dict, jsonable
 from ..files import read_json, write_json
 from .precond import EDM, Preconditioning
 from .schedules import edm_sigmas, flow_sigmas
-from .solvers import SOLVERS
+from .solvers import SOLVERS, flow_solvers
 
 
 @dataclass
@@ -181,6 +181,31 @@ class StagePlan(Sequence):
     def nfe_per_stage(self) -> dict[int, int]:
         return {s.resolution: self.nfe(i) for i, s in enumerate(self._stages)}
 
+    def guided_nfe(self, i: int) -> int:
+        """Evaluations of stage i that classifier-free guidance doubles (lowdiff/diffusion/guidance.py: the
+        conditional and the unconditional half as one batch of twice the images): those at noise levels
+        <= cfg_sigma_max when cfg_scale != 1, found by running the solver on a stand-in denoiser."""
+        s = self[i]
+        if s.cfg_scale == 1:
+            return 0
+        levels = []
+
+        def record(x, sigma):
+            levels.append(float(sigma))
+            return torch.zeros_like(x)
+
+        self.solver(i)(record, torch.zeros(1, device="cpu"), self.sigmas(i), max_nfe=self.budget(i),
+                       S_churn=s.S_churn, S_min=s.S_min, S_max=s.S_max, S_noise=s.S_noise, noise_fn=torch.zeros_like)
+        return sum(level <= s.cfg_sigma_max for level in levels)
+
+    def evaluation_cost(self, i: int) -> int:
+        """Stage i's evaluations counted at one batch each: a guided evaluation counts twice."""
+        return self.nfe(i) + self.guided_nfe(i)
+
+    @property
+    def cost_per_stage(self) -> dict[int, int]:
+        return {s.resolution: self.evaluation_cost(i) for i, s in enumerate(self._stages)}
+
     @property
     def total_nfe(self) -> int:
         return sum(self.nfe_per_stage.values())
@@ -192,7 +217,8 @@ class StagePlan(Sequence):
         return reached
 
     def effective_nfe(self, step_cost: dict[int, float]) -> int:
-        return effective_nfe(self.nfe_per_stage, step_cost)
+        """Appendix B's effective NFE, a guided evaluation (a doubled batch) counted twice (`cost_per_stage`)."""
+        return effective_nfe(self.cost_per_stage, step_cost)
 
     # --- validation ----------------------------------------------------------------------
     def validate(self, precond: Preconditioning | None = None, conditional: bool = False,
@@ -232,6 +258,7 @@ class StagePlan(Sequence):
             raise ConfigError(f"{where}: need steps >= 1 and 0 < sigma_min < sigma_max")
         if s.cfg_scale != 1 and not conditional:
             raise ConfigError(f"{where}: cfg_scale needs a class-conditional model")
+        _validate_guidance_interval(s, precond)
         if s.schedule == EDM_SCHEDULE and s.shift != 1:
             raise ConfigError(f"{where}: shift belongs to the flow schedule (schedule=flow); "
                               "the edm schedule is shaped by rho")
@@ -447,13 +474,23 @@ def _validate_sigma_span(s: StageConfig, precond: Preconditioning) -> None:
                           f"{high * SIGMA_SPAN:g}]; its models sample [{low:g}, {high:g}])")
 
 
+def _validate_guidance_interval(s: StageConfig, precond: Preconditioning) -> None:
+    """cfg_sigma_max, the top of the guidance interval, is a noise level of the preconditioning: in [0, 1]
+    on the flow (sigma = 1 - t), in [0, its sampling range's top] otherwise; inf guides at every level."""
+    high = precond.sampling_range[1]
+    if s.cfg_sigma_max != float("inf") and not 0 <= s.cfg_sigma_max <= high:
+        raise ConfigError(f"stage {s.resolution}: cfg_sigma_max {s.cfg_sigma_max:g} is outside the noise levels of "
+                          f"the {precond.kind} preconditioning [0, {high:g}] (inf: guide at every level)")
+
+
 def _validate_flow_stage(s: StageConfig, final: bool, schedule: str) -> None:
     """Flow noise levels live in [0, 1] (sigma = 1 - t); the ODE solvers only, no churn."""
     where = f"stage {s.resolution}"
     if schedule != FLOW_SCHEDULE:                 # the preconditioning's schedule
         raise ConfigError(f"{where}: the flow schedule needs a flow model (precond 'flow')")
-    if s.S_churn:
-        raise ConfigError(f"{where}: a flow model samples with an ODE solver ({', '.join(SOLVERS)}) and no churn")
+    if s.S_churn or not SOLVERS[s.solver].flow_ode:
+        raise ConfigError(f"{where}: a flow model samples with an ODE solver valid on the flow ODE "
+                          f"({', '.join(flow_solvers())}) and no churn; got solver {s.solver}, S_churn {s.S_churn:g}")
     if s.steps < 1 or not 0 <= s.sigma_min < s.sigma_max <= 1 or (s.schedule == EDM_SCHEDULE and s.sigma_min == 0):
         raise ConfigError(f"{where}: flow noise levels need steps >= 1 and 0 <= sigma_min < sigma_max <= 1")
     if s.sigma_max != 1 and s.start != "upsampled":

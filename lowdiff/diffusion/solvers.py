@@ -9,7 +9,16 @@ lowdiff/diffusion/schedules.py.
 integrates to a clean sample; one ending at sigma > 0 stops there (truncation). `max_nfe`
 stops the solver once that many evaluations are spent; when a single evaluation is left
 for a step, that step is taken with Euler. Every solver returns (x, nfe, sigma_reached).
-`SOLVERS` registers each with its cost: evaluations per step, and one for a step to 0.
+`SOLVERS` registers each with its cost: evaluations per step, and one for a step to 0, and
+whether it is valid on the flow ODE.
+
+The flow ODE: with the flow's D = x + sigma F (lowdiff/diffusion/precond.py, `Flow`), the
+rectified flow dx/dt = F is dx/dsigma = (x - D) / sigma (sigma = 1 - t), the same ODE in D as
+EDM's (Eq. 3 with s = 1). Euler, Heun and iPNDM integrate any ODE; DPM-Solver++'s update is
+that ODE's exact variation-of-constants solution in lambda = -log sigma with D interpolated
+(its first-order step equals the flow's DDIM step, (s'/s) x + (1 - s'/s) D). The consistency
+sampler is not: its re-noising adds noise to x = y + sigma n, not the flow's
+x = (1 - sigma) y + sigma n.
 """
 from __future__ import annotations
 
@@ -236,7 +245,8 @@ class Solver:
     """A solver and what it is: `evaluations_per_step` network evaluations per interval of the sigma
     array, except that a step to sigma = 0 costs `step_to_zero` (one: Heun's last step is Euler;
     none for the consistency sampler, whose last level is its boundary); `tuned_models_only`: it
-    samples consistency-tuned models only; `tune_default`: among `lowdiff tune`'s default solvers.
+    samples consistency-tuned models only; `tune_default`: among `lowdiff tune`'s default solvers;
+    `flow_ode`: valid on the flow ODE (rectified-flow models; see the module's docstring).
     Registering one in SOLVERS is all it takes to appear in the commands' choices and help and in
     the tuner's starts."""
     name: str
@@ -246,6 +256,7 @@ class Solver:
     step_to_zero: int = 1
     tuned_models_only: bool = False
     tune_default: bool = False
+    flow_ode: bool = True
 
     def __call__(self, *args, **kwargs):
         return self.sample(*args, **kwargs)
@@ -268,7 +279,8 @@ SOLVERS = {s.name: s for s in (
     Solver("dpmpp3m", sample_dpmpp_3m, 1, "DPM-Solver++(3M), 3rd-order multistep"),
     Solver("ipndm", sample_ipndm, 1, "iPNDM, up to 4th-order Adams-Bashforth multistep", tune_default=True),
     Solver("consistency", sample_consistency, 1, "multistep consistency sampling, one jump to the stage's end per "
-           "evaluation (consistency-tuned models only)", step_to_zero=0, tuned_models_only=True),
+           "evaluation (consistency-tuned models only)", step_to_zero=0, tuned_models_only=True,
+           flow_ode=False),
 )}
 
 
@@ -280,3 +292,13 @@ def few_step_solvers(names) -> list[str]:
 def tune_defaults() -> tuple[str, ...]:
     """The solvers `lowdiff tune` tries unless told otherwise."""
     return tuple(n for n, s in SOLVERS.items() if s.tune_default)
+
+
+def flow_solvers() -> tuple[str, ...]:
+    """The solvers valid on the flow ODE (`Solver.flow_ode`)."""
+    return tuple(n for n, s in SOLVERS.items() if s.flow_ode)
+
+
+def flow_solvers_text() -> str:
+    """What the commands' help says of the flow ODE."""
+    return f"valid on the flow ODE (rectified-flow models): {', '.join(flow_solvers())}"

@@ -292,7 +292,7 @@ def evaluate_autoencoder(vae_spec: str | Path, data: str, extractor, feature_spa
     """Reconstruction quality of a VAE on a dataset (e.g. fashion-mnist:test): each image is
     encoded to its posterior mean and decoded; PSNR (dB, uint8 images, mean over images and
     of the pooled MSE) and the FID of the reconstructions against the originals."""
-    from ..data.vae import load_vae, to_vae_input
+    from ..data.vae import downsampling_factor, load_vae, to_vae_input
     from ..images import to_uint8
     from .features import extract
     ds = open_dataset(data)
@@ -308,8 +308,8 @@ def evaluate_autoencoder(vae_spec: str | Path, data: str, extractor, feature_spa
     real, _ = extract(extractor, images, batch=batch, progress=progress)
     fake, _ = extract(extractor, recon, batch=batch, progress=progress)
     return {"data": ds.name, "num": len(images), "vae": str(vae_spec),
-            "latent_shape": [vae.config.latent_channels] + [images.shape[-1] // 2 ** (len(vae.config.block_out_channels)
-                                                                                    - 1)] * 2,
+            "latent_shape": [vae.config.latent_channels]
+            + [images.shape[-1] // downsampling_factor(vae.config.block_out_channels)] * 2,
             "psnr_mean_db": float((10 * torch.log10(255 ** 2 / err.clamp_min(1e-10))).mean()),
             "psnr_pooled_db": float(10 * torch.log10(255 ** 2 / err.mean())),
             "fid_reconstructions": frechet_distance(*statistics(fake), *statistics(real)),

@@ -19,9 +19,9 @@ The search is global first, then local, with successive halving on the sample co
    fitted to the budget the same three ways;
 2. coordinate descent (a pattern search) from the best start: one coordinate at a time (a
    stage's solver, steps, truncation NFE, a trade of final-stage steps against low-resolution
-   evaluations, sigma_max, sigma_min, rho, and the warm start of a stage from the one below
-   with its sigma), keeping the best move if the FID improves, until a pass brings nothing or
-   the trials are spent;
+   evaluations, a class-conditional model's guidance scale and interval per stage, sigma_max,
+   sigma_min, rho, and the warm start of a stage from the one below with its sigma), keeping
+   the best move if the FID improves, until a pass brings nothing or the trials are spent;
 3. every plan above is screened on the first `screen_num` seeds; the best `confirm` are
    evaluated again on all `num` seeds and the lowest FID there is chosen.
 Every FID uses the same seeds (common random numbers: the screening seeds are the first
@@ -43,8 +43,8 @@ from ..files import atomic_write
 from .bench import BenchOptions, NetworkTimer, time_sampling
 from .evaluate import checked_reference, evaluate_pipeline
 from .tune_budget import COSTS, FITS, CostModel, TuneOptions, fit_budget, within_budget
-from .tune_space import (calibration_plan, coordinates, few_step_plans, progressive_plan, progressive_resolutions,
-                         progressive_starts)
+from .tune_space import (calibration_plan, coordinates, few_step_plans, guidance_searched, progressive_plan,
+                         progressive_resolutions, progressive_starts, searched_solvers)
 
 
 @dataclass
@@ -67,7 +67,7 @@ class Trial:
 
 def _stage_summary(s: StageConfig) -> dict:
     return {k: getattr(s, k) for k in ("resolution", "solver", "steps", "nfe", "sigma_min", "sigma_max", "rho",
-                                       "start", "handover")}
+                                       "cfg_scale", "cfg_sigma_max", "start", "handover")}
 
 
 def _key(stages: StagePlan) -> str:
@@ -116,6 +116,8 @@ class Tuner:
         unknown = [s for s in opts.solvers if s not in SOLVERS]
         if unknown:      # else every plan using them fails check_plan and is skipped without a word
             raise ConfigError(f"unknown solver(s) {', '.join(unknown)}: choose from {', '.join(SOLVERS)}")
+        searched_solvers(opts.solvers, pipe.preset.precond)
+        self.guidance = guidance_searched(pipe.preset, opts)
         if opts.screen_num < 2 or opts.confirm < 1 or opts.trials < 1:
             raise ConfigError("tune needs screen_num >= 2, confirm >= 1 and trials >= 1")
         self.pipe, self.extractor, self.feature_space = pipe, extractor, feature_space
@@ -175,8 +177,8 @@ class Tuner:
 
     def descend(self, best: Trial) -> Trial:
         """Coordinate descent from `best` until a pass brings nothing or the trials are spent."""
-        coords = coordinates(best.stages, self.opts.solvers, self.opts.warm_start,
-                             self.pipe.preset.precond.sampling_range)
+        coords = coordinates(best.stages, self.opts.solvers, self.opts.warm_start, self.pipe.preset.precond,
+                             self.guidance, fit=lambda p: fit_budget(p, self.costs, self.opts))
         improved = True
         while improved and len(self.trials) < self.opts.trials:
             improved = False

@@ -1,6 +1,7 @@
 """`lowdiff tune`'s options, its budget and the cost model a plan is measured by (lowdiff/eval/tune.py
 has the search): effective NFE (paper Appendix B) and the predicted latency per image,
-sum_r NFE_r latency_r + steps * overhead, and the fitting of a plan into the budget."""
+sum_r NFE_r latency_r + steps * overhead, and the fitting of a plan into the budget. A guided evaluation
+(classifier-free guidance: a batch of twice the images) counts as two in both (`StagePlan.cost_per_stage`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ class TuneOptions:
     warm_start: bool = True                  # search warm-started stages (start=upsampled) too
     progressive: str = "also"                # single-resolution models: progressive plans too (also), only, or no
                                              # (PROGRESSIVE_MODES)
+    guidance: bool | None = None             # move each stage's guidance scale and interval; None: for conditional
+                                             # models trained with label dropout or guided (guidance_searched)
 
 
 class CostModel:
@@ -44,8 +47,10 @@ class CostModel:
         return plan.effective_nfe(self.weights)
 
     def latency_per_image(self, plan: StagePlan) -> float:
-        nfe = plan.nfe_per_stage
-        return (sum(n * self.latency[r] for r, n in nfe.items()) + sum(nfe.values()) * self.step_overhead) / self.batch
+        """The network's share at one batch's latency per evaluation (two for a guided one: a doubled batch,
+        an upper bound where the device is not yet saturated), the solver's per step."""
+        cost = plan.cost_per_stage
+        return (sum(n * self.latency[r] for r, n in cost.items()) + plan.total_nfe * self.step_overhead) / self.batch
 
 
 def cost_text(plan: StagePlan, costs: CostModel) -> str:
@@ -66,7 +71,8 @@ def fit_budget(plan: StagePlan, costs: CostModel, opts: TuneOptions, order: str 
     """Shrink the plan until it fits, one step (final stage) or one NFE (truncated stages) at a
     time, taking it from: the stage that costs most ('costliest stage first'); the truncated
     stages before the final one ('lower stages first'); or the stage that has kept the largest
-    share of its own NFE ('in proportion')."""
+    share of its own NFE ('in proportion'). When every stage is down to one evaluation, the guidance of
+    the stage it costs most in is dropped (cfg_scale 1: one evaluation instead of two)."""
     original = plan
 
     def shrinkable(i):
@@ -74,14 +80,19 @@ def fit_budget(plan: StagePlan, costs: CostModel, opts: TuneOptions, order: str 
 
     while not within_budget(plan, costs, opts):
         candidates = [i for i in range(len(plan)) if shrinkable(i)]
+        guided = [i for i in range(len(plan)) if plan.guided_nfe(i)]
+        if not candidates and guided:
+            plan = plan.replace(max(guided, key=lambda i: plan.guided_nfe(i) * costs.latency[plan[i].resolution]),
+                                cfg_scale=1.0)
+            continue
         if not candidates:
             raise ConfigError(f"the budget is smaller than the cheapest plan (one evaluation per stage: "
                               f"{cost_text(plan, costs)}); raise it")
         if order == FITS[0]:
-            i = max(candidates, key=lambda i: plan.nfe(i) * costs.latency[plan[i].resolution])
+            i = max(candidates, key=lambda i: plan.evaluation_cost(i) * costs.latency[plan[i].resolution])
         elif order == FITS[1]:
             lower = [i for i in candidates if not plan.is_final(i)]
-            i = max(lower or candidates, key=lambda i: plan.nfe(i) * costs.latency[plan[i].resolution])
+            i = max(lower or candidates, key=lambda i: plan.evaluation_cost(i) * costs.latency[plan[i].resolution])
         else:
             i = max(candidates, key=lambda i: plan.nfe(i) / original.nfe(i))
         plan = (plan.replace(i, steps=plan[i].steps - 1) if plan.is_final(i) else plan.replace(i, nfe=plan.nfe(i) - 1))

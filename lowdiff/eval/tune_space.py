@@ -6,18 +6,20 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from ..diffusion.plan import EDM_SCHEDULE, StagePlan
-from ..diffusion.precond import EDM
-from ..diffusion.solvers import few_step_solvers
+from ..diffusion.plan import BOUNDS, EDM_SCHEDULE, FLOW_SCHEDULE, StagePlan
+from ..diffusion.precond import EDM, Preconditioning
+from ..diffusion.solvers import SOLVERS, few_step_solvers, flow_solvers
 from ..errors import ConfigError
 from .tune_budget import PROGRESSIVE_MODES, CostModel, TuneOptions, within_budget
 
 
 def calibration_plan(plan: StagePlan) -> StagePlan:
     """A short plan with every resolution evaluated a few times: DPM-Solver++(2M), 4 evaluations
-    per truncated stage, 4 steps in the final one."""
+    per truncated stage, 4 steps in the final one, unguided (the latency of one batch; the cost
+    model counts a guided evaluation twice)."""
     cal = plan.with_solver("dpmpp2m")
     for i in range(len(cal)):
+        cal = cal.replace(i, cfg_scale=1.0)
         cal = cal.replace(i, steps=4) if cal.is_final(i) else cal.replace(i, steps=max(cal[i].steps, 5), nfe=4)
     return cal
 
@@ -93,22 +95,108 @@ def _rho_moves(plan: StagePlan, i: int):
     return [(f"{s.resolution}: rho {v:g}", plan.replace(i, rho=v)) for v in (s.rho - 2, s.rho + 2) if v >= 1]
 
 
-WARM_SIGMAS = (1.0, 2.0, 3.0, 5.0)
+WARM_SIGMAS = (1.0, 2.0, 3.0, 5.0)       # the warm starts' sigma_max on EDM's schedule
+WARM_FRACTIONS = (0.25, 0.5, 0.75)        # flow: of the way from the stage below's hand-over level to 1 (noise)
 
 
-def _warm_moves(plan: StagePlan, i: int, cold_sigma_max: float):
+def _warm_sigmas(plan: StagePlan, i: int, flow: bool) -> tuple[float, ...]:
+    """Where a warm start of stage i may begin: WARM_SIGMAS, or on the flow (sigma in [0, 1], where sigma = 1
+    is pure noise and a warm start there keeps nothing of the stage below) between the noise level the stage
+    below hands over and 1."""
+    if not flow:
+        return WARM_SIGMAS
+    below = plan.truncation_sigma(i - 1)
+    return tuple(v for v in (round(below + f * (1 - below), 3) for f in WARM_FRACTIONS) if below < v < 1)
+
+
+def _warm_moves(plan: StagePlan, i: int, cold_sigma_max: float, flow: bool = False):
     """Stage i started from the stage below (at a few sigma_max, with its steps or one fewer), or,
-    when it already is, from noise again at its model plan's sigma_max."""
+    when it already is, from noise again at its model plan's sigma_max (1 on the flow)."""
     s = plan[i]
     if s.start == "upsampled":
         return [(f"{s.resolution}: start from noise", plan.replace(i, start="noise", sigma_max=cold_sigma_max))]
     out = []
-    for sigma in WARM_SIGMAS:
+    for sigma in _warm_sigmas(plan, i, flow):
         if 2 * s.sigma_min < sigma:
             for steps in sorted({s.steps, max(s.steps - 1, 1 if plan.is_final(i) else 2)}):
                 out.append((f"{s.resolution}: start from the stage below at sigma {sigma:g}, steps {steps}",
                             plan.replace(i, start="upsampled", sigma_max=sigma, steps=steps)))
     return out
+
+
+def _flow_sigma_max_moves(plan: StagePlan, i: int):
+    """A warm-started flow stage's sigma_max, moved by the time t = 1 - sigma it skips (x 0.7 or / 0.7), above
+    the noise level the stage below hands over; a flow stage from noise starts at 1."""
+    s = plan[i]
+    if s.start != "upsampled":
+        return []
+    below = plan.truncation_sigma(i - 1)
+    values = [round(1 - (1 - s.sigma_max) * k, 3) for k in (0.7, 1 / 0.7)]
+    return [(f"{s.resolution}: sigma_max {v:g}", plan.replace(i, sigma_max=v)) for v in values if below < v < 1]
+
+
+CFG_STEP, CFG_FACTOR = 0.25, 1.5         # small (additive) and large (multiplicative) moves of a guidance scale
+CFG_INTERVALS = {FLOW_SCHEDULE: (float("inf"), 0.9, 0.75, 0.6),       # cfg_sigma_max, the guidance interval's top
+                 EDM_SCHEDULE: (float("inf"), 10.0, 5.0, 2.0)}
+
+
+def _fitted_guidance(move: str, plan: StagePlan, i: int, fit):
+    """A guidance move, fitted to the budget by `fit` (a guided evaluation costs two); none when the budget
+    cannot pay for stage i's guidance."""
+    if fit is None:
+        return [(move, plan)]
+    try:
+        fitted = fit(plan)
+    except ConfigError:
+        return []
+    if fitted[i].cfg_scale != plan[i].cfg_scale:
+        return []
+    return [(move if fitted == plan else f"{move}, fitted to the budget", fitted)]
+
+
+def _cfg_scale_moves(plan: StagePlan, i: int, fit=None):
+    """Stage i's classifier-free guidance scale w (Ho & Salimans 2022): w +- CFG_STEP, w x or / CFG_FACTOR,
+    w + 1, and 1 (unguided: one evaluation instead of two); never below 1."""
+    w, top = plan[i].cfg_scale, BOUNDS["cfg_scale"][1]
+    values = sorted({round(v, 3) for v in (1.0, w - CFG_STEP, w + CFG_STEP, w * CFG_FACTOR, w / CFG_FACTOR, w + 1)
+                     if 1 <= v <= top} - {w})
+    return [m for v in values
+            for m in _fitted_guidance(f"{plan[i].resolution}: cfg_scale {v:g}", plan.replace(i, cfg_scale=v), i, fit)]
+
+
+def _cfg_interval_moves(plan: StagePlan, i: int, schedule: str, fit=None):
+    """A guided stage's guidance interval, the noise levels <= cfg_sigma_max (Kynkaanniemi et al. 2024, as
+    LightningDiT samples), over CFG_INTERVALS of the preconditioning's schedule; none for an unguided stage."""
+    s = plan[i]
+    if s.cfg_scale == 1:
+        return []
+    return [m for v in CFG_INTERVALS[schedule] if v != s.cfg_sigma_max
+            for m in _fitted_guidance(f"{s.resolution}: cfg_sigma_max {v:g}", plan.replace(i, cfg_sigma_max=v), i,
+                                      fit)]
+
+
+def guidance_searched(preset, opts: TuneOptions) -> bool:
+    """Whether the tuner moves the guidance scale and interval: `opts.guidance`, or by default (None) for a
+    class-conditional model trained with label dropout (its null class learned) or whose plan guides
+    already. Guidance needs a class-conditional model."""
+    conditional = bool(preset.network.label_dim)
+    if opts.guidance and not conditional:
+        raise ConfigError(f"--tune-guidance: {preset.name} is unconditional; classifier-free guidance needs a "
+                          "class-conditional model")
+    if opts.guidance is not None:
+        return opts.guidance
+    return conditional and (preset.network.label_dropout > 0 or any(s.cfg_scale != 1 for s in preset.stages))
+
+
+def searched_solvers(solvers, precond: Preconditioning) -> tuple[str, ...]:
+    """The solvers `lowdiff tune` tries on a model of `precond`: all given, each valid on its ODE (before any
+    work: else every plan with it is skipped without a word)."""
+    if precond.schedule == FLOW_SCHEDULE:
+        invalid = [s for s in solvers if s in SOLVERS and not SOLVERS[s].flow_ode]
+        if invalid:
+            raise ConfigError(f"--solvers {','.join(invalid)}: not valid on the flow ODE of this model; choose from "
+                              f"{', '.join(flow_solvers())}")
+    return tuple(solvers)
 
 
 def _handover_moves(plan: StagePlan, i: int):
@@ -131,16 +219,20 @@ def _switch_moves(plan: StagePlan, i: int):
     return out
 
 
-def coordinates(plan: StagePlan, solvers, warm_start: bool = False,
-                sampling_range: tuple[float, float] = EDM.sampling_range) -> list[tuple[str, Callable]]:
-    """(name, plan -> [(move, plan)]) for plans shaped like `plan`, in search order: solvers,
-    the final stage's steps, truncation points, trades of final steps against low-resolution
-    evaluations, warm starts (a progressive plan: each stage's switch sigma and hand-over instead),
-    sigma_max, the final stage's sigma_min, rho, then the low-resolution stages' steps. A
-    single-resolution model has the same coordinates but those of the low-resolution stages; flow stages (which end at 0) have no sigma_min or rho
-    to move, and their sigma_max only moves once warm-started. sigma_max and sigma_min move within
-    the preconditioning's `sampling_range` (sigma_min down to a twentieth of its low end)."""
-    last, (low, high) = plan.final, sampling_range
+def coordinates(plan: StagePlan, solvers, warm_start: bool = False, precond: Preconditioning = EDM(),
+                guidance: bool = False, fit: Callable[[StagePlan], StagePlan] | None = None
+                ) -> list[tuple[str, Callable]]:
+    """(name, plan -> [(move, plan)]) for plans shaped like `plan`, in search order: solvers (on a
+    flow model those valid on the flow ODE), the final stage's steps, truncation points, trades of
+    final steps against low-resolution evaluations, with `guidance` each stage's guidance scale and
+    interval (each move fitted to the budget by `fit`), warm starts (a progressive plan: each stage's
+    switch sigma and hand-over instead), sigma_max, the final stage's sigma_min, rho, then the
+    low-resolution stages' steps. A single-resolution model has the same coordinates but those of the
+    low-resolution stages; flow stages (which end at 0) have no sigma_min or rho to move, and their
+    sigma_max only moves once warm-started. sigma_max and sigma_min move within the preconditioning's
+    `sampling_range` (sigma_min down to a twentieth of its low end)."""
+    last, (low, high), flow = plan.final, precond.sampling_range, precond.schedule == FLOW_SCHEDULE
+    solvers = [s for s in solvers if not flow or SOLVERS[s].flow_ode]
     edm = [i for i, s in enumerate(plan) if s.schedule == EDM_SCHEDULE]
     coords = [(f"{s.resolution}:solver", lambda p, i=i: _solver_moves(p, i, solvers)) for i, s in enumerate(plan)]
     coords.append((f"{plan[last].resolution}:steps", lambda p: _steps_moves(p, last)))
@@ -148,15 +240,22 @@ def coordinates(plan: StagePlan, solvers, warm_start: bool = False,
         coords.append((f"{s.resolution}:nfe", lambda p, i=i: _nfe_moves(p, i)))
     for i, s in enumerate(plan.lower):
         coords.append((f"{s.resolution}:trade", lambda p, i=i: _trade_moves(p, i)))
+    for i, s in enumerate(plan if guidance else []):
+        coords.append((f"{s.resolution}:cfg_scale", lambda p, i=i: _cfg_scale_moves(p, i, fit)))
+        coords.append((f"{s.resolution}:cfg_interval", lambda p, i=i: _cfg_interval_moves(p, i, precond.schedule, fit)))
     if plan.progressive:
         for i, s in enumerate(plan[1:], start=1):
             coords.append((f"{s.resolution}:switch", lambda p, i=i: _switch_moves(p, i)))
             coords.append((f"{s.resolution}:handover", lambda p, i=i: _handover_moves(p, i)))
     elif warm_start:
         for i, s in enumerate(plan[1:], start=1):
-            coords.append((f"{s.resolution}:start", lambda p, i=i, cold=s.sigma_max: _warm_moves(p, i, cold)))
+            cold = high if flow else s.sigma_max
+            coords.append((f"{s.resolution}:start", lambda p, i=i, cold=cold: _warm_moves(p, i, cold, flow)))
     for i in edm:
         coords.append((f"{plan[i].resolution}:sigma_max", lambda p, i=i: _sigma_max_moves(p, i, high)))
+    for i, s in enumerate(plan[1:] if flow and warm_start and not plan.progressive else [], start=1):
+        if s.schedule == FLOW_SCHEDULE:
+            coords.append((f"{s.resolution}:sigma_max", lambda p, i=i: _flow_sigma_max_moves(p, i)))
     if last in edm:
         coords.append((f"{plan[last].resolution}:sigma_min", lambda p: _sigma_min_moves(p, last, low)))
     for i in edm:

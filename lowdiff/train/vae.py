@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from .. import storage
 from ..data.base import ImageDataset
-from ..data.vae import autoencoder_kl_class
+from ..data.vae import autoencoder_kl_class, downsampling_factor
 from ..errors import ConfigError, WriteError
 from ..fields import jsonable
 from ..files import FILE_MODE, write_json
@@ -46,7 +46,7 @@ class VAEConfig:
 
     @property
     def factor(self) -> int:
-        return 2 ** (len(self.block_out_channels) - 1)
+        return downsampling_factor(self.block_out_channels)
 
     @property
     def groups(self) -> int:
