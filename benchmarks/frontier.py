@@ -166,23 +166,32 @@ def reference_name(ref: str) -> str:
                         for k in ("data", "num", "feature_space", "extractor_sha256"))
 
 
-def cached_fid(pipe: Pipeline, spec: str, plan: StagePlan, precision: str, seed: int, args, extractor) -> float:
-    """FID of `pipe` (its weights, sampled eagerly at `precision`) with `plan` on seeds [seed, seed + num)."""
-    key = fid_key(spec, plan, precision, seed, args)
-    cache_file = Path(args.cache)
+def cached(cache_file: str | Path, key: str, measure):
+    """The value stored under `key` in the JSON file `cache_file`, else `measure()`, stored at once
+    (re-read first: a parallel run's entries are kept), so an interrupted run resumes."""
+    cache_file = Path(cache_file)
     cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
     if key not in cache:
+        value = measure()
+        cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+        cache[key] = value
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        cache_file.write_text(json.dumps(cache, indent=1))
+    return cache[key]
+
+
+def cached_fid(pipe: Pipeline, spec: str, plan: StagePlan, precision: str, seed: int, args, extractor) -> float:
+    """FID of `pipe` (its weights, sampled eagerly at `precision`) with `plan` on seeds [seed, seed + num)."""
+    def measure() -> float:
         t = time.perf_counter()
         eager = Pipeline(pipe.denoiser, pipe.preset, options=InferenceOptions(precision=precision))
         ev = evaluate_pipeline(eager, args.ref, extractor, "classifier", num=args.num, seed=seed, stages=plan,
                                batch=args.batch, progress=False)
-        cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
-        cache[key] = ev.fid
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        cache_file.write_text(json.dumps(cache, indent=1))
         print(f"  FID {ev.fid:.3f} ({precision}, seeds {seed}-{seed + args.num - 1}, "
               f"{time.perf_counter() - t:.0f} s): {spec} {plan.nfe_per_stage}", file=sys.stderr, flush=True)
-    return cache[key]
+        return ev.fid
+
+    return cached(args.cache, fid_key(spec, plan, precision, seed, args), measure)
 
 
 def measured_bf16_gaps(rows: list[Row], specs: dict, args) -> list[tuple[str, float]]:

@@ -29,10 +29,14 @@ from _markdown import write_section
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def guided(plan, scale: float, sigma_max: float):
-    """Every stage guided with `scale` at noise levels <= sigma_max (LightningDiT's interval)."""
+def guided(plan, scales, sigma_max: float):
+    """Stage i guided with scales[i] (one number: every stage; a short list: its last scale for the
+    stages above) at noise levels <= sigma_max (LightningDiT's interval; unguided, without an
+    interval, at scale 1)."""
+    scales = [scales] if isinstance(scales, (int, float)) else list(scales)
     for i in range(len(plan)):
-        plan = plan.replace(i, cfg_scale=scale, cfg_sigma_max=sigma_max if scale != 1 else float("inf"))
+        w = scales[min(i, len(scales) - 1)]
+        plan = plan.replace(i, cfg_scale=w, cfg_sigma_max=sigma_max if w != 1 else float("inf"))
     return plan
 
 

@@ -201,10 +201,12 @@ class Pipeline:
         if not all(0 <= c < label_dim for c in labels):
             raise ConfigError(f"the model has classes 0..{label_dim - 1}")
 
-    def sample_batch(self, seeds: list[int], class_labels: list[int] | int | None, plan: StagePlan, bar=None):
+    def sample_batch(self, seeds: list[int], class_labels: list[int] | int | None, plan: StagePlan, bar=None,
+                     handed_over=None):
         """One batch: (uint8 images, class labels or None, the cascade's result). Class labels are
         drawn from the seeds when not given; `bar` (an image progress bar) advances with the
-        network evaluations."""
+        network evaluations; `handed_over` (a diagnosis) stands in for the stages under the final
+        one (`sample_cascade`)."""
         rng = PerImageGenerator(seeds, self.device)
         onehot, labels = None, None
         label_dim = self.preset.network.label_dim
@@ -215,7 +217,7 @@ class Pipeline:
             labels = labels.tolist()
         ticks = EvaluationTicks(bar, len(seeds), plan.total_nfe)
         result = sample_cascade(self.fast, plan, rng, self.preset.network.in_channels, onehot, progress=ticks,
-                                precond=self.preset.precond)
+                                precond=self.preset.precond, handed_over=handed_over)
         images = to_uint8(self.decode(result.images)).cpu()
         ticks.done()
         return images, labels, result

@@ -4,6 +4,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -130,3 +131,28 @@ def test_two_tunes_at_one_budget_keep_distinct_labels(frontier, tmp_path):
         (tmp_path / f"{name}.json").write_text(json.dumps(plan))
     labels = [label for label, _ in frontier.load_tuned([str(tmp_path / "own-b4.json"), str(tmp_path / "other-b4.json")])]
     assert labels == ["tuned, budget 4 eff. NFE (own-b4)", "tuned, budget 4 eff. NFE (other-b4)"]
+
+
+def test_cached_measures_each_key_once_and_keeps_other_entries(frontier, tmp_path):
+    """An interrupted run resumes: a stored key is not measured again, and a value another run
+    stored meanwhile survives the write."""
+    cache, calls = tmp_path / "cache.json", []
+
+    def measure(value):
+        def run():
+            calls.append(value)
+            cache.write_text(json.dumps({**json.loads(cache.read_text() or "{}"), "other": 7.0}))
+            return value
+        return run
+    cache.write_text("{}")
+    assert frontier.cached(cache, "a", measure(1.5)) == 1.5
+    assert frontier.cached(cache, "a", measure(9.0)) == 1.5
+    assert calls == [1.5] and json.loads(cache.read_text()) == {"a": 1.5, "other": 7.0}
+
+
+def test_latent_diagnosis_oracle_rows_match_the_classes_in_order(frontier):
+    """The training-latent oracle (benchmarks/latent_diagnosis.py, imported beside frontier.py) takes,
+    per sample, the next training image of the sample's class."""
+    diagnosis = importlib.import_module("latent_diagnosis")
+    train = np.array([3, 1, 3, 0, 1, 3])
+    assert diagnosis.matched_rows(train, [3, 3, 1, 0, 3, 1]) == [0, 2, 1, 3, 5, 4]

@@ -8,6 +8,8 @@ A progressive plan (a single-resolution model; `StageConfig.handover`) runs the 
 without conditions: each stage above the lowest continues the stage below's state, upsampled
 and re-noised (`handover`).
 All randomness comes from one generator per image, so an image depends only on its seed.
+A diagnosis can stand in for the stages under the final one (`handed_over`: e.g. an oracle
+condition made from real low-resolution data, benchmarks/latent_diagnosis.py).
 Flow models (latent presets) run the same plan over noise levels sigma = 1 - t with the
 flow schedule, each stage guided by classifier-free guidance when its cfg_scale != 1
 (lowdiff/diffusion/guidance.py).
@@ -15,6 +17,7 @@ flow schedule, each stage guided by classifier-free guidance when its cfg_scale 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import math
 
@@ -103,15 +106,29 @@ class CascadeResult:
 @torch.inference_mode()
 def sample_cascade(denoiser, plan: StagePlan, rng: PerImageGenerator, channels: int,
                    class_labels: torch.Tensor | None = None, progress=None,
-                   dtype: torch.dtype = torch.float64, precond: Preconditioning = EDM()) -> CascadeResult:
+                   dtype: torch.dtype = torch.float64, precond: Preconditioning = EDM(),
+                   handed_over: Callable[[torch.Tensor, float], torch.Tensor] | None = None) -> CascadeResult:
     """Run the stage plan. `denoiser(x, sigma, class_labels, cond=, sigma_cond=)` is D (a `Denoiser`,
     or a `FastDenoiser` carrying the inference options); `precond` its preconditioning, which
-    re-noises a warm-started stage's start (`Preconditioning.renoise`)."""
+    re-noises a warm-started stage's start (`Preconditioning.renoise`).
+
+    `handed_over(noise, sigma)` (a diagnosis) stands in for the stages under the final one: it gets the
+    start noise of the stage just under the final one and that stage's truncation sigma, and returns the
+    state that stage hands over (an oracle: real data perturbed to sigma with that noise). Those stages
+    are not run (they report 0 NFE) but still draw their start noise, so the final stage draws each
+    seed's own noise: when the lower stages draw nothing while solving (no churn), handing over the
+    cascade's own state gives the cascade's images."""
     result = CascadeResult(images=torch.empty(0))
     cond, sigma_cond, below = None, None, None
     for i, stage in enumerate(plan):
         sigmas = plan.sigmas(i)
         noise = rng.randn((channels, stage.resolution, stage.resolution)).to(dtype)
+        if handed_over is not None and not plan.is_final(i):
+            reached = plan.truncation_sigma(i)
+            x = handed_over(noise, reached).to(dtype) if i == plan.final - 1 else noise     # the rest: unused
+            result.stages.append(StageReport(stage.resolution, 0, float(sigmas[0]), reached, stage.start))
+            below, cond, sigma_cond = _hand_over(plan, i, x, reached)
+            continue
         if stage.handover != "none":
             x = handover(stage.handover, below[0], below[1], sigmas[0].item(), noise, precond)
         elif stage.start == "upsampled" and below is not None:
@@ -133,9 +150,16 @@ def sample_cascade(denoiser, plan: StagePlan, rng: PerImageGenerator, channels: 
         result.stages.append(StageReport(stage.resolution, nfe, float(sigmas[0]), reached, stage.start,
                                          stage.handover))
         if not plan.is_final(i):
-            below = (x, reached)
-            if plan[i + 1].handover == "none":           # a cascade's next stage is conditioned on this one
-                cond = pyramid.upsample(x, plan[i + 1].resolution).to(torch.float32)
-                sigma_cond = torch.full((x.shape[0],), reached, device=x.device)
+            below, cond, sigma_cond = _hand_over(plan, i, x, reached)
     result.images = x.to(torch.float32)
     return result
+
+
+def _hand_over(plan: StagePlan, i: int, x: torch.Tensor, reached: float):
+    """What stage i + 1 gets from stage i's state x at noise level `reached`: (the state and its level,
+    for a warm start or a progressive hand-over; the condition and its noise level, None in a
+    progressive plan, whose next stage is conditioned on nothing)."""
+    if plan[i + 1].handover != "none":
+        return (x, reached), None, None
+    cond = pyramid.upsample(x, plan[i + 1].resolution).to(torch.float32)
+    return (x, reached), cond, torch.full((x.shape[0],), reached, device=x.device)
