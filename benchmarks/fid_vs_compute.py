@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
 PLANS = {"paper": "paper", "tuned": "best"}      # column -> the plan name in the bundled model's plans.json
 FAMILIES = ("edm", "lowdiff")
+LONGER = "bundled, longer"                       # the label of a bundled model of the same command run longer
 
 
 @dataclass
@@ -56,20 +57,21 @@ class Run:
     family: str                     # edm | lowdiff
     directory: str                  # the run's --out
     plans_from: str                 # the bundled model whose named plans score every snapshot
-    longer: str | None = None       # a later point of the same run (the equal-images model), if any
+    longer: str | None = None       # a bundled model of the same command run longer, if any
 
 
 DATASETS = {"fashion": ("Fashion-MNIST", "runs/fashion-test.npz", 1),
             "cifar": ("CIFAR-10", "runs/cifar-test.npz", 3)}
 RUNS = [Run("fashion", "edm", "runs/fm-edm-snap", "bundled:fashion-edm-cond"),
         Run("fashion", "lowdiff", "runs/fm-lowdiff-eqc", "bundled:fashion-lowdiff-cond", "bundled:fashion-lowdiff-cond"),
-        Run("cifar", "edm", "runs/cifar-edm-snap", "bundled:cifar-edm-cond"),
+        # the bundled CIFAR-10 EDM model's 100 kimg: its run is repeated to 60 kimg for the snapshots
+        Run("cifar", "edm", "runs/cifar-edm-snap", "bundled:cifar-edm-cond", "bundled:cifar-edm-cond"),
         Run("cifar", "lowdiff", "runs/cifar-lowdiff-eqc", "bundled:cifar-lowdiff-cond", "bundled:cifar-lowdiff-cond")]
 
 
 def points(run: Run) -> list[tuple[str, str, dict]]:
     """(label, model directory or bundled name, compute) of every model of the run in training
-    order: its snapshots, its final model, then the later point of the same run, if any."""
+    order: its snapshots, its final model, then the bundled model of the same command run longer."""
     out = [(d.name, str(d), c) for d, c in list_snapshots(ROOT / run.directory)]
     final = ROOT / run.directory
     if (final / storage.MODEL_FILE).is_file():
@@ -77,7 +79,7 @@ def points(run: Run) -> list[tuple[str, str, dict]]:
         if not out or c["kimg"] > out[-1][2]["kimg"] + 1e-6:
             out.append(("final", str(final), c))
     if run.longer:
-        out.append(("equal images", run.longer, model_compute(run.longer)))
+        out.append((LONGER, run.longer, model_compute(run.longer)))
     return out
 
 
@@ -89,8 +91,13 @@ def spec(model: str) -> str:
     return f"{os.path.relpath(model, ROOT)}@{sha[:12]}"
 
 
-def wanted(budgets: list[float] | None, kimg: float) -> bool:
-    return budgets is None or any(abs(kimg - b) < 0.1 for b in budgets)
+def wanted(budgets: list[str] | None, family: str, kimg: float) -> bool:
+    """Whether the point at `kimg` of a `family` run is measured: no list = all; items KIMG (every
+    family) or FAMILY:KIMG, within 0.1 kimg (a snapshot overshoots its budget by less than a batch)."""
+    if budgets is None:
+        return True
+    items = [b.rpartition(":") for b in budgets]
+    return any(f in ("", family) and abs(kimg - float(k)) < 0.1 for f, _, k in items)
 
 
 def measure(run: Run, args) -> dict:
@@ -107,7 +114,7 @@ def measure(run: Run, args) -> dict:
         pipe, fids = None, {}
         for col, plan in plans.items():
             key = fid_key(spec(model), plan, "fp32", args.seed, args)
-            if key in cache or wanted(budgets[col], compute["kimg"]) and not args.only_cached:
+            if key in cache or wanted(budgets[col], run.family, compute["kimg"]) and not args.only_cached:
                 pipe = pipe or Pipeline.from_pretrained(model)
                 fids[col] = cached_fid(pipe, spec(model), plan, "fp32", args.seed, args, extractor)
             else:
@@ -158,8 +165,10 @@ def markdown(results: dict, args, command: str) -> str:
              "resolution), from each snapshot's compute.json, a run's log or a bundled model's training.json. "
              "Plans, fixed across a run's snapshots: `paper` (EDM: Heun 18 steps, 35 NFE; LowDiff: the preset's "
              "3-stage Heun plan) and `tuned` (the family's best tuned plan, the `best` plan its bundled model ships). "
-             "LowDiff's `equal images` point is the bundled cascade: the same command and seed run to EDM's image "
-             "count rather than its FLOPs. `EDM at this TFLOP` interpolates EDM's curve linearly between its "
+             f"The `{LONGER}` points are bundled models of the same command and seed run longer: LowDiff's to "
+             "EDM's image count rather than its FLOPs (the equal-images cascade), CIFAR-10 EDM's to its 100 kimg (its "
+             "snapshot run stopped at 60 kimg; the Fashion-MNIST EDM run repeated to 80 kimg checks that a repeated "
+             "command gives the bundled weights). `EDM at this TFLOP` interpolates EDM's curve linearly between its "
              f"measured points. Command: `{command}`.", ""]
     for dataset, curves in results.items():
         if set(curves) != set(FAMILIES):
@@ -183,12 +192,12 @@ def plot(curves: dict, path: Path, title: str, num: int) -> None:
         for family, color in zip(FAMILIES, ("tab:gray", "tab:blue")):
             c = curves[family]
             pts = [(r["train_tflop"], r["fid"][col], r["label"]) for r in c["rows"] if r["fid"][col] is not None]
-            run = [(x, y) for x, y, label in pts if label != "equal images"]
+            run = [(x, y) for x, y, label in pts if label != LONGER]
             if run:
                 ax.plot(*zip(*run), "o-", color=color, label=f"{family}: {c['plans'][col]}")
             for x, y, label in pts:
-                if label == "equal images":
-                    ax.plot([x], [y], "*", ms=13, color=color, label=f"{family}: the same run to EDM's images")
+                if label == LONGER:
+                    ax.plot([x], [y], "*", ms=13, color=color, label=f"{family}: bundled, the same command run longer")
         ax.set_xlabel("training compute (TFLOP)")
         ax.set_ylabel(f"FID (classifier features, {num} samples)")
         ax.set_title(f"{title}: {col} plan")
@@ -204,9 +213,10 @@ def plot(curves: dict, path: Path, title: str, num: int) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", nargs="+", choices=sorted(DATASETS), default=sorted(DATASETS))
-    p.add_argument("--paper-kimg", nargs="*", type=float, metavar="KIMG",
-                   help="budgets measured with the paper plan (default: every point; others from the cache or left out)")
-    p.add_argument("--tuned-kimg", nargs="*", type=float, metavar="KIMG",
+    p.add_argument("--paper-kimg", nargs="*", metavar="[FAMILY:]KIMG",
+                   help="budgets measured with the paper plan, e.g. 20 or edm:40 (default: every point; the others are read "
+                   "from the cache or left out)")
+    p.add_argument("--tuned-kimg", nargs="*", metavar="[FAMILY:]KIMG",
                    help="budgets measured with the tuned plan (default: every point)")
     p.add_argument("--only-cached", action="store_true", help="measure nothing: report what the cache holds")
     p.add_argument("--num", type=int, default=1000)

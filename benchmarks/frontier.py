@@ -91,12 +91,14 @@ def baseline_grid(plan: StagePlan, tuned: list[tuple[str, StagePlan]]) -> list[t
     return rows + tuned
 
 
-def lowdiff_grid(plan: StagePlan, tuned: list[tuple[str, StagePlan]]) -> list[tuple[str, StagePlan]]:
+def lowdiff_grid(plan: StagePlan, tuned: list[tuple[str, StagePlan]], lean: bool = False
+                 ) -> list[tuple[str, StagePlan]]:
     """The paper plan (Heun), its DPM-Solver++(3M) twin at equal NFE, the tuned plans, and the
-    best-budget tuned plan with one fewer and two more final-stage steps."""
-    rows = [("paper plan, Heun", plan), ("paper plan, DPM-Solver++(3M)", plan.with_solver("dpmpp3m"))]
+    best-budget tuned plan with one fewer and two more final-stage steps; `lean`: the paper plan
+    (Heun) and the tuned plans only."""
+    rows = [("paper plan, Heun", plan)] + ([] if lean else [("paper plan, DPM-Solver++(3M)", plan.with_solver("dpmpp3m"))])
     rows += tuned
-    if tuned:
+    if tuned and not lean:
         label, best = tuned[0]
         for d in (-1, 2):
             steps = best[-1].steps + d
@@ -381,6 +383,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--progressive-plans", nargs="*", default=[],
                    help="tuned progressive plans of the baseline (`lowdiff tune --progressive only`), "
                    "best budget first")
+    p.add_argument("--lean", action="store_true", help="LowDiff rows: the paper plan (Heun) and the tuned plans only "
+                   "(no DPM-Solver++(3M) twin, no final-stage variants of the best budget)")
     p.add_argument("--lowdiff-ct", help="a consistency-tuned LowDiff model: its consistency plans become rows")
     p.add_argument("--baseline-ct", help="a consistency-tuned baseline: its consistency plans become rows")
     p.add_argument("--ref", help="reference statistics (bundled classifier) of the test set")
@@ -428,7 +432,7 @@ def models(args) -> tuple[dict, dict]:
 
 
 def build_rows(pipes: dict, args) -> list[Row]:
-    grids = {"lowdiff": lowdiff_grid(pipes["lowdiff"].preset.stages, load_tuned(args.lowdiff_plans)),
+    grids = {"lowdiff": lowdiff_grid(pipes["lowdiff"].preset.stages, load_tuned(args.lowdiff_plans), args.lean),
              "baseline": baseline_grid(pipes["baseline"].preset.stages, load_tuned(args.baseline_plans)),
              "progressive": progressive_grid(load_tuned(args.progressive_plans))}
     grids |= {family: consistency_grid(pipes[family].preset) for family in DISTILLED_FAMILIES if family in pipes}

@@ -156,3 +156,39 @@ def test_latent_diagnosis_oracle_rows_match_the_classes_in_order(frontier):
     diagnosis = importlib.import_module("latent_diagnosis")
     train = np.array([3, 1, 3, 0, 1, 3])
     assert diagnosis.matched_rows(train, [3, 3, 1, 0, 3, 1]) == [0, 2, 1, 3, 5, 4]
+
+
+def test_lean_grid_keeps_the_paper_plan_and_the_tuned_plans_only(frontier):
+    from lowdiff.presets import get_preset
+    plan = get_preset("lowdiff-fashion-tiny-cond").stages
+    tuned = [("tuned, budget 4 eff. NFE", plan.replace(0, steps=5))]
+    full = [label for label, _ in frontier.lowdiff_grid(plan, tuned)]
+    lean = [label for label, _ in frontier.lowdiff_grid(plan, tuned, lean=True)]
+    assert lean == ["paper plan, Heun", "tuned, budget 4 eff. NFE"]
+    assert set(lean) < set(full) and "paper plan, DPM-Solver++(3M)" in full
+
+
+@pytest.fixture(scope="module")
+def fid_vs_compute():
+    sys.path.insert(0, str(BENCH))
+    try:
+        yield importlib.import_module("fid_vs_compute")
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_fid_vs_compute_picks_budgets_per_family_within_a_batch(fid_vs_compute):
+    wanted = fid_vs_compute.wanted
+    assert wanted(None, "edm", 12.3)
+    assert wanted(["20", "edm:40"], "lowdiff", 20.048)          # a snapshot overshoots by less than a batch
+    assert wanted(["20", "edm:40"], "edm", 40.0) and not wanted(["20", "edm:40"], "lowdiff", 40.0)
+    assert not wanted(["20"], "edm", 20.5)
+
+
+def test_fid_vs_compute_interpolates_the_baseline_curve_inside_its_points_only(fid_vs_compute):
+    curve = {"rows": [{"train_tflop": 50.0, "fid": {"paper": 10.0, "tuned": None}},
+                      {"train_tflop": 100.0, "fid": {"paper": 6.0, "tuned": 4.0}}]}
+    assert fid_vs_compute.interpolated(curve, "paper", 75.0) == pytest.approx(8.0)
+    assert fid_vs_compute.interpolated(curve, "paper", 100.0) == pytest.approx(6.0)
+    assert fid_vs_compute.interpolated(curve, "paper", 120.0) is None       # no extrapolation
+    assert fid_vs_compute.interpolated(curve, "tuned", 75.0) is None        # one measured point: 100 only
