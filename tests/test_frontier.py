@@ -10,13 +10,18 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-@pytest.fixture(scope="module")
-def frontier():
+def _bench_module(name: str):
+    """A benchmarks/ script imported as a module (benchmarks/ on sys.path while it is used)."""
     sys.path.insert(0, str(BENCH))
     try:
-        yield importlib.import_module("frontier")
+        yield importlib.import_module(name)
     finally:
         sys.path.remove(str(BENCH))
+
+
+@pytest.fixture(scope="module")
+def frontier():
+    yield from _bench_module("frontier")
 
 
 def row(frontier, family, fid, ips, switches="eager fp32"):
@@ -170,11 +175,7 @@ def test_lean_grid_keeps_the_paper_plan_and_the_tuned_plans_only(frontier):
 
 @pytest.fixture(scope="module")
 def fid_vs_compute():
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield importlib.import_module("fid_vs_compute")
-    finally:
-        sys.path.remove(str(BENCH))
+    yield from _bench_module("fid_vs_compute")
 
 
 def test_fid_vs_compute_picks_budgets_per_family_within_a_batch(fid_vs_compute):
