@@ -127,10 +127,14 @@ def measure(run: Run, args) -> dict:
             "plans": {col: f"{run.plans_from} `{name}`" for col, name in PLANS.items()}, "rows": rows}
 
 
+MATCH = 0.01      # a budget within 1% of a curve's end point is matched to it (a run sized by --match-compute)
+
+
 def interpolated(curve: dict, col: str, tflop: float) -> float | None:
-    """The curve's FID at `tflop` (linear between its measured points), None outside them."""
+    """The curve's FID at `tflop` (linear between its measured points; an end point's within MATCH),
+    None outside them."""
     pts = sorted((r["train_tflop"], r["fid"][col]) for r in curve["rows"] if r["fid"][col] is not None)
-    if not pts or not pts[0][0] <= tflop <= pts[-1][0]:
+    if not pts or not pts[0][0] * (1 - MATCH) <= tflop <= pts[-1][0] * (1 + MATCH):
         return None
     x, y = zip(*pts)
     return float(np.interp(tflop, x, y))

@@ -191,5 +191,6 @@ def test_fid_vs_compute_interpolates_the_baseline_curve_inside_its_points_only(f
                       {"train_tflop": 100.0, "fid": {"paper": 6.0, "tuned": 4.0}}]}
     assert fid_vs_compute.interpolated(curve, "paper", 75.0) == pytest.approx(8.0)
     assert fid_vs_compute.interpolated(curve, "paper", 100.0) == pytest.approx(6.0)
+    assert fid_vs_compute.interpolated(curve, "paper", 100.5) == pytest.approx(6.0)   # an end within 1%
     assert fid_vs_compute.interpolated(curve, "paper", 120.0) is None       # no extrapolation
     assert fid_vs_compute.interpolated(curve, "tuned", 75.0) is None        # one measured point: 100 only
