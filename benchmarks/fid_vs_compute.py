@@ -145,16 +145,17 @@ def cell(v: float | None, fmt: str = ".2f") -> str:
 
 
 def table(curves: dict) -> list[str]:
-    """One dataset's points of both families; each LowDiff point with EDM's FID at its compute
-    (interpolated) and the difference (negative: the cascade is better at that compute)."""
+    """One dataset's measured points of both families; each LowDiff point with EDM's FID at its
+    compute (interpolated) and the difference (negative: the cascade is better at that compute)."""
     lines = ["| family | model | kimg | TFLOP | FID paper plan | FID tuned plan | EDM at this TFLOP: paper, tuned | "
              "LowDiff - EDM: paper, tuned |", "|---|---|---|---|---|---|---|---|"]
     for family in FAMILIES:
-        for r in curves[family]["rows"]:
+        for r in (r for r in curves[family]["rows"] if any(v is not None for v in r["fid"].values())):
             t, f = r["train_tflop"], r["fid"]
             edm = [interpolated(curves["edm"], c, t) for c in PLANS] if family == "lowdiff" else [None, None]
             gap = [None if e is None or f[c] is None else f[c] - e for c, e in zip(PLANS, edm)]
-            lines.append(f"| {family} | `{r['model']}` ({r['label']}) | {r['kimg']:g} | {t:.1f} | "
+            name = f"`{r['model']}`" + (f" ({r['label']})" if r["label"] in ("final", LONGER) else "")
+            lines.append(f"| {family} | {name} | {r['kimg']:g} | {t:.1f} | "
                          f"{cell(f['paper'])} | {cell(f['tuned'])} | {cell(edm[0])}, {cell(edm[1])} | "
                          f"{cell(gap[0], '+.2f')}, {cell(gap[1], '+.2f')} |")
     return lines
