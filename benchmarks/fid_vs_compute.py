@@ -203,6 +203,8 @@ def plot(curves: dict, path: Path, title: str, num: int) -> None:
             for x, y, label in pts:
                 if label == LONGER:
                     ax.plot([x], [y], "*", ms=13, color=color, label=f"{family}: bundled, the same command run longer")
+                    if run:
+                        ax.plot([run[-1][0], x], [run[-1][1], y], "--", color=color, alpha=0.5)
         ax.set_xlabel("training compute (TFLOP)")
         ax.set_ylabel(f"FID (classifier features, {num} samples)")
         ax.set_title(f"{title}: {col} plan")

@@ -53,7 +53,8 @@ def test_matched_without_a_lowdiff_row_in_range_gives_no_ratio(frontier):
     assert "ratio" not in out and out["baseline"]["fid"] == 2.0
 
 
-@pytest.mark.parametrize("name", ["frontier.json", "frontier-cifar.json", "frontier-b64.json", "frontier-cifar-b64.json"])
+@pytest.mark.parametrize("name", ["frontier.json", "frontier-cifar.json", "frontier-b64.json", "frontier-cifar-b64.json",
+                                  "frontier-eqc.json", "frontier-cifar-eqc.json"])
 def test_published_frontier_json_agrees_with_its_rows(frontier, name):
     """docs/results/frontier*.json: the quoted ratios follow from the rows and the noise it lists."""
     data = json.loads((BENCH.parent / "docs" / "results" / name).read_text())
