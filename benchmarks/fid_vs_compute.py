@@ -101,7 +101,7 @@ def wanted(budgets: list[str] | None, family: str, kimg: float) -> bool:
 
 
 def measure(run: Run, args) -> dict:
-    title, ref, channels = DATASETS[run.dataset]
+    _, ref, channels = DATASETS[run.dataset]
     args.ref = str(ROOT / ref)
     args.ref_name = reference_name(args.ref)
     extractor = get_extractor("classifier", channels=channels, ref=args.ref)
