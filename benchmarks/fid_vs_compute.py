@@ -25,6 +25,7 @@ and seed run to EDM's image count instead of its FLOPs (so a later point of the 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shlex
@@ -42,7 +43,7 @@ from lowdiff.train.compute import model_compute
 from lowdiff.train.snapshots import list_snapshots
 
 from _markdown import write_section
-from frontier import cached_fid, fid_key, reference_name
+from frontier import known_or_measured_fid, reference_name
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
@@ -110,15 +111,10 @@ def measure(run: Run, args) -> dict:
     budgets = {"paper": args.paper_kimg, "tuned": args.tuned_kimg}
     rows = []
     for label, model, compute in points(run):
-        cache = json.loads(Path(args.cache).read_text()) if Path(args.cache).exists() else {}
-        pipe, fids = None, {}
-        for col, plan in plans.items():
-            key = fid_key(spec(model), plan, "fp32", args.seed, args)
-            if key in cache or wanted(budgets[col], run.family, compute["kimg"]) and not args.only_cached:
-                pipe = pipe or Pipeline.from_pretrained(model)
-                fids[col] = cached_fid(pipe, spec(model), plan, "fp32", args.seed, args, extractor)
-            else:
-                fids[col] = None
+        load = functools.cache(lambda model=model: Pipeline.from_pretrained(model))
+        fids = {col: known_or_measured_fid(spec(model), plan, args, extractor, load,
+                                           wanted(budgets[col], run.family, compute["kimg"]) and not args.only_cached)
+                for col, plan in plans.items()}
         rows.append({"label": label, "model": os.path.relpath(model, ROOT) if not model.startswith("bundled:") else model,
                      **{k: compute.get(k) for k in ("kimg", "train_tflop", "thread_seconds")}, "fid": fids})
         print(f"{run.dataset} {run.family} {label}: {compute['train_tflop']:.1f} TFLOP, FID {fids}",

@@ -48,7 +48,7 @@ from lowdiff.train.compute import model_compute
 from lowdiff.train.snapshots import list_snapshots
 
 from _markdown import write_section
-from frontier import cached_fid, fid_key, reference_name
+from frontier import known_or_measured_fid, reference_name
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
@@ -80,22 +80,10 @@ PAIRS = {"fashion": Pair("Fashion-MNIST", "runs/ft-fashion", "runs/fashion-test.
                         "bundled:fashion-latent-flow", 1, plans={"paper": "config"}, edm_plan="config", fid_noise=0.200)}
 
 
-def known_fids(args) -> dict:
-    """Every cached FID: this benchmark's cache over the frontier's (read only)."""
-    known = {}
-    for path in [*FRONTIER_CACHES, Path(args.cache)]:
-        if path.is_file():
-            known |= json.loads(path.read_text())
-    return known
-
-
 def fid(pipe, spec, plan, args, extractor, measure: bool) -> float | None:
-    """The cached FID of `pipe` with `plan`; measured (and cached) when absent and `measure`, else None."""
-    key = fid_key(spec, plan, "fp32", args.seed, args)
-    known = known_fids(args)
-    if key in known:
-        return known[key]
-    return cached_fid(pipe, spec, plan, "fp32", args.seed, args, extractor) if measure else None
+    """The cached FID of `pipe` with `plan` (this benchmark's cache, then the frontier's); measured
+    (and cached) when absent and `measure`, else None."""
+    return known_or_measured_fid(spec, plan, args, extractor, lambda: pipe, measure, FRONTIER_CACHES)
 
 
 def measure_pair(name: str, pair: Pair, args) -> dict:

@@ -196,6 +196,17 @@ def cached_fid(pipe: Pipeline, spec: str, plan: StagePlan, precision: str, seed:
     return cached(args.cache, fid_key(spec, plan, precision, seed, args), measure)
 
 
+def known_or_measured_fid(spec: str, plan: StagePlan, args, extractor, load, measure: bool,
+                          other_caches=()) -> float | None:
+    """The fp32 FID of model `spec` with `plan`: from args.cache or, failing that, the read-only
+    `other_caches`; else measured (and cached) on the pipeline `load()` gives when `measure`, else None."""
+    key = fid_key(spec, plan, "fp32", args.seed, args)
+    for path in (Path(args.cache), *map(Path, other_caches)):
+        if path.is_file() and key in (known := json.loads(path.read_text())):
+            return known[key]
+    return cached_fid(load(), spec, plan, "fp32", args.seed, args, extractor) if measure else None
+
+
 def measured_bf16_gaps(rows: list[Row], specs: dict, args) -> list[tuple[str, float]]:
     """(row label, bf16 FID - fp32 FID) for every plan whose two eager FIDs are both cached."""
     cache = json.loads(Path(args.cache).read_text()) if Path(args.cache).exists() else {}
