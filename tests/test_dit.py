@@ -1,6 +1,7 @@
 """The LightningDiT-style unified transformer and the flow objective: exact parameter
 counts, positions as functions of the grid, RoPE, classifier-free guidance, the flow
 sampler's equivalence with Euler in t, and sub-network isolation."""
+import dataclasses
 import math
 
 import pytest
@@ -229,3 +230,25 @@ def test_latent_preset_round_trips_through_json():
     p = get_preset("imagenet256")
     q = Preset.from_dict(__import__("json").loads(p.to_json()))
     assert q.to_dict() == p.to_dict() and q.latent.image_resolution == 256 and q.precond.kind == "flow"
+
+
+def test_the_two_fashion_latent_geometries_share_one_dit():
+    """The 8x8 -> 16x16 pair of the f2 VAE (the paper's latent geometry one level down) is the
+    4x4 -> 8x8 pair's DiT on single-channel latents: the same blocks, per-resolution input and
+    output layers for 1 channel instead of 4, and the baseline's plan and recipe."""
+    from lowdiff.train.compute import training_flops_per_image
+    old, new = get_preset("lowdiff-fashion-latent-tiny"), get_preset("lowdiff-fashion-latent16-tiny")
+    base = get_preset("flow-fashion-latent16-tiny")
+    assert list(new.resolutions) == [8, 16] and list(base.resolutions) == [16] and new.baseline == base.name
+    assert new.network.in_channels == base.network.in_channels == 1
+    assert count_parameters(meta_denoiser(base)) == 1_899_901
+    assert count_parameters(meta_denoiser(new)) == 2_007_678
+    blocks = [count_parameters(meta_denoiser(p).nets["unified"].blocks) for p in (old, new, base)]
+    assert blocks[0] == blocks[1] == blocks[2]
+    assert [(s.steps, s.nfe) for s in new.stages] == [(s.steps, s.nfe) for s in old.stages] == [(20, 9), (10, None)]
+    recipe = dataclasses.replace(get_preset("flow-fashion-latent-tiny").train, duration_kimg=120)
+    assert base.stages[0].steps == 20 and base.train == recipe
+    # a LowDiff image costs its 16x16 pass plus the 8x8 one (~1.2x): equal compute means fewer images
+    per_image = {p.name: training_flops_per_image(p) for p in (new, base)}
+    assert per_image[new.name][16] == pytest.approx(per_image[base.name][16], rel=0.01)
+    assert 1.15 < sum(per_image[new.name].values()) / sum(per_image[base.name].values()) < 1.25
