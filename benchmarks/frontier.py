@@ -24,6 +24,13 @@ LowDiff's fastest row with FID <= (the baseline's best FID + noise) over the bas
 row with FID <= the same bound; against the best competitor, the bound is the best FID of the
 baseline's and the progressive rows, and the ratio is over the fastest of those within it.
 
+A pair of rectified-flow models (the latent pairs: a LightningDiT-style flow baseline and latent
+LowDiff) gets flow grids instead: the baseline's Euler sampler at the preset's steps and fewer
+and a two-evaluation solver (Heun) at the preset's NFE, LowDiff's preset plan (Euler) and its
+DPM-Solver++(3M) twin, all guided with --cfg at noise levels <= --cfg-sigma-max (LightningDiT's
+interval), and the tuned plans with their own guidance; no progressive or consistency-tuned
+families. A latent model's FIDs are of decoded images, and its rows are timed with the VAE decode.
+
     lowdiff eval ref --data fashion-mnist:test --out runs/fashion-test.npz
     python benchmarks/frontier.py --ref runs/fashion-test.npz --fast-fid fp32 --batch 32 --repeats 2 \\
         --switches "eager fp32" \\
@@ -36,6 +43,12 @@ baseline's and the progressive rows, and the ratio is over the fastest of those 
             docs/results/tuned-progressive-edm-b6.json
     python benchmarks/frontier.py --retime ...  # the same arguments: time again in a second process
     python benchmarks/frontier.py --replot      # redraw docs/img/frontier.png from the JSON
+
+    python benchmarks/frontier.py --lowdiff bundled:fashion-latent-lowdiff --baseline bundled:fashion-latent-flow \\
+        --ref runs/fashion-test.npz --fast-fid fp32 --batch 32 --repeats 2 --switches "eager fp32" \\
+        --cache docs/results/frontier-latent-cache.json --tag frontier-latent \\
+        --json docs/results/frontier-latent.json --plot docs/img/frontier-latent.png \\
+        --title "Fashion-MNIST latents (8x8x4 of the bundled VAE), class-conditional"
 """
 from __future__ import annotations
 
@@ -53,7 +66,8 @@ from pathlib import Path
 import numpy as np
 
 from lowdiff.diffusion.consistency import named_plans
-from lowdiff.diffusion.plan import StagePlan
+from lowdiff.diffusion.plan import FLOW_SCHEDULE, StagePlan
+from lowdiff.diffusion.solvers import SOLVERS, flow_solvers
 from lowdiff.eval.bench import BenchOptions, Variant, device_name, measure
 from lowdiff.eval.evaluate import evaluate_pipeline, get_extractor
 from lowdiff.inference import InferenceOptions
@@ -91,12 +105,30 @@ def baseline_grid(plan: StagePlan, tuned: list[tuple[str, StagePlan]]) -> list[t
     return rows + tuned
 
 
-def lowdiff_grid(plan: StagePlan, tuned: list[tuple[str, StagePlan]], lean: bool = False
-                 ) -> list[tuple[str, StagePlan]]:
-    """The paper plan (Heun), its DPM-Solver++(3M) twin at equal NFE, the tuned plans, and the
-    best-budget tuned plan with one fewer and two more final-stage steps; `lean`: the paper plan
-    (Heun) and the tuned plans only."""
-    rows = [("paper plan, Heun", plan)] + ([] if lean else [("paper plan, DPM-Solver++(3M)", plan.with_solver("dpmpp3m"))])
+def flow_baseline_grid(plan: StagePlan, tuned: list[tuple[str, StagePlan]], cfg: tuple[float, float]
+                       ) -> list[tuple[str, StagePlan]]:
+    """A flow baseline's Euler sampler (LightningDiT's) at the preset's steps and about 0.7x and 0.5x
+    of them, a two-evaluation flow-valid solver (Heun) at the preset's NFE, each guided with
+    cfg = (scale, sigma_max); and the tuned plans, which keep their own guidance."""
+    n = plan[0].steps
+    rows = [(f"Euler {k} steps", plan.replace(0, solver="euler", steps=k))
+            for k in sorted({n, round(0.7 * n), n // 2}, reverse=True) if k >= 1]
+    higher = next((s for s in flow_solvers() if SOLVERS[s].evaluations_per_step == 2), None)
+    if higher:
+        twin = plan.with_solver(higher)
+        rows.append((f"{NAMES[higher]} {twin[0].steps} steps", twin))
+    return [(label, p.with_guidance(*cfg)) for label, p in rows] + tuned
+
+
+def lowdiff_grid(plan: StagePlan, tuned: list[tuple[str, StagePlan]], lean: bool = False,
+                 cfg: tuple[float, float] | None = None) -> list[tuple[str, StagePlan]]:
+    """The paper plan (the preset's: Heun, or Euler for a flow model) guided with cfg = (scale,
+    sigma_max) when given, its DPM-Solver++(3M) twin at equal NFE, the tuned plans (their own
+    guidance), and the best-budget tuned plan with one fewer and two more final-stage steps;
+    `lean`: the paper plan and the tuned plans only."""
+    plan = plan.with_guidance(*cfg) if cfg else plan
+    rows = [(f"paper plan, {NAMES[plan[-1].solver]}", plan)]
+    rows += [] if lean else [("paper plan, DPM-Solver++(3M)", plan.with_solver("dpmpp3m"))]
     rows += tuned
     if tuned and not lean:
         label, best = tuned[0]
@@ -126,11 +158,31 @@ def consistency_grid(preset) -> list[tuple[str, StagePlan]]:
             for name, (plan, _) in named_plans(preset.stages, preset.consistency.boundaries).items()]
 
 
-FAMILY_NAMES = {"baseline": "EDM", "progressive": "EDM progressive", "lowdiff": "LowDiff",
-                "baseline-ct": "EDM consistency-tuned", "lowdiff-ct": "LowDiff consistency-tuned"}
+PIXEL_FAMILIES = {"baseline": "EDM", "progressive": "EDM progressive", "lowdiff": "LowDiff",
+                  "baseline-ct": "EDM consistency-tuned", "lowdiff-ct": "LowDiff consistency-tuned"}
+FLOW_FAMILIES = {"baseline": "LightningDiT-style flow", "lowdiff": "LowDiff"}
+PIXEL_HEADING = ("The headline: LowDiff against its tuned baseline, the baseline sampled progressively and, distilled, "
+                 "the consistency-tuned pair, FID vs throughput")
+FLOW_HEADING = ("Latents: LowDiff against its tuned LightningDiT-style flow baseline, FID vs throughput "
+                "(the VAE decode timed)")
 COMPETITORS = ("baseline", "progressive")       # the training-free families LowDiff is compared with
 DISTILLED = {"ours": ("lowdiff-ct",), "competitors": ("baseline-ct",)}   # compared among themselves
 DISTILLED_FAMILIES = (*DISTILLED["ours"], *DISTILLED["competitors"])
+
+
+def family_names(flow: bool) -> dict[str, str]:
+    """The families of a pair and their display names, in the page's order: the pixel pair's EDM
+    baseline with its progressive and consistency-tuned kin; a flow pair's LightningDiT-style
+    baseline and LowDiff only (progressive plans sample EDM-schedule models, and the consistency
+    sampler is not valid on the flow ODE)."""
+    return FLOW_FAMILIES if flow else PIXEL_FAMILIES
+
+
+def guidance_text(plan: StagePlan) -> str:
+    """The guidance scale per stage, and the interval's top of the guided stages: '2.5/2.5 (sigma <= 0.89)'."""
+    tops = sorted({s.cfg_sigma_max for s in plan if s.cfg_scale != 1})
+    return "/".join(f"{s.cfg_scale:g}" for s in plan) + (f" (sigma <= {'/'.join(f'{v:g}' for v in tops)})"
+                                                          if tops else "")
 
 
 def load_tuned(paths: list[str]) -> list[tuple[str, StagePlan]]:
@@ -186,7 +238,7 @@ def cached_fid(pipe: Pipeline, spec: str, plan: StagePlan, precision: str, seed:
     """FID of `pipe` (its weights, sampled eagerly at `precision`) with `plan` on seeds [seed, seed + num)."""
     def measure() -> float:
         t = time.perf_counter()
-        eager = Pipeline(pipe.denoiser, pipe.preset, options=InferenceOptions(precision=precision))
+        eager = Pipeline(pipe.denoiser, pipe.preset, options=InferenceOptions(precision=precision), vae=pipe.vae)
         ev = evaluate_pipeline(eager, args.ref, extractor, "classifier", num=args.num, seed=seed, stages=plan,
                                batch=args.batch, progress=False)
         print(f"  FID {ev.fid:.3f} ({precision}, seeds {seed}-{seed + args.num - 1}, "
@@ -216,7 +268,7 @@ def measured_bf16_gaps(rows: list[Row], specs: dict, args) -> list[tuple[str, fl
             continue
         keys = [fid_key(specs[r.family], r.plan, prec, args.seed, args) for prec in ("fp32", "bf16")]
         if all(k in cache for k in keys):
-            out.append((f"{FAMILY_NAMES[r.family]}, {r.label}", cache[keys[1]] - cache[keys[0]]))
+            out.append((f"{family_names(args.flow)[r.family]}, {r.label}", cache[keys[1]] - cache[keys[0]]))
     return out
 
 
@@ -258,15 +310,15 @@ def matched(rows: list[Row], noise: float, switches: str | None, competitors=("b
     return out
 
 
-def plot(rows: list[Row], path: Path, title: str, batch: int) -> None:
+def plot(rows: list[Row], path: Path, title: str, batch: int, families: dict[str, str] = PIXEL_FAMILIES) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import LogLocator, NullFormatter, NullLocator, ScalarFormatter
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=120)
     colours = {"baseline": "C1", "lowdiff": "C0", "progressive": "C2", "baseline-ct": "C3", "lowdiff-ct": "C4"}
-    names = FAMILY_NAMES | {"baseline": "EDM (single resolution)"}
-    for family in FAMILY_NAMES:
+    names = families | {"baseline": f"{families['baseline']} (single resolution)"}
+    for family in families:
         for switches, marker in zip(SWITCHES, ("o", "s")):
             pts = [r for r in rows if r.family == family and r.switches == switches]
             if not pts:
@@ -308,7 +360,7 @@ def replot(json_path: Path, plot_path: Path) -> None:
     data = json.loads(json_path.read_text())
     rows = [Row(plan=None, **{k: r[k] for k in ROW_FIELDS}) for r in data["rows"]]
     plot(rows, plot_path, plot_title(data["num"], data.get("title", "Fashion-MNIST 32x32 class-conditional")),
-         data["batch"])
+         data["batch"], family_names(data.get("flow", False)))
 
 
 def markdown(rows, report, noise, noise_row, noise_fids, headlines, bf16_gaps, args, command) -> str:
@@ -318,13 +370,18 @@ def markdown(rows, report, noise, noise_row, noise_fids, headlines, bf16_gaps, a
         progressive_note += ("; the consistency-tuned rows sample " + " and ".join(
             f"`{m}`" for m in (args.lowdiff_ct, args.baseline_ct) if m) + " (each tuned from the model above, equal "
             "tuning compute: docs/results.md, 'Consistency tuning') with the consistency plans they ship")
+    names = family_names(args.flow)
+    flow_note = (f"Guidance: the hand-made rows guided at scale {args.cfg:g} at noise levels <= {args.cfg_sigma_max:g} "
+                 "(LightningDiT's interval), the tuned rows with their own (column CFG); a guided evaluation is two "
+                 "network passes (one doubled batch). Every row's time includes the VAE decode of its latents "
+                 "(the FIDs are of the decoded images). " if args.flow else "")
     lines = [f"## {args.heading}", "",
              f"Measured {date.today().isoformat()} on **{report['device']}**; batch {args.batch}, mean of "
              f"{args.repeats} timed runs after {args.warmup} warm-up, all {len(rows)} rows timed alternately in one "
              f"process. Models: `{args.lowdiff}` and `{args.baseline}` ({args.title}, same width "
              f"and image budget{progressive_note}). FID: bundled classifier features, {args.num} samples per point, seeds "
              f"{args.seed}-{args.seed + args.num - 1} (held out from the tuner's seeds 0-499), against "
-             f"`{Path(args.ref).name}` (the 10,000 test images). "
+             f"`{Path(args.ref).name}` (the 10,000 test images). {flow_note}"
              + (f"Every row timed under {', '.join(args.switches)}."
                 if all(SWITCHES[s].precision == "fp32" for s in args.switches)
                 else "The fast rows take the FID of their plan's eager fp32 samples (bf16 sampling on this CPU is "
@@ -344,12 +401,12 @@ def markdown(rows, report, noise, noise_row, noise_fids, headlines, bf16_gaps, a
             f"{_against(h)} {h['ratio']:.2f}x" if "ratio" in h else f"{_against(h)} no match" for h in earlier))
     for h in headlines:
         who = ("the best competitor's" if len(h.get("competitors", ())) > 1 else
-               f"the {FAMILY_NAMES[h.get('competitors', ['baseline'])[0]]} baseline's")
-        ours = FAMILY_NAMES[h.get("ours", ["lowdiff"])[0]]
+               f"the {names[h.get('competitors', ['baseline'])[0]]} baseline's")
+        ours = names[h.get("ours", ["lowdiff"])[0]]
         if "ratio" in h:
             b = h["baseline"]
             lines.append(f"- **{_against(h)}**: {who} best FID {h['baseline_best_fid']:.3f}; within "
-                         f"{noise:.3f} of it the fastest {FAMILY_NAMES[b.get('family', 'baseline')]} row is "
+                         f"{noise:.3f} of it the fastest {names[b.get('family', 'baseline')]} row is "
                          f"*{b['label']}* ({b['switches']}, {b['images_per_s']:.1f} img/s, FID {b['fid']:.3f}) and the "
                          f"fastest {ours} row *{h['lowdiff']['label']}* ({h['lowdiff']['switches']}, "
                          f"{h['lowdiff']['images_per_s']:.1f} img/s, FID {h['lowdiff']['fid']:.3f}): "
@@ -357,23 +414,26 @@ def markdown(rows, report, noise, noise_row, noise_fids, headlines, bf16_gaps, a
         else:
             lines.append(f"- **{_against(h)}**: no {ours} row reaches {who} best FID "
                          f"{h['baseline_best_fid']:.3f} + noise.")
+    cfg_column = " CFG |" if args.flow else ""
     lines += ["", f"![FID vs throughput]({os.path.relpath(args.plot, Path(args.out).parent)})", "",
-              "| family | plan | solver | NFE per stage | eff. NFE | switches | img/s | FID | front |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    order = list(FAMILY_NAMES)
+              f"| family | plan | solver | NFE per stage |{cfg_column} eff. NFE | switches | img/s | FID | front |",
+              "|---|---|---|---|" + ("---|" if args.flow else "") + "---|---|---|---|---|"]
+    order = list(names)
     for r in sorted(rows, key=lambda r: (order.index(r.family), r.switches, -r.images_per_s)):
         nfe = "/".join(str(v) for v in r.plan.nfe_per_stage.values())
         solver = "/".join(s.solver for s in r.plan)
         if r.plan.progressive:
             nfe += " (" + "/".join(f"{s.resolution}" for s in r.plan) + ", switch " + ", ".join(
                 f"{s.sigma_max:g} {s.handover}" for s in r.plan if s.handover != "none") + ")"
-        lines.append(f"| {FAMILY_NAMES[r.family]} | {r.label} | {solver} | {nfe} | "
+        cfg = f" {guidance_text(r.plan)} |" if args.flow else ""
+        lines.append(f"| {names[r.family]} | {r.label} | {solver} | {nfe} |{cfg} "
                      f"{r.effective_nfe} | {r.switches} | {r.images_per_s:.2f} | {r.fid:.3f} | "
                      f"{'**P**' if r.front else ''} |")
     lines += ["", "Effective NFE is measured (paper App. B): each stage's NFE weighted by its per-evaluation latency "
               "relative to the target resolution, under that row's switches. P = on its family's Pareto front over "
-              "the switch sets timed. EDM progressive: the EDM network sampled at lower resolutions first (NFE per "
-              "stage with the stage sides, and each switch sigma with its hand-over)."]
+              "the switch sets timed." + (" EDM progressive: the EDM network sampled at lower resolutions first (NFE "
+                                          "per stage with the stage sides, and each switch sigma with its hand-over)."
+                                          if "progressive" in names else "")]
     return "\n".join(lines) + "\n"
 
 
@@ -394,8 +454,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--progressive-plans", nargs="*", default=[],
                    help="tuned progressive plans of the baseline (`lowdiff tune --progressive only`), "
                    "best budget first")
-    p.add_argument("--lean", action="store_true", help="LowDiff rows: the paper plan (Heun) and the tuned plans only "
+    p.add_argument("--lean", action="store_true", help="LowDiff rows: the paper plan and the tuned plans only "
                    "(no DPM-Solver++(3M) twin, no final-stage variants of the best budget)")
+    p.add_argument("--cfg", type=float, default=2.5, help="flow pairs: the guidance scale of the hand-made rows "
+                   "(the tuned plans keep their own)")
+    p.add_argument("--cfg-sigma-max", dest="cfg_sigma_max", type=float, default=0.89,
+                   help="flow pairs: guide at noise levels <= this (default 0.89, LightningDiT's interval)")
     p.add_argument("--lowdiff-ct", help="a consistency-tuned LowDiff model: its consistency plans become rows")
     p.add_argument("--baseline-ct", help="a consistency-tuned baseline: its consistency plans become rows")
     p.add_argument("--ref", help="reference statistics (bundled classifier) of the test set")
@@ -411,7 +475,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--only-fid", action="store_true",
                    help="fill the FID cache (the noise FIDs too, unless --family lowdiff) and stop (no timing)")
-    p.add_argument("--family", choices=list(FAMILY_NAMES), help="with --only-fid: one family only")
+    p.add_argument("--family", choices=list(PIXEL_FAMILIES), help="with --only-fid: one family only")
     p.add_argument("--cache", default=str(CACHE), help="FID cache (JSON)")
     p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     p.add_argument("--json", default=str(ROOT / "docs" / "results" / "frontier.json"))
@@ -420,8 +484,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--retime", action="store_true", help="time again in this (new) process with the rows of --json "
                    "and their cached FIDs, and report this run's ratios beside the earlier ones")
     p.add_argument("--title", default="Fashion-MNIST 32x32 class-conditional", help="what the models are")
-    p.add_argument("--heading", default="The headline: LowDiff against its tuned baseline, the baseline sampled "
-                   "progressively and, distilled, the consistency-tuned pair, FID vs throughput")
+    p.add_argument("--heading", help="the section's heading (default: the pixel or the flow pair's)")
     p.add_argument("--tag", default="frontier", help="section tag in --out")
     p.add_argument("--switches", nargs="+", choices=list(SWITCHES), default=list(SWITCHES),
                    help="the switch sets to time (default both)")
@@ -442,20 +505,39 @@ def models(args) -> tuple[dict, dict]:
     return {family: loaded[spec] for family, spec in specs.items()}, specs   # progressive: the baseline's network
 
 
+def flow_pair(pipes: dict, args) -> bool:
+    """Whether LowDiff and the baseline are rectified-flow models (a flow pair: flow grids, guidance,
+    flow names); a flow pair takes no progressive plans or consistency-tuned models."""
+    kinds = {pipes[family].preset.precond.schedule == FLOW_SCHEDULE for family in ("lowdiff", "baseline")}
+    if len(kinds) > 1:
+        raise SystemExit("--lowdiff and --baseline: one is a flow model and the other not; compare a pair of one kind")
+    if True in kinds and (args.progressive_plans or args.lowdiff_ct or args.baseline_ct):
+        raise SystemExit("a flow pair has no progressive or consistency-tuned rows: progressive plans sample "
+                         "EDM-schedule models, and the consistency sampler is not valid on the flow ODE")
+    return True in kinds
+
+
 def build_rows(pipes: dict, args) -> list[Row]:
-    grids = {"lowdiff": lowdiff_grid(pipes["lowdiff"].preset.stages, load_tuned(args.lowdiff_plans), args.lean),
-             "baseline": baseline_grid(pipes["baseline"].preset.stages, load_tuned(args.baseline_plans)),
-             "progressive": progressive_grid(load_tuned(args.progressive_plans))}
-    grids |= {family: consistency_grid(pipes[family].preset) for family in DISTILLED_FAMILIES if family in pipes}
+    lowdiff, baseline = pipes["lowdiff"].preset.stages, pipes["baseline"].preset.stages
+    if args.flow:
+        cfg = (args.cfg, args.cfg_sigma_max)
+        grids = {"lowdiff": lowdiff_grid(lowdiff, load_tuned(args.lowdiff_plans), args.lean, cfg),
+                 "baseline": flow_baseline_grid(baseline, load_tuned(args.baseline_plans), cfg)}
+    else:
+        grids = {"lowdiff": lowdiff_grid(lowdiff, load_tuned(args.lowdiff_plans), args.lean),
+                 "baseline": baseline_grid(baseline, load_tuned(args.baseline_plans)),
+                 "progressive": progressive_grid(load_tuned(args.progressive_plans))}
+        grids |= {family: consistency_grid(pipes[family].preset) for family in DISTILLED_FAMILIES if family in pipes}
     return [Row(f, label, plan, sw) for f, grid in grids.items() for label, plan in grid for sw in args.switches]
 
 
 def time_rows(rows: list[Row], pipes: dict, args) -> dict:
-    """Time every row alternately in this process; fills images_per_s and effective_nfe."""
+    """Time every row alternately in this process; fills images_per_s and effective_nfe. A latent
+    model's rows are timed with the VAE decode of their samples (pixel models decode nothing)."""
     from tqdm import tqdm
     opts = BenchOptions(batch=args.batch, repeats=args.repeats, warmup=args.warmup, device="cpu")
     variants = [Variant(f"{r.family}: {r.label} [{r.switches}]", pipes[r.family].preset, SWITCHES[r.switches],
-                        r.plan, pipes[r.family].denoiser) for r in rows]
+                        r.plan, pipes[r.family].denoiser, decode=pipes[r.family].decode) for r in rows]
     with tqdm(total=len(variants) * (args.warmup + args.repeats), unit="run", desc="timing") as bar:
         timed = measure(variants, opts, bar)
     for r, t in zip(rows, timed):
@@ -478,6 +560,8 @@ def main() -> None:
     command = "python benchmarks/frontier.py " + shlex.join(sys.argv[1:])
     args.ref_name = reference_name(args.ref)    # read once: every FID cache key names the reference
     pipes, specs = models(args)
+    args.flow = flow_pair(pipes, args)
+    args.heading = args.heading or (FLOW_HEADING if args.flow else PIXEL_HEADING)
     rows = build_rows(pipes, args)
     extractor = get_extractor("classifier", channels=pipes["lowdiff"].image_channels, ref=args.ref)
     args.earlier_headlines = []
@@ -497,10 +581,10 @@ def main() -> None:
     noise = statistics.stdev(noise_fids)
     bf16_gaps = measured_bf16_gaps(rows, specs, args)
     report = time_rows(rows, pipes, args)
-    for family in FAMILY_NAMES:
+    for family in family_names(args.flow):
         pareto([r for r in rows if r.family == family])
     headlines = all_headlines(rows, noise, args)
-    plot(rows, Path(args.plot), plot_title(args.num, args.title), args.batch)
+    plot(rows, Path(args.plot), plot_title(args.num, args.title), args.batch, family_names(args.flow))
     text = markdown(rows, report, noise, noise_row.label, ", ".join(f"{v:.3f}" for v in noise_fids), headlines,
                     bf16_gaps, args, command)
     write_section(Path(args.out), args.tag, text)
@@ -508,7 +592,7 @@ def main() -> None:
         "command": command, "models": specs, "batch": args.batch, "num": args.num, "noise": noise,
         "noise_fids": noise_fids,
         "noise_plan": noise_row.label,
-        "title": args.title, "headlines": headlines, "earlier_headlines": args.earlier_headlines,
+        "title": args.title, "flow": args.flow, "headlines": headlines, "earlier_headlines": args.earlier_headlines,
         "bf16_minus_fp32_fid": bf16_gaps, "rows": [row_record(r) for r in rows], "timing": report["rows"]},
         indent=1, default=str))
     print(text)

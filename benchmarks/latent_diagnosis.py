@@ -55,7 +55,6 @@ from lowdiff.pipeline import Pipeline
 
 from _markdown import write_section
 from frontier import cached, fid_key, reference_name
-from latent_pair import guided
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
@@ -124,7 +123,7 @@ def part_oracle(m: Measure, plans: dict, args) -> tuple[list[str], list[dict]]:
              "training latents, same classes | gap closed by the test oracle |", "|---|---|---|---|---|---|"]
     rows = []
     for w in args.oracle_cfg:
-        fids = {arm: m(arm, guided(plans[arm if arm == "baseline" else "cascade"], [w], args.cfg_sigma_max))
+        fids = {arm: m(arm, plans[arm if arm == "baseline" else "cascade"].with_guidance([w], args.cfg_sigma_max))
                 for arm in ARMS}
         gap = fids["cascade"] - fids["baseline"] if None not in fids.values() else None
         closed = f"{(fids['cascade'] - fids['oracle-test']) / gap:.0%}" if gap and gap > 0 else "-"
@@ -137,7 +136,7 @@ def part_truncation(m: Measure, plans: dict, args) -> tuple[list[str], list[dict
     lines = ["| 4x4 NFE | truncation sigma | LowDiff | oracle: test latents |", "|---|---|---|---|"]
     rows = []
     for n in args.low_nfe:
-        plan = guided(plans["cascade"].replace(0, nfe=n), [args.cfg], args.cfg_sigma_max)
+        plan = plans["cascade"].replace(0, nfe=n).with_guidance([args.cfg], args.cfg_sigma_max)
         sigma = plan.truncation_sigma(0)
         fids = {arm: m(arm, plan) for arm in ("cascade", "oracle-test")}
         mark = " (preset)" if n == plans["cascade"][0].nfe else ""
@@ -151,9 +150,10 @@ def part_steps(m: Measure, plans: dict, args) -> tuple[list[str], list[dict]]:
              "|---|---|---|---|---|"]
     rows, final = [], plans["cascade"].final
     for k in args.final_steps:
-        plan = guided(plans["cascade"].replace(final, steps=k), [args.cfg], args.cfg_sigma_max)
+        plan = plans["cascade"].replace(final, steps=k).with_guidance([args.cfg], args.cfg_sigma_max)
         fids = {arm: m(arm, plan) for arm in ("cascade", "oracle-test")}
-        fids["baseline"] = m("baseline", guided(plans["baseline"].replace(0, steps=k), [args.cfg], args.cfg_sigma_max))
+        base = plans["baseline"].replace(0, steps=k).with_guidance([args.cfg], args.cfg_sigma_max)
+        fids["baseline"] = m("baseline", base)
         mark = " (preset)" if k == plans["cascade"][final].steps else ""
         lines.append(f"| {k}{mark} | {nfe_text(plan)} | {fmt(fids['cascade'])} | {fmt(fids['oracle-test'])} | "
                      f"{fmt(fids['baseline'])} |")
@@ -166,10 +166,10 @@ def part_guidance(m: Measure, plans: dict, args) -> tuple[list[str], list[dict]]
              "|---|" + "---|" * len(args.cfg_high)]
     rows = []
     for low in args.cfg_low:
-        fids = [m("cascade", guided(plans["cascade"], [low, high], args.cfg_sigma_max)) for high in args.cfg_high]
+        fids = [m("cascade", plans["cascade"].with_guidance([low, high], args.cfg_sigma_max)) for high in args.cfg_high]
         lines.append(f"| {low:g} | " + " | ".join(fmt(f) for f in fids) + " |")
         rows += [{"cfg_low": low, "cfg_high": high, "cascade": f} for high, f in zip(args.cfg_high, fids)]
-    base = [m("baseline", guided(plans["baseline"], [w], args.cfg_sigma_max)) for w in args.cfg_high]
+    base = [m("baseline", plans["baseline"].with_guidance([w], args.cfg_sigma_max)) for w in args.cfg_high]
     lines.append("| flow baseline at the 8x8 scale | " + " | ".join(fmt(f) for f in base) + " |")
     rows += [{"cfg": w, "baseline": f} for w, f in zip(args.cfg_high, base)]
     return lines, rows

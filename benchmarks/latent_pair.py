@@ -29,17 +29,6 @@ from _markdown import write_section
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def guided(plan, scales, sigma_max: float):
-    """Stage i guided with scales[i] (one number: every stage; a short list: its last scale for the
-    stages above) at noise levels <= sigma_max (LightningDiT's interval; unguided, without an
-    interval, at scale 1)."""
-    scales = [scales] if isinstance(scales, (int, float)) else list(scales)
-    for i in range(len(plan)):
-        w = scales[min(i, len(scales) - 1)]
-        plan = plan.replace(i, cfg_scale=w, cfg_sigma_max=sigma_max if w != 1 else float("inf"))
-    return plan
-
-
 def time_end_to_end(pipes: dict[str, Pipeline], plans: dict[str, object], batch: int, repeats: int) -> dict[str, float]:
     """Seconds per batch of `pipe(seeds)`: the cascade and the VAE decode to uint8, models alternating."""
     for name, pipe in pipes.items():                                      # warm-up
@@ -79,7 +68,7 @@ def main() -> None:
         rows = json.loads(Path(args.json).read_text())["rows"]
     for name, pipe in pipes.items() if not rows else ():
         for scale in args.cfg:
-            plan = guided(pipe.preset.stages, scale, args.cfg_sigma_max)
+            plan = pipe.preset.stages.with_guidance(scale, args.cfg_sigma_max)
             t = time.perf_counter()
             ev = evaluate_pipeline(pipe, args.ref, extractor, "classifier", num=args.num, seed=args.seed, stages=plan,
                                    batch=250, progress=False)
@@ -87,7 +76,7 @@ def main() -> None:
                          "is": ev.inception_score[0], "nfe": plan.nfe_per_stage, "seconds": time.perf_counter() - t})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     best = {name: min((r for r in rows if r["model"] == name), key=lambda r: r["fid"]) for name in pipes}
-    plans = {name: guided(pipes[name].preset.stages, best[name]["cfg"], args.cfg_sigma_max) for name in pipes}
+    plans = {name: pipes[name].preset.stages.with_guidance(best[name]["cfg"], args.cfg_sigma_max) for name in pipes}
     latency = time_end_to_end(pipes, plans, args.batch, args.repeats)
     opts = BenchOptions(batch=args.batch, repeats=args.repeats, warmup=1, device="cpu")
     network = measure([Variant(n, pipes[n].preset, stages=plans[n], model=pipes[n].denoiser) for n in pipes], opts)

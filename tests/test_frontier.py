@@ -2,6 +2,8 @@
 import importlib
 import json
 import sys
+import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -195,3 +197,73 @@ def test_fid_vs_compute_interpolates_the_baseline_curve_inside_its_points_only(f
     assert fid_vs_compute.interpolated(curve, "paper", 100.5) == pytest.approx(6.0)   # an end within 1%
     assert fid_vs_compute.interpolated(curve, "paper", 120.0) is None       # no extrapolation
     assert fid_vs_compute.interpolated(curve, "tuned", 75.0) is None        # one measured point: 100 only
+
+
+def test_flow_grids_sample_flow_valid_solvers_guided_at_the_given_scale(frontier):
+    """A flow pair's hand-made rows: Euler at the preset's steps and fewer, a flow-valid Heun, the
+    preset plan and its DPM-Solver++(3M) twin, all valid for their model and guided at (scale,
+    interval); a tuned plan keeps its own guidance."""
+    from lowdiff.diffusion.solvers import flow_solvers
+    from lowdiff.presets import get_preset
+    base, low = get_preset("flow-fashion-latent-tiny"), get_preset("lowdiff-fashion-latent-tiny")
+    tuned = [("tuned, budget 9 eff. NFE", low.stages.replace(1, steps=6).with_guidance([1.5, 2.0], 0.7))]
+    grids = [(base, frontier.flow_baseline_grid(base.stages, [], (2.5, 0.89))),
+             (low, frontier.lowdiff_grid(low.stages, tuned, cfg=(2.5, 0.89)))]
+    assert [label for label, _ in grids[0][1]] == ["Euler 20 steps", "Euler 14 steps", "Euler 10 steps",
+                                                   "Heun 11 steps"]
+    assert [label for label, _ in grids[1][1]][:3] == ["paper plan, Euler", "paper plan, DPM-Solver++(3M)",
+                                                       "tuned, budget 9 eff. NFE"]
+    for preset, grid in grids:
+        for label, plan in grid:
+            preset.check_plan(plan)
+            assert all(s.solver in flow_solvers() for s in plan), label
+            guidance = {(s.cfg_scale, s.cfg_sigma_max) for s in plan}
+            assert guidance == ({(1.5, 0.7), (2.0, 0.7)} if label.startswith("tuned") else {(2.5, 0.89)}), label
+
+
+def test_a_flow_pair_is_named_flow_and_the_pixel_pair_edm(frontier):
+    pixel, flow = frontier.family_names(False), frontier.family_names(True)
+    assert pixel == {"baseline": "EDM", "progressive": "EDM progressive", "lowdiff": "LowDiff",
+                     "baseline-ct": "EDM consistency-tuned", "lowdiff-ct": "LowDiff consistency-tuned"}
+    assert list(flow) == ["baseline", "lowdiff"] and "flow" in flow["baseline"]
+    assert not any("EDM" in name for name in flow.values())
+
+
+def test_a_tiny_latent_flow_pair_end_to_end_with_the_decode_timed(frontier, tmp_path, one_thread):
+    """A tiny DiT flow pair through the frontier without FIDs: guided flow rows, each timed with its
+    VAE decode (a stand-in that takes 20 ms), a page and a plot that name the flow baseline."""
+    from conftest import tiny_dit_preset
+    from lowdiff.diffusion.denoiser import Denoiser
+    from lowdiff.pipeline import Pipeline
+    decoded = []
+
+    def slow_decode(z):
+        decoded.append(tuple(z.shape))
+        time.sleep(0.02)
+        return z
+    pipes = {family: Pipeline(Denoiser.from_preset(preset), preset)
+             for family, preset in (("lowdiff", tiny_dit_preset()), ("baseline", tiny_dit_preset(stages=(8,))))}
+    for pipe in pipes.values():
+        pipe.decode = slow_decode
+    args = types.SimpleNamespace(lowdiff_plans=[], baseline_plans=[], progressive_plans=[], lowdiff_ct=None,
+                                 baseline_ct=None, lean=False, cfg=2.0, cfg_sigma_max=0.89, switches=["eager fp32"],
+                                 batch=2, repeats=1, warmup=0, num=4, seed=0, noise_sets=2, ref="ref.npz",
+                                 ref_name="test|4", fast_fid="fp32", earlier_headlines=[], title="tiny latents",
+                                 lowdiff="tiny-low", baseline="tiny-base", heading=frontier.FLOW_HEADING,
+                                 out=str(tmp_path / "b.md"), plot=str(tmp_path / "f.png"))
+    args.flow = frontier.flow_pair(pipes, args)
+    rows = frontier.build_rows(pipes, args)
+    assert args.flow and {r.family for r in rows} == {"lowdiff", "baseline"} and len(rows) == 6
+    report = frontier.time_rows(rows, pipes, args)
+    assert decoded == [(2, 4, 8, 8)] * len(rows)                   # top-stage latents, once per timed run
+    assert all(t["latency_s"] >= 0.02 for t in report["rows"])     # the decode is inside the timed region
+    for r, fid in zip(rows, range(len(rows))):
+        r.fid = 10.0 - fid
+    for family in frontier.family_names(True):
+        frontier.pareto([r for r in rows if r.family == family])
+    headlines = frontier.all_headlines(rows, 0.1, args)
+    text = frontier.markdown(rows, report, 0.1, "Euler 6 steps", "1, 2", headlines, [], args, "cmd")
+    assert "| LightningDiT-style flow | Euler 6 steps | euler | 6 | 2 (sigma <= 0.89) |" in text
+    assert "EDM" not in text and "VAE decode" in text
+    frontier.plot(rows, tmp_path / "f.png", "tiny", 2, frontier.family_names(True))
+    assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

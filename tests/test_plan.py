@@ -18,6 +18,16 @@ def test_with_solver_keeps_nfe_and_round_trips(tiny):
         tiny().check_plan(stages.replace(0, solver="bogus"))
 
 
+def test_with_guidance_per_stage_and_unguided_at_scale_one(tiny):
+    """One scale guides every stage; a short list gives the stages above its last scale; scale 1 is
+    unguided, without an interval."""
+    stages = tiny().stages                                         # 8 -> 16 -> 32
+    assert [(s.cfg_scale, s.cfg_sigma_max) for s in stages.with_guidance(2.5, 0.89)] == [(2.5, 0.89)] * 3
+    mixed = stages.with_guidance([1, 2.0], 0.5)
+    assert [(s.cfg_scale, s.cfg_sigma_max) for s in mixed] == [(1, math.inf), (2.0, 0.5), (2.0, 0.5)]
+    assert [s.steps for s in mixed] == [s.steps for s in stages]
+
+
 def test_stage_overrides_and_errors(tiny):
     stages = tiny().stages
     new = stages.override(["16:nfe=2,sigma_max=40", "32:solver=euler,steps=6"])

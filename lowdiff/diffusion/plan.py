@@ -349,6 +349,17 @@ class StagePlan(Sequence):
                 plan = plan.replace(i, steps=plan[i].steps + 1)
         return plan
 
+    def with_guidance(self, scales: float | Sequence[float], sigma_max: float) -> "StagePlan":
+        """Stage i guided with scales[i] (one number: every stage; a short list: its last scale for the
+        stages above) at noise levels <= sigma_max (LightningDiT's guidance interval); a stage at
+        scale 1 is unguided, without an interval."""
+        scales = [scales] if isinstance(scales, (int, float)) else list(scales)
+        plan = self
+        for i in range(len(self)):
+            w = scales[min(i, len(scales) - 1)]
+            plan = plan.replace(i, cfg_scale=w, cfg_sigma_max=sigma_max if w != 1 else float("inf"))
+        return plan
+
     def override(self, overrides: Iterable[str]) -> "StagePlan":
         """Apply 'RES:key=value[,key=value]' overrides, e.g. '16:nfe=13,sigma_max=50'. A RES below the
         top that the plan lacks adds a stage there, a copy of the stage above it (how a progressive

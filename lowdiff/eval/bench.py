@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import torch
 
@@ -42,6 +43,7 @@ class Variant:
     options: InferenceOptions = field(default_factory=InferenceOptions)
     stages: StagePlan | list | None = None       # None: the preset's plan
     model: Denoiser | None = None                # trained weights; None: random (same speed)
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None   # a latent model's VAE decode, timed too
 
     @property
     def plan(self) -> StagePlan:
@@ -125,9 +127,11 @@ class NetworkTimer:
 
 
 def time_sampling(model: FastDenoiser, preset: Preset, opts: BenchOptions, seed: int = 0,
-                  stages: StagePlan | None = None, timer: NetworkTimer | None = None) -> tuple[float, dict[int, int]]:
+                  stages: StagePlan | None = None, timer: NetworkTimer | None = None,
+                  decode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[float, dict[int, int]]:
     """Seconds to sample one batch with the plan, and its NFE per stage; with `timer` (wrapping
-    `model`), the network time is also accumulated there."""
+    `model`), the network time is also accumulated there; with `decode` (a latent model's VAE
+    decoder), the decode of the samples is timed as part of the batch."""
     device = torch.device(opts.device)
     rng = PerImageGenerator(range(seed, seed + opts.batch), device)
     labels = _labels(preset, opts.batch, device)
@@ -135,6 +139,8 @@ def time_sampling(model: FastDenoiser, preset: Preset, opts: BenchOptions, seed:
     start = time.perf_counter()
     result = sample_cascade(timer or model, stages if stages is not None else preset.stages, rng,
                             preset.network.in_channels, labels, precond=preset.precond)
+    if decode is not None:
+        decode(result.images)
     _sync(device)
     return time.perf_counter() - start, result.nfe
 
@@ -150,14 +156,15 @@ def measure(variants: list[Variant], opts: BenchOptions, progress=None) -> list[
 
     for _ in range(opts.warmup):                 # compiles (minutes on a CPU) happen here
         for v, m in zip(variants, models):
-            time_sampling(m, v.preset, opts, stages=v.plan)
+            time_sampling(m, v.preset, opts, stages=v.plan, decode=v.decode)
             tick(v, "warm-up")
     times: list[list[float]] = [[] for _ in variants]
     nfe: list[dict[int, int]] = [{} for _ in variants]
     timers = [NetworkTimer(m, torch.device(opts.device)) for m in models]
     for rep in range(opts.repeats):
         for i, (v, m) in enumerate(zip(variants, models)):
-            t, nfe[i] = time_sampling(m, v.preset, opts, seed=rep * opts.batch, stages=v.plan, timer=timers[i])
+            t, nfe[i] = time_sampling(m, v.preset, opts, seed=rep * opts.batch, stages=v.plan, timer=timers[i],
+                                      decode=v.decode)
             times[i].append(t)
             tick(v, "timing")
     rows = []
