@@ -24,7 +24,8 @@ distribution is the same everywhere; the oracle and the cascade share the stage 
 stage draws each seed's own noise in both (the skipped 4x4 stage still draws its start noise,
 which the oracle uses to perturb its condition). Guidance acts at noise levels <= --cfg-sigma-max
 (LightningDiT's interval, as the latent pair). FIDs are cached in --cache (an interrupted run
-resumes; a part left out by --only is rendered from the cache when all its FIDs are there).
+resumes; a part left out by --only is rendered from the cache when all its FIDs are there, and
+--cached-only renders every part from the cache, measuring nothing).
 The test latents are encoded once into --test-latents when that directory does not exist.
 
     OMP_NUM_THREADS=1 python benchmarks/latent_diagnosis.py --ref runs/fashion-test.npz \\
@@ -249,6 +250,8 @@ def markdown(tables: dict[str, list[str]], args, command: str, pipes: dict[str, 
     for part in PARTS:
         title = PART_TITLES[part].format(cfg=args.cfg)
         body = tables.get(part) or [f"(not measured: `--only {part}`)"]
+        if part in tables and "-" in {cell.strip() for line in body for cell in line.split("|")}:
+            body = [*body, "", "(-: not measured yet; `--only " + part + "` measures the rest)"]
         lines += ["", f"**{title}.**", "", *body]
     return "\n".join(lines)
 
@@ -269,6 +272,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=100000, help="first seed")
     p.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS),
                    help="measure these parts; the others are rendered from the cache when complete")
+    p.add_argument("--cached-only", dest="cached_only", action="store_true",
+                   help="measure nothing: render every part from the cache, '-' where a FID is not measured yet")
     p.add_argument("--oracle-cfg", dest="oracle_cfg", type=float, nargs="+", default=[1.0, 2.5],
                    help="guidance scales of the oracle table (every stage)")
     p.add_argument("--cfg", type=float, default=2.5, help="guidance scale of the truncation and steps sweeps")
@@ -299,9 +304,10 @@ def main(argv=None) -> None:
     measure = Measure(arms, specs, args, get_extractor("classifier"))
     tables, data = {}, {}
     for part in sorted(PARTS, key=lambda p: p not in args.only):      # the measured parts first
-        measure.measuring = part in args.only
+        measure.measuring = part in args.only and not args.cached_only
         lines, rows = PART_FUNCTIONS[part](measure, plans, args)
-        if measure.measuring or all(v is not None for r in rows for k, v in r.items() if k in ARMS):
+        fids = [v for r in rows for k, v in r.items() if k in ARMS]
+        if measure.measuring or None not in fids or (args.cached_only and any(v is not None for v in fids)):
             tables[part], data[part] = lines, rows
     data = {part: data[part] for part in PARTS if part in data}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
