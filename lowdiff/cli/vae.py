@@ -13,7 +13,8 @@ def register(sub) -> None:
     vae = sub.add_parser("vae", help="train or evaluate a small KL autoencoder for the latent presets",
                          description="A KL-regularised diffusers AutoencoderKL (LDM's KL-f4 kind): `vae train` on any "
                          "dataset lowdiff reads (resumable: re-run the same command), `vae eval` for PSNR and the FID "
-                         "of reconstructions. The bundled one is bundled:fashion-vae (Fashion-MNIST 32x32 -> 8x8x4).")
+                         "of reconstructions. Bundled: bundled:fashion-vae (Fashion-MNIST 32x32 -> 8x8x4, f4) and "
+                         "bundled:fashion-vae-f2 (-> 16x16x1, f2: `--channels 32,64 --latent-channels 1`).")
     vs = vae.add_subparsers(dest="vae_command", required=True)
     v = vs.add_parser("train", help="train an autoencoder (progress bar, resume, safetensors output)")
     v.add_argument("--data", required=True, help="dataset spec, e.g. fashion-mnist")
