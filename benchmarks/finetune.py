@@ -246,7 +246,11 @@ def main() -> None:
     p.add_argument("--heading", default="Fine-tuning LowDiff from the EDM model (issue 38)")
     args = p.parse_args()
     command = "python benchmarks/finetune.py " + shlex.join(sys.argv[1:])
-    results = {n: measure_pair(n, PAIRS[n], args) for n in args.pairs if (ROOT / PAIRS[n].run).is_dir()}
+    present = [n for n in args.pairs if (ROOT / PAIRS[n].run).is_dir()]
+    if not present:
+        sys.exit("no run directory of the chosen pairs exists (" + ", ".join(PAIRS[n].run for n in args.pairs) +
+                 "): train them with the commands in this script's docstring first")
+    results = {n: measure_pair(n, PAIRS[n], args) for n in present}
     text = markdown(results, args, command)
     write_section(Path(args.out), args.tag, text)
     Path(args.json).write_text(json.dumps({"command": command, "num": args.num, "seed": args.seed,
