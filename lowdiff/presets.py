@@ -65,8 +65,8 @@ FASHION_LATENT_TRAIN = dict(FASHION_TRAIN, lr=5e-4, lr_rampup_kimg=0, adam_betas
 # The paper's geometry one level down (issue 35): a factor-2 VAE with one latent channel (16x16x1,
 # the same 4x compression as the f4 VAE's 8x8x4) and an 8x8 -> 16x16 cascade of single-channel latent
 # pixels (patch 1), as the paper's 8x8 -> 16x16 tokens of ImageNet 256. The same DiT width and recipe
-# as the 4x4 -> 8x8 pair; the baseline's length fits about four hours on one core (~10 img/s), and
-# LowDiff trains at its compute (`--match-compute`), so with fewer images (paper App. A: 42 vs 64 epochs).
+# as the 4x4 -> 8x8 pair; the baseline's 120 kimg (290.3 TFLOP) take 1.5 h on one core (21.7 img/s), and
+# LowDiff trains at that compute (`--duration-tflop 290.3005`: 99.6 kimg; paper App. A: 42 vs 64 epochs).
 FASHION_LATENT16_NET = dict(FASHION_LATENT_NET, img_resolution=16, in_channels=1, out_channels=1)
 FASHION_LATENT16_TRAIN = dict(FASHION_LATENT_TRAIN, duration_kimg=120)
 
@@ -121,6 +121,23 @@ def _lowdiff(name, desc, net, stages, train, baseline, unified=True, data="", pr
     t.setdefault("duration_kimg", 0.75 * 200_000)    # paper App. A: 75% of the baseline's images
     return Preset(name, desc, _network(net, resolutions=res if unified else (res[-1],), base_resolution=res[0]),
                   stages, TrainConfig(**t), unified=unified, baseline=baseline, data=data, precond=precond, **kw)
+
+
+def _fashion_latent_pair(tag: str, vae: str, shape: str, net: dict, train: dict, geometry: str = "") -> list[Preset]:
+    """A Fashion-MNIST latent pair on `net`'s grid r: the flow baseline (`flow-fashion-latent{tag}-tiny`,
+    20 Euler steps at r) and LowDiff r/2 -> r (`lowdiff-fashion-latent{tag}-tiny`): the r/2 stage on the
+    baseline's 20-step grid truncated after 9 NFE (45%, as the paper's 45 of 100), the final stage at
+    half the steps (10; paper 50 of 100). Train on `lowdiff dataset encode fashion-mnist --vae VAE
+    --lowest r/2 --out DIR` (bundled:fashion-vae for the 8x8x4 latents, bundled:fashion-vae-f2 for 16x16x1)."""
+    r, baseline = net["img_resolution"], f"flow-fashion-latent{tag}-tiny"
+    fm = LatentConfig(image_resolution=32, image_channels=1)
+    return [Preset(baseline, f"CPU baseline: small DiT on {vae} {shape} Fashion-MNIST latents, class-conditional, "
+                   "flow, Euler 20 NFE", _network(net, resolutions=(r,)), [StageConfig(r, steps=20, **FLOW)],
+                   TrainConfig(**train), precond=Flow(cosine=True), latent=fm),
+            _lowdiff(f"lowdiff-fashion-latent{tag}-tiny", f"CPU LowDiff: small unified DiT on {vae} "
+                     f"Fashion-MNIST latents {r // 2}-{r}{geometry}, class-conditional, flow, NFE 9/10", net,
+                     [StageConfig(r // 2, steps=20, nfe=9, **FLOW), StageConfig(r, steps=10, **FLOW)],
+                     train, baseline, precond=Flow(cosine=True), latent=fm)]
 
 
 def _build_presets() -> dict[str, Preset]:
@@ -218,31 +235,9 @@ def _build_presets() -> dict[str, Preset]:
                       dict(IMAGENET_TRAIN, duration_kimg=42 * IMAGENET_EPOCH_KIMG), "imagenet256-lightningdit-b1",
                       precond=Flow(cosine=True), latent=in256,
                       paper=dict(params_m=131.86, fid=4.00, inception_score=195.06, latency_s=13.23)))
-    fm = LatentConfig(image_resolution=32, image_channels=1)
-    # The baseline's 20-step grid, and LowDiff's 4x4 stage on that grid truncated after 9 NFE
-    # (45%, as the paper's 45 of 100) with the final stage at half the steps (10; paper 50 of 100).
-    P.append(Preset("flow-fashion-latent-tiny",
-                    "CPU baseline: small DiT on the bundled VAE's 8x8x4 Fashion-MNIST latents, class-conditional, "
-                    "flow, Euler 20 NFE", _network(FASHION_LATENT_NET, resolutions=(8,)),
-                    [StageConfig(8, steps=20, **FLOW)], TrainConfig(**FASHION_LATENT_TRAIN), precond=Flow(cosine=True),
-                    latent=fm))
-    P.append(_lowdiff("lowdiff-fashion-latent-tiny",
-                      "CPU LowDiff: small unified DiT on the bundled VAE's Fashion-MNIST latents 4-8, "
-                      "class-conditional, flow, NFE 9/10", FASHION_LATENT_NET,
-                      [StageConfig(4, steps=20, nfe=9, **FLOW), StageConfig(8, steps=10, **FLOW)],
-                      FASHION_LATENT_TRAIN, "flow-fashion-latent-tiny", precond=Flow(cosine=True), latent=fm))
-    # The same plans on the 8x8 -> 16x16 geometry of the f2 VAE (`bundled:fashion-vae-f2`, `lowdiff dataset
-    # encode fashion-mnist --vae bundled:fashion-vae-f2 --lowest 8 --out DIR`).
-    P.append(Preset("flow-fashion-latent16-tiny",
-                    "CPU baseline: small DiT on the f2 VAE's 16x16x1 Fashion-MNIST latents, class-conditional, "
-                    "flow, Euler 20 NFE", _network(FASHION_LATENT16_NET, resolutions=(16,)),
-                    [StageConfig(16, steps=20, **FLOW)], TrainConfig(**FASHION_LATENT16_TRAIN),
-                    precond=Flow(cosine=True), latent=fm))
-    P.append(_lowdiff("lowdiff-fashion-latent16-tiny",
-                      "CPU LowDiff: small unified DiT on the f2 VAE's Fashion-MNIST latents 8-16 (the paper's "
-                      "latent geometry), class-conditional, flow, NFE 9/10", FASHION_LATENT16_NET,
-                      [StageConfig(8, steps=20, nfe=9, **FLOW), StageConfig(16, steps=10, **FLOW)],
-                      FASHION_LATENT16_TRAIN, "flow-fashion-latent16-tiny", precond=Flow(cosine=True), latent=fm))
+    P += _fashion_latent_pair("", "the bundled VAE's", "8x8x4", FASHION_LATENT_NET, FASHION_LATENT_TRAIN)
+    P += _fashion_latent_pair("16", "the f2 VAE's", "16x16x1", FASHION_LATENT16_NET, FASHION_LATENT16_TRAIN,
+                              " (the paper's latent geometry)")
     named = {p.name: p for p in P}
     P += [consistency_tuned(named[n]) for n in ("edm-fashion-tiny-cond", "lowdiff-fashion-tiny-cond",
                                                  "edm-cifar-tiny-cond", "lowdiff-cifar-tiny-cond")]

@@ -26,8 +26,9 @@ def register(sub) -> None:
         if name == "convert":
             d.add_argument("--out", required=True, help="output folder, or a path ending in .zip")
         if name == "encode":
-            d.add_argument("--vae", required=True, help="bundled:fashion-vae (8x8x4) or bundled:fashion-vae-f2 (16x16x1), a diffusers AutoencoderKL directory "
-                           "(e.g. SD-VAE, or `lowdiff vae train`'s output) or an LDM / VA-VAE weight file")
+            d.add_argument("--vae", required=True, help="bundled:fashion-vae (8x8x4) or bundled:fashion-vae-f2 "
+                           "(16x16x1), a diffusers AutoencoderKL directory (e.g. SD-VAE, or `lowdiff vae train`'s "
+                           "output) or an LDM / VA-VAE weight file")
             d.add_argument("--out", required=True, help="output directory (latents.json + shards)")
             d.add_argument("--image-resolution", dest="image_resolution", type=positive_int,
                            help="resize images to this size first (ADM box + bicubic; default: as stored)")
