@@ -307,7 +307,24 @@ def matched(rows: list[Row], noise: float, switches: str | None, competitors=("b
         lo = max(within, key=lambda r: r.images_per_s)
         out["lowdiff"] = {"label": lo.label, "switches": lo.switches, "fid": lo.fid, "images_per_s": lo.images_per_s}
         out["ratio"] = lo.images_per_s / b.images_per_s
+    elif low:
+        out["at_our_best"] = matched_at_our_best(base, low, noise)
     return out
+
+
+def matched_at_our_best(base: list[Row], low: list[Row], noise: float) -> dict:
+    """Where our rows never reach the competitors' best FID: the same ratio at our own best FID instead
+    (bound = it + noise), over the fastest competitor row within that bound: a ratio at a lower quality
+    than the competitors reach, which the page quotes as such, never as the headline."""
+    best = min(low, key=lambda r: r.fid)
+    bound = best.fid + noise
+    lo = max((r for r in low if r.fid <= bound), key=lambda r: r.images_per_s)
+    b = max((r for r in base if r.fid <= bound), key=lambda r: r.images_per_s)   # the competitors' best is within
+    return {"our_best_fid": best.fid, "bound": bound,
+            "lowdiff": {"label": lo.label, "switches": lo.switches, "fid": lo.fid, "images_per_s": lo.images_per_s},
+            "baseline": {"label": b.label, "family": b.family, "switches": b.switches, "fid": b.fid,
+                         "images_per_s": b.images_per_s},
+            "ratio": lo.images_per_s / b.images_per_s}
 
 
 def plot(rows: list[Row], path: Path, title: str, batch: int, families: dict[str, str] = PIXEL_FAMILIES) -> None:
@@ -413,7 +430,8 @@ def markdown(rows, report, noise, noise_row, noise_fids, headlines, bf16_gaps, a
                          f"**{h['ratio']:.2f}x**.")
         else:
             lines.append(f"- **{_against(h)}**: no {ours} row reaches {who} best FID "
-                         f"{h['baseline_best_fid']:.3f} + noise.")
+                         f"{h['baseline_best_fid']:.3f} + noise." + _at_our_best_text(h.get("at_our_best"), ours,
+                                                                                      names))
     cfg_column = " CFG |" if args.flow else ""
     lines += ["", f"![FID vs throughput]({os.path.relpath(args.plot, Path(args.out).parent)})", "",
               f"| family | plan | solver | NFE per stage |{cfg_column} eff. NFE | switches | img/s | FID | front |",
@@ -435,6 +453,18 @@ def markdown(rows, report, noise, noise_row, noise_fids, headlines, bf16_gaps, a
                                           "per stage with the stage sides, and each switch sigma with its hand-over)."
                                           if "progressive" in names else "")]
     return "\n".join(lines) + "\n"
+
+
+def _at_our_best_text(a: dict | None, ours: str, names: dict) -> str:
+    """The fallback headline (`matched_at_our_best`) as a sentence, empty when there is none."""
+    if not a:
+        return ""
+    lo = a["lowdiff"]
+    text = (f" At {ours}'s own best FID {a['our_best_fid']:.3f} (bound {a['bound']:.3f}) its fastest row is "
+            f"*{lo['label']}* ({lo['images_per_s']:.1f} img/s, FID {lo['fid']:.3f})")
+    b = a["baseline"]
+    return (text + f" and the fastest {names[b['family']]} row within it *{b['label']}* ({b['images_per_s']:.1f} "
+            f"img/s, FID {b['fid']:.3f}): {a['ratio']:.2f}x at that lower quality.")
 
 
 def _against(h: dict) -> str:

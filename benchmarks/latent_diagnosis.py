@@ -1,6 +1,7 @@
-"""Which stage of latent LowDiff costs the FID (issue 35, item 1), on the bundled latent pair:
+"""Which stage of latent LowDiff costs the FID (issue 35, item 1), on a bundled latent pair: by default
 `bundled:fashion-latent-lowdiff` (4x4 -> 8x8 latents of `bundled:fashion-vae`) against its flow
-baseline `bundled:fashion-latent-flow`. Four tables, each FID of decoded samples in the bundled
+baseline `bundled:fashion-latent-flow`, or the paper's geometry (8x8 -> 16x16, second command below;
+the text's 4x4 and 8x8 are then 8x8 and 16x16). Four tables, each FID of decoded samples in the bundled
 classifier's feature space against the test reference (as benchmarks/latent_pair.py measures):
 
 - oracle: the cascade's final (8x8) stage conditioned on REAL latents (an oracle condition) against
@@ -30,8 +31,13 @@ The test latents are encoded once into --test-latents when that directory does n
 
     OMP_NUM_THREADS=1 python benchmarks/latent_diagnosis.py --ref runs/fashion-test.npz \\
         --train-latents runs/fashion-latents --test-latents runs/fashion-test-latents
+    OMP_NUM_THREADS=1 python benchmarks/latent_diagnosis.py --ref runs/fashion-test.npz \\
+        --lowdiff bundled:fashion-latent16-lowdiff --baseline bundled:fashion-latent16-flow \\
+        --train-latents runs/fashion-latents16 --test-latents runs/fashion-test-latents16 \\
+        --cache docs/results/latent16-diagnosis-cache.json --json docs/results/latent16-diagnosis.json \\
+        --tag latent16-diagnosis --only oracle steps --oracle-cfg 2.5 --final-steps 10 20
 
-Writes the `latent-diagnosis` section of docs/results.md and docs/results/latent-diagnosis.json.
+Writes the --tag section of docs/results.md (default `latent-diagnosis`) and --json.
 """
 from __future__ import annotations
 
@@ -120,7 +126,8 @@ def fmt(v: float | None) -> str:
 
 
 def part_oracle(m: Measure, plans: dict, args) -> tuple[list[str], list[dict]]:
-    lines = ["| guidance scale | flow baseline | LowDiff: 8x8 fed by the 4x4 stage | oracle: test latents | oracle: "
+    lines = [f"| guidance scale | flow baseline | LowDiff: {args.high} fed by the {args.low} stage | oracle: test "
+             "latents | oracle: "
              "training latents, same classes | gap closed by the test oracle |", "|---|---|---|---|---|---|"]
     rows = []
     for w in args.oracle_cfg:
@@ -134,7 +141,7 @@ def part_oracle(m: Measure, plans: dict, args) -> tuple[list[str], list[dict]]:
 
 
 def part_truncation(m: Measure, plans: dict, args) -> tuple[list[str], list[dict]]:
-    lines = ["| 4x4 NFE | truncation sigma | LowDiff | oracle: test latents |", "|---|---|---|---|"]
+    lines = [f"| {args.low} NFE | truncation sigma | LowDiff | oracle: test latents |", "|---|---|---|---|"]
     rows = []
     for n in args.low_nfe:
         plan = plans["cascade"].replace(0, nfe=n).with_guidance([args.cfg], args.cfg_sigma_max)
@@ -147,7 +154,8 @@ def part_truncation(m: Measure, plans: dict, args) -> tuple[list[str], list[dict
 
 
 def part_steps(m: Measure, plans: dict, args) -> tuple[list[str], list[dict]]:
-    lines = ["| 8x8 steps | LowDiff NFE per stage | LowDiff | oracle: test latents | flow baseline, as many steps |",
+    lines = [f"| {args.high} steps | LowDiff NFE per stage | LowDiff | oracle: test latents | flow baseline, as "
+             "many steps |",
              "|---|---|---|---|---|"]
     rows, final = [], plans["cascade"].final
     for k in args.final_steps:
@@ -163,7 +171,7 @@ def part_steps(m: Measure, plans: dict, args) -> tuple[list[str], list[dict]]:
 
 
 def part_guidance(m: Measure, plans: dict, args) -> tuple[list[str], list[dict]]:
-    lines = ["| 4x4 scale \\ 8x8 scale | " + " | ".join(f"{w:g}" for w in args.cfg_high) + " |",
+    lines = [f"| {args.low} scale \\ {args.high} scale | " + " | ".join(f"{w:g}" for w in args.cfg_high) + " |",
              "|---|" + "---|" * len(args.cfg_high)]
     rows = []
     for low in args.cfg_low:
@@ -171,7 +179,7 @@ def part_guidance(m: Measure, plans: dict, args) -> tuple[list[str], list[dict]]
         lines.append(f"| {low:g} | " + " | ".join(fmt(f) for f in fids) + " |")
         rows += [{"cfg_low": low, "cfg_high": high, "cascade": f} for high, f in zip(args.cfg_high, fids)]
     base = [m("baseline", plans["baseline"].with_guidance([w], args.cfg_sigma_max)) for w in args.cfg_high]
-    lines.append("| flow baseline at the 8x8 scale | " + " | ".join(fmt(f) for f in base) + " |")
+    lines.append(f"| flow baseline at the {args.high} scale | " + " | ".join(fmt(f) for f in base) + " |")
     rows += [{"cfg": w, "baseline": f} for w, f in zip(args.cfg_high, base)]
     return lines, rows
 
@@ -179,10 +187,10 @@ def part_guidance(m: Measure, plans: dict, args) -> tuple[list[str], list[dict]]
 PART_FUNCTIONS = {"oracle": part_oracle, "truncation": part_truncation, "steps": part_steps,
                   "guidance": part_guidance}
 PART_TITLES = {
-    "oracle": "Which stage costs the FID: the 8x8 stage on real latents (an oracle) against the 4x4 stage's",
-    "truncation": "Where the 4x4 stage hands over (its NFE on its 20-step grid), guidance {cfg:g} on both stages",
+    "oracle": "Which stage costs the FID: the {high} stage on real latents (an oracle) against the {low} stage's",
+    "truncation": "Where the {low} stage hands over (its NFE on its 20-step grid), guidance {cfg:g} on both stages",
     "steps": "The final stage's steps, guidance {cfg:g}",
-    "guidance": "The guidance scale per stage: LowDiff's FID, the 4x4 stage's scale by row, the 8x8 stage's by "
+    "guidance": "The guidance scale per stage: LowDiff's FID, the {low} stage's scale by row, the {high} stage's by "
                 "column",
 }
 
@@ -236,19 +244,19 @@ def arms_of(args) -> tuple[dict[str, Labelled], dict[str, Pipeline]]:
 
 def markdown(tables: dict[str, list[str]], args, command: str, pipes: dict[str, Pipeline]) -> str:
     plan = pipes["cascade"].preset.stages
-    lines = ["### Which stage costs the FID (issue 35, item 1)", "",
+    lines = [f"### Which stage costs the FID: the {args.low} -> {args.high} latent pair (issue 35, item 1)", "",
              f"Generated by `{command}` on {date.today().isoformat()} ({device_name('cpu')}). FID of {args.num} "
              f"decoded samples (seeds {args.seed}-{args.seed + args.num - 1}; sample j has the class of test image j "
              "in every row) in the bundled classifier's feature space against the test set. LowDiff: "
-             f"`{args.lowdiff}` with its preset plan ({nfe_text(plan)} Euler NFE, the 4x4 stage stopping at sigma "
-             f"{plan.truncation_sigma(0):.3f}) unless a row says otherwise; baseline `{args.baseline}` (20 Euler "
+             f"`{args.lowdiff}` with its preset plan ({nfe_text(plan)} Euler NFE, the {args.low} stage stopping at "
+             f"sigma {plan.truncation_sigma(0):.3f}) unless a row says otherwise; baseline `{args.baseline}` (20 Euler "
              f"steps). Guidance at noise levels <= {args.cfg_sigma_max:g}. The oracle's condition: the test image's "
-             "VAE latent (posterior sample), box-downsampled to 4x4 and normalised as in training, perturbed to the "
-             "truncation sigma with the 4x4 stage's own start noise of the seed; the final stage's plan and noise "
-             "are the cascade's. The training-latent oracle takes, for each sample, the next training image of "
+             f"VAE latent (posterior sample), box-downsampled to {args.low} and normalised as in training, perturbed "
+             f"to the truncation sigma with the {args.low} stage's own start noise of the seed; the final stage's "
+             "plan and noise are the cascade's. The training-latent oracle takes, for each sample, the next training image of "
              "its class: the test oracle's samples are steered by the very images of the reference."]
     for part in PARTS:
-        title = PART_TITLES[part].format(cfg=args.cfg)
+        title = PART_TITLES[part].format(cfg=args.cfg, low=args.low, high=args.high)
         body = tables.get(part) or [f"(not measured: `--only {part}`)"]
         if part in tables and "-" in {cell.strip() for line in body for cell in line.split("|")}:
             body = [*body, "", "(-: not measured yet; `--only " + part + "` measures the rest)"]
@@ -286,6 +294,7 @@ def parse_args(argv=None):
     p.add_argument("--cache", default=str(RESULTS / "latent-diagnosis-cache.json"))
     p.add_argument("--json", default=str(RESULTS / "latent-diagnosis.json"))
     p.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
+    p.add_argument("--tag", default="latent-diagnosis", help="section tag in --out (one per pair)")
     args = p.parse_args(argv)
     if args.num < 2:
         raise ConfigError(f"--num {args.num}: an FID needs at least 2 samples")
@@ -299,6 +308,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     command = "python benchmarks/latent_diagnosis.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     arms, pipes = arms_of(args)
+    args.low, args.high = (f"{s.resolution}x{s.resolution}" for s in pipes["cascade"].preset.stages[-2:])
     plans = {"cascade": pipes["cascade"].preset.stages, "baseline": pipes["baseline"].preset.stages}
     specs = {arm: args.baseline if arm == "baseline" else args.lowdiff for arm in ARMS}
     measure = Measure(arms, specs, args, get_extractor("classifier"))
@@ -315,7 +325,7 @@ def main(argv=None) -> None:
                                            "device": device_name("cpu"), "num": args.num, "seed": args.seed,
                                            "parts": data}, indent=1))
     text = markdown(tables, args, command, pipes)
-    write_section(Path(args.out), "latent-diagnosis", text)
+    write_section(Path(args.out), args.tag, text)
     print(text)
 
 

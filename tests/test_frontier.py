@@ -55,6 +55,21 @@ def test_matched_without_a_lowdiff_row_in_range_gives_no_ratio(frontier):
     assert "ratio" not in out and out["baseline"]["fid"] == 2.0
 
 
+def test_without_a_match_the_ratio_at_our_own_best_fid_is_given_apart(frontier):
+    """No LowDiff row reaches the baseline's best: no headline ratio, but the ratio at LowDiff's own
+    best FID (+ noise) over the fastest baseline row within it, under its own key."""
+    rows = [row(frontier, "baseline", 2.0, 3.0), row(frontier, "baseline", 3.05, 7.0),
+            row(frontier, "baseline", 3.5, 20.0),
+            row(frontier, "lowdiff", 3.0, 10.0), row(frontier, "lowdiff", 3.08, 14.0),
+            row(frontier, "lowdiff", 4.0, 30.0)]
+    out = frontier.matched(rows, noise=0.1, switches=None)
+    assert "ratio" not in out
+    a = out["at_our_best"]
+    assert a["our_best_fid"] == 3.0 and a["bound"] == pytest.approx(3.1)
+    assert a["lowdiff"]["images_per_s"] == 14.0 and a["baseline"]["images_per_s"] == 7.0
+    assert a["ratio"] == pytest.approx(2.0)
+
+
 @pytest.mark.parametrize("name", ["frontier.json", "frontier-cifar.json", "frontier-b64.json", "frontier-cifar-b64.json",
                                   "frontier-eqc.json", "frontier-cifar-eqc.json"])
 def test_published_frontier_json_agrees_with_its_rows(frontier, name):
