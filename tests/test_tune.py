@@ -203,6 +203,8 @@ def test_start_plans_are_fitted_to_the_budget_and_named(tiny):
     assert starts and all(tuner.costs.effective_nfe(p) <= 4 for _, p in starts)
     assert all(s.solver == "dpmpp2m" for _, p in starts for s in p)            # the given plan's solvers kept
     assert "b9.json fitted, costliest stage first" in dict(starts)
+    first = [name for name, _ in tuner.starts()][:len(starts)]
+    assert first == [name for name, _ in starts]      # screened before the model's and the few-step plans
 
 
 def test_tune_rejects_a_start_plan_for_other_resolutions(fixtures, capsys):

@@ -51,7 +51,7 @@ def register(sub) -> None:
                    "one-evaluation ones also make the few-step starts; " + flow_solvers_text())
     s.add_argument("--start", metavar="PLAN", action="append", default=[],
                    help="also start the search from this plan JSON (e.g. one `lowdiff tune` chose at a larger "
-                   "budget), fitted to the budget; repeatable")
+                   "budget), fitted to the budget and screened before the search's own starts; repeatable")
     s.add_argument("--no-warm-start", dest="warm_start", action="store_false",
                    help="do not search warm-started stages (start=upsampled)")
     s.add_argument("--tune-guidance", dest="guidance", action=argparse.BooleanOptionalAction, default=None,

@@ -158,15 +158,16 @@ class Tuner:
         return trial
 
     def starts(self) -> list[tuple[str, StagePlan]]:
-        """The model's plan fitted to the budget in each of the FITS orders (one for a single-stage
-        model), then the few-step plans (neither with progressive='only'), the progressive plans of a
-        single-resolution model, then the given start plans fitted the same ways."""
+        """The given start plans (`--start`) fitted to the budget in each of the FITS orders, first: a
+        search of few --trials must not spend them all before reaching what was asked for; then the
+        model's plan fitted the same ways (one way for a single-stage model), the few-step plans
+        (neither with progressive='only') and the progressive plans of a single-resolution model."""
         model_plan = self.pipe.preset.stages
         lower = progressive_resolutions(self.pipe.preset, self.opts)
         own = ([] if lower and self.opts.progressive == "only" else
                self._fitted("model plan", model_plan) + few_step_plans(model_plan, self.costs, self.opts))
-        return (own + progressive_starts(model_plan, lower, self.costs, self.opts)
-                + [start for name, plan in self.start_plans for start in self._fitted(name, plan)])
+        return ([start for name, plan in self.start_plans for start in self._fitted(name, plan)]
+                + own + progressive_starts(model_plan, lower, self.costs, self.opts))
 
     def _fitted(self, name: str, plan: StagePlan) -> list[tuple[str, StagePlan]]:
         """`plan` fitted to the budget in each of the FITS orders, duplicates dropped."""
