@@ -44,11 +44,24 @@ families. A latent model's FIDs are of decoded images, and its rows are timed wi
     python benchmarks/frontier.py --retime ...  # the same arguments: time again in a second process
     python benchmarks/frontier.py --replot      # redraw docs/img/frontier.png from the JSON
 
-    python benchmarks/frontier.py --lowdiff bundled:fashion-latent-lowdiff --baseline bundled:fashion-latent-flow \\
+    # the latent frontier: the paper's geometry (8x8 -> 16x16), then the 4x4 -> 8x8 pair as an ablation
+    P=docs/results
+    python benchmarks/frontier.py --lowdiff bundled:fashion-latent16-lowdiff --baseline bundled:fashion-latent16-flow \\
+        --lowdiff-plans $P/tuned-latent16-lowdiff-b22-cfg.json $P/tuned-latent16-lowdiff-b22.json \\
+            $P/tuned-latent16-lowdiff-b14-cfg.json \\
+        --baseline-plans $P/tuned-latent16-flow-b34.json $P/tuned-latent16-flow-b20-cfg.json \\
         --ref runs/fashion-test.npz --fast-fid fp32 --batch 32 --repeats 2 --switches "eager fp32" \\
-        --cache docs/results/frontier-latent-cache.json --tag frontier-latent \\
-        --json docs/results/frontier-latent.json --plot docs/img/frontier-latent.png \\
-        --title "Fashion-MNIST latents (8x8x4 of the bundled VAE), class-conditional"
+        --cache $P/frontier-latent16-cache.json --tag frontier-latent --json $P/frontier-latent16.json \\
+        --plot docs/img/frontier-latent16.png \\
+        --title "Fashion-MNIST latents (16x16x1 of bundled:fashion-vae-f2), class-conditional, LowDiff at the baseline training compute"
+    python benchmarks/frontier.py --lowdiff bundled:fashion-latent-lowdiff --baseline bundled:fashion-latent-flow \\
+        --lowdiff-plans $P/tuned-latent-lowdiff-b22-cfg.json $P/tuned-latent-lowdiff-b14-cfg.json \\
+        --baseline-plans $P/tuned-latent-flow-b34-cfg.json $P/tuned-latent-flow-b20-cfg.json \\
+        --ref runs/fashion-test.npz --fast-fid fp32 --batch 32 --repeats 2 --switches "eager fp32" \\
+        --cache $P/frontier-latent-cache.json --tag frontier-latent-4x4 --json $P/frontier-latent-4x4.json \\
+        --plot docs/img/frontier-latent-4x4.png \\
+        --heading "Ablation: the 4x4 -> 8x8 latent pair (a first stage one level below the paper's), FID vs throughput (the VAE decode timed)" \\
+        --title "Fashion-MNIST latents (8x8x4 of bundled:fashion-vae), class-conditional, equal images (200 kimg each)"
 """
 from __future__ import annotations
 
