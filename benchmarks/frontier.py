@@ -314,11 +314,10 @@ def matched(rows: list[Row], noise: float, switches: str | None, competitors=("b
     within = [r for r in low if r.fid <= bound]
     out = {"switches": switches or "either", "competitors": list(competitors), "ours": list(ours),
            "baseline_best_fid": best.fid,
-           "bound": bound, "baseline": {"label": b.label, "family": b.family, "switches": b.switches, "fid": b.fid,
-                                        "images_per_s": b.images_per_s}}
+           "bound": bound, "baseline": _summary(b, family=True)}
     if within:
         lo = max(within, key=lambda r: r.images_per_s)
-        out["lowdiff"] = {"label": lo.label, "switches": lo.switches, "fid": lo.fid, "images_per_s": lo.images_per_s}
+        out["lowdiff"] = _summary(lo)
         out["ratio"] = lo.images_per_s / b.images_per_s
     elif low:
         out["at_our_best"] = matched_at_our_best(base, low, noise)
@@ -333,11 +332,14 @@ def matched_at_our_best(base: list[Row], low: list[Row], noise: float) -> dict:
     bound = best.fid + noise
     lo = max((r for r in low if r.fid <= bound), key=lambda r: r.images_per_s)
     b = max((r for r in base if r.fid <= bound), key=lambda r: r.images_per_s)   # the competitors' best is within
-    return {"our_best_fid": best.fid, "bound": bound,
-            "lowdiff": {"label": lo.label, "switches": lo.switches, "fid": lo.fid, "images_per_s": lo.images_per_s},
-            "baseline": {"label": b.label, "family": b.family, "switches": b.switches, "fid": b.fid,
-                         "images_per_s": b.images_per_s},
+    return {"our_best_fid": best.fid, "bound": bound, "lowdiff": _summary(lo), "baseline": _summary(b, family=True),
             "ratio": lo.images_per_s / b.images_per_s}
+
+
+def _summary(r: Row, family: bool = False) -> dict:
+    """A headline's record of a row (a competitor's names its family too)."""
+    return {"label": r.label, **({"family": r.family} if family else {}), "switches": r.switches, "fid": r.fid,
+            "images_per_s": r.images_per_s}
 
 
 def plot(rows: list[Row], path: Path, title: str, batch: int, families: dict[str, str] = PIXEL_FAMILIES) -> None:
