@@ -7,8 +7,9 @@ Both families sample over a grid of stage plans (EDM's Heun sampler, few-step DP
 (2M) / (3M) plans, the plans `lowdiff tune` chose for each at the same budgets and cost
 model) under the same two sets of switches, eager fp32 and compile + bf16 + channels_last.
 Every point's FID uses the same seeds (held out from the tuner's) and `--num` samples in the
-bundled classifier's feature space. Compilation and memory layout leave the samples unchanged
-up to rounding, so a fast row takes the FID of eager samples at its precision (bf16), or with
+bundled classifier's feature space. The page states what each model's training spent (images,
+TFLOP) from the record the model keeps, and whether that is equal images or equal compute.
+Compilation and memory layout leave the samples unchanged up to rounding, so a fast row takes the FID of eager samples at its precision (bf16), or with
 `--fast-fid fp32` the fp32 FID of its plan (bf16 sampling is slow on CPUs without bf16 units;
 the page then lists the bf16 - fp32 differences measured so far). FIDs are cached
 (docs/results/frontier-cache.json), so an interrupted run resumes. All rows are then timed
@@ -53,7 +54,7 @@ families. A latent model's FIDs are of decoded images, and its rows are timed wi
         --ref runs/fashion-test.npz --fast-fid fp32 --batch 32 --repeats 2 --switches "eager fp32" \\
         --cache $P/frontier-latent16-cache.json --tag frontier-latent --json $P/frontier-latent16.json \\
         --plot docs/img/frontier-latent16.png \\
-        --title "Fashion-MNIST latents (16x16x1 of bundled:fashion-vae-f2), class-conditional, LowDiff at the baseline training compute"
+        --title "Fashion-MNIST latents (16x16x1 of bundled:fashion-vae-f2), class-conditional"
     python benchmarks/frontier.py --lowdiff bundled:fashion-latent-lowdiff --baseline bundled:fashion-latent-flow \\
         --lowdiff-plans $P/tuned-latent-lowdiff-b22-cfg.json $P/tuned-latent-lowdiff-b14-cfg.json \\
         --baseline-plans $P/tuned-latent-flow-b34-cfg.json $P/tuned-latent-flow-b20-cfg.json \\
@@ -61,7 +62,7 @@ families. A latent model's FIDs are of decoded images, and its rows are timed wi
         --cache $P/frontier-latent-cache.json --tag frontier-latent-4x4 --json $P/frontier-latent-4x4.json \\
         --plot docs/img/frontier-latent-4x4.png \\
         --heading "Ablation: the 4x4 -> 8x8 latent pair (a first stage one level below the paper's), FID vs throughput (the VAE decode timed)" \\
-        --title "Fashion-MNIST latents (8x8x4 of bundled:fashion-vae), class-conditional, equal images (200 kimg each)"
+        --title "Fashion-MNIST latents (8x8x4 of bundled:fashion-vae), class-conditional"
 """
 from __future__ import annotations
 
@@ -81,10 +82,12 @@ import numpy as np
 from lowdiff.diffusion.consistency import named_plans
 from lowdiff.diffusion.plan import FLOW_SCHEDULE, StagePlan
 from lowdiff.diffusion.solvers import SOLVERS, flow_solvers
+from lowdiff.errors import CheckpointError, ConfigError
 from lowdiff.eval.bench import BenchOptions, Variant, device_name, measure
 from lowdiff.eval.evaluate import evaluate_pipeline, get_extractor
 from lowdiff.inference import InferenceOptions
 from lowdiff.pipeline import Pipeline
+from lowdiff.train.compute import model_compute
 
 from _markdown import write_section
 
@@ -395,6 +398,25 @@ def replot(json_path: Path, plot_path: Path) -> None:
          data["batch"], family_names(data.get("flow", False)))
 
 
+def training_note(lowdiff: str, baseline: str, names: dict) -> str:
+    """What each model's training spent (images and FLOPs, from the training record it keeps) and
+    whether that is equal images or equal compute, as a phrase of the page; the page says so when a
+    model has no record, rather than claiming a budget."""
+    try:
+        low, base = model_compute(lowdiff), model_compute(baseline)
+        spent = {k: (float(low[k]), float(base[k])) for k in ("kimg", "train_tflop")}
+    except (ConfigError, CheckpointError, KeyError, TypeError, ValueError):
+        return "the training compute of the two is not recorded"
+    (low_kimg, base_kimg), (low_tflop, base_tflop) = spent["kimg"], spent["train_tflop"]
+    equal_compute = abs(low_tflop - base_tflop) <= 0.01 * base_tflop
+    verdict = ("equal training compute" if equal_compute else
+               f"{names['lowdiff']} at {low_tflop / base_tflop:.2f}x the baseline's training compute")
+    if abs(low_kimg - base_kimg) <= 0.005 * base_kimg:
+        verdict = "equal images" + ("" if equal_compute else f", {verdict}")
+    return (f"{verdict}: {names['lowdiff']} trained on {round(low_kimg, 1):g} kimg ({low_tflop:.1f} TFLOP), the "
+            f"baseline on {round(base_kimg, 1):g} kimg ({base_tflop:.1f} TFLOP)")
+
+
 def markdown(rows, report, noise, noise_row, noise_fids, headlines, bf16_gaps, args, command) -> str:
     progressive_note = ("; the EDM progressive rows sample the baseline's network at lower resolutions first, plans "
                         "tuned by `lowdiff tune --progressive only`" if args.progressive_plans else "")
@@ -410,8 +432,9 @@ def markdown(rows, report, noise, noise_row, noise_fids, headlines, bf16_gaps, a
     lines = [f"## {args.heading}", "",
              f"Measured {date.today().isoformat()} on **{report['device']}**; batch {args.batch}, mean of "
              f"{args.repeats} timed runs after {args.warmup} warm-up, all {len(rows)} rows timed alternately in one "
-             f"process. Models: `{args.lowdiff}` and `{args.baseline}` ({args.title}, same width "
-             f"and image budget{progressive_note}). FID: bundled classifier features, {args.num} samples per point, seeds "
+             f"process. Models: `{args.lowdiff}` and `{args.baseline}` ({args.title}; "
+             f"{training_note(args.lowdiff, args.baseline, names)}{progressive_note}). FID: bundled classifier features, "
+             f"{args.num} samples per point, seeds "
              f"{args.seed}-{args.seed + args.num - 1} (held out from the tuner's seeds 0-499), against "
              f"`{Path(args.ref).name}` (the 10,000 test images). {flow_note}"
              + (f"Every row timed under {', '.join(args.switches)}."

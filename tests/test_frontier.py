@@ -282,3 +282,20 @@ def test_a_tiny_latent_flow_pair_end_to_end_with_the_decode_timed(frontier, tmp_
     assert "EDM" not in text and "VAE decode" in text
     frontier.plot(rows, tmp_path / "f.png", "tiny", 2, frontier.family_names(True))
     assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_page_states_each_model_training_from_its_record_not_a_fixed_claim(frontier, tmp_path):
+    """Equal images or equal compute is read from the two models' training records; a model
+    without one is said to have none, rather than the page claiming a budget."""
+    def model(name, kimg, tflop):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "training.json").write_text(json.dumps({"kimg": kimg, "train_tflop": tflop}))
+        return str(tmp_path / name)
+    names = frontier.family_names(True)
+    base = model("base", 120.0, 290.3)
+    assert frontier.training_note(model("eqc", 99.648, 290.4), base, names) == (
+        "equal training compute: LowDiff trained on 99.6 kimg (290.4 TFLOP), the baseline on 120 kimg (290.3 TFLOP)")
+    assert frontier.training_note(model("eqi", 120.0, 363.0), base, names).startswith(
+        "equal images, LowDiff at 1.25x the baseline's training compute:")
+    assert frontier.training_note(str(tmp_path / "nothing"), base, names) == (
+        "the training compute of the two is not recorded")
