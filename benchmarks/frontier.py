@@ -453,7 +453,9 @@ def markdown(rows, report, noise, noise_row, noise_fids, headlines, bf16_gaps, a
              "sample count.", ""]
     for k, earlier in enumerate(args.earlier_headlines):
         lines.append(f"- timing run {k + 1} (an earlier process): " + "; ".join(
-            f"{_against(h)} {h['ratio']:.2f}x" if "ratio" in h else f"{_against(h)} no match" for h in earlier))
+            f"{_against(h)} {h['ratio']:.2f}x" if "ratio" in h else f"{_against(h)} no match" + (
+                f" ({h['at_our_best']['ratio']:.2f}x at {names[h.get('ours', ['lowdiff'])[0]]}'s own best FID)"
+                if h.get("at_our_best") else "") for h in earlier))
     for h in headlines:
         who = ("the best competitor's" if len(h.get("competitors", ())) > 1 else
                f"the {names[h.get('competitors', ['baseline'])[0]]} baseline's")

@@ -16,6 +16,9 @@ from lowdiff.plans import Figures, ModelPlans, NamedPlan
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = {"lowdiff": "paper plan, Heun", "baseline": "Heun 18 steps"}
+# A flow pair's frontier rows are guided (`--cfg`), so none is config.json's unguided plan: the
+# flow models ship their paper plan guided, under its own name, beside config.json's.
+FLOW_PAPER = {"lowdiff": "paper plan, Euler", "baseline": "Euler 20 steps"}
 CONSISTENCY = None    # a consistency-tuned model ships every consistency plan its preset names (their frontier rows)
 # model -> (frontier file, family, {plan name: (frontier row label, description[, family if another])})
 SHIPPED = {
@@ -43,7 +46,17 @@ SHIPPED = {
                         "budget 6", "progressive")}),
     "fashion-lowdiff-ct": ("frontier.json", "lowdiff-ct", CONSISTENCY),
     "fashion-edm-ct": ("frontier.json", "baseline-ct", CONSISTENCY),
+    "fashion-latent16-lowdiff": ("frontier-latent16.json", "lowdiff", {
+        "best": ("tuned, budget 22 eff. NFE, search also started from start-latent16-lowdiff-cfg2.5",
+                 "lowest FID: tuned at budget 22 (the 8x8 stage guided at scale 2)"),
+        "fast": ("tuned, budget 14 eff. NFE, search also started from start-latent16-lowdiff-cfg2.5",
+                 "tuned at budget 14 (the 8x8 stage guided at scale 2)")}),
+    "fashion-latent16-flow": ("frontier-latent16.json", "baseline", {
+        "best": ("tuned, budget 34 eff. NFE", "lowest FID: tuned at budget 34 (guidance 1.75)"),
+        "fast": ("tuned, budget 20 eff. NFE, search also started from start-latent16-flow-cfg2.5",
+                 "tuned at budget 20 (guidance 2.5)")}),
 }
+SECTIONS = {"frontier.json": "frontier", "frontier-cifar.json": "frontier-cifar", "frontier-latent16.json": "frontier-latent"}
 
 
 def row_plan(row: dict, name: str, description: str, frontier: dict, source: str) -> NamedPlan:
@@ -58,11 +71,15 @@ def ship(model: str) -> Path:
     file, family, named = SHIPPED[model]
     frontier = json.loads((ROOT / "docs" / "results" / file).read_text())
     rows = {(r["family"], r["label"]): r for r in frontier["rows"]}
-    section = "frontier" if file == "frontier.json" else "frontier-cifar"
+    section = SECTIONS[file]
     directory = bundled.ASSETS / model
     plans = ModelPlans.read(directory)
     plans.plans = {k: v for k, v in plans.plans.items() if k == "config"}
-    if family in PAPER:
+    if frontier.get("flow"):
+        stage = StagePlan.from_list(rows[family, FLOW_PAPER[family]]["plan"])[0]
+        plans.add(row_plan(rows[family, FLOW_PAPER[family]], "paper-cfg", "the preset's plan from the paper, guided at "
+                           f"scale {stage.cfg_scale:g} at sigma <= {stage.cfg_sigma_max:g}", frontier, section))
+    elif family in PAPER:
         paper = row_plan(rows[family, PAPER[family]], "paper", "the preset's plan from the paper (its config.json)",
                          frontier, section)
         if paper.stages != plans.plans["config"].stages:
@@ -76,7 +93,8 @@ def ship(model: str) -> Path:
     for name, (label, description, *other) in (named or {}).items():
         plans.add(row_plan(rows[(other or [family])[0], label], name, description, frontier, section))
     plans.fid_noise = frontier["noise"]
-    plans.extra = {"fid_noise_source": f"seed-to-seed spread of the tuned baseline's best FID on 5 disjoint sets of "
+    plans.extra = {"fid_noise_source": f"seed-to-seed spread of the tuned baseline's best FID on "
+                                       f"{len(frontier['noise_fids'])} disjoint sets of "
                                        f"{frontier['num']} seeds (docs/benchmarks.md, section {section})"}
     return plans.write(directory)
 

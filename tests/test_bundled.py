@@ -35,8 +35,10 @@ def test_bundled_model_samples_the_recorded_images(name):
 
 
 SHIPPED = {"fashion-lowdiff-cond": "fast", "fashion-edm-cond": "fast", "cifar-lowdiff-cond": "best",
-           "cifar-edm-cond": "fast", "fashion-lowdiff-ct": "two-step", "fashion-edm-ct": "two-step"}
+           "cifar-edm-cond": "fast", "fashion-lowdiff-ct": "two-step", "fashion-edm-ct": "two-step",
+           "fashion-latent16-lowdiff": "best", "fashion-latent16-flow": "best"}
 CONSISTENCY_TUNED = ("fashion-lowdiff-ct", "fashion-edm-ct")     # their config.json plan is one consistency step
+FLOW_PAIR = ("fashion-latent16-lowdiff", "fashion-latent16-flow")   # their paper plan ships guided (the frontier's)
 
 
 @pytest.mark.parametrize("name, default", SHIPPED.items())
@@ -52,6 +54,8 @@ def test_bundled_models_sample_with_their_measured_default_plan(name, default):
                for p in measured if p.figures.fid <= best + plans.fid_noise)
     if name in CONSISTENCY_TUNED:
         assert plans.get("one-step").stages == pipe.preset.stages
+    elif name in FLOW_PAIR:
+        assert plans.get("paper-cfg").stages == pipe.preset.stages.with_guidance(2.5, 0.89)
     else:
         assert plans.get("paper").stages == pipe.preset.stages     # the paper plan is config.json's
     assert pipe.plan(None) == pipe.default_plan.stages
