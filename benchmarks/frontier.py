@@ -9,9 +9,10 @@ model) under the same two sets of switches, eager fp32 and compile + bf16 + chan
 Every point's FID uses the same seeds (held out from the tuner's) and `--num` samples in the
 bundled classifier's feature space. The page states what each model's training spent (images,
 TFLOP) from the record the model keeps, and whether that is equal images or equal compute.
-Compilation and memory layout leave the samples unchanged up to rounding, so a fast row takes the FID of eager samples at its precision (bf16), or with
-`--fast-fid fp32` the fp32 FID of its plan (bf16 sampling is slow on CPUs without bf16 units;
-the page then lists the bf16 - fp32 differences measured so far). FIDs are cached
+Compilation and memory layout leave the samples unchanged up to rounding, so a fast row takes
+the FID of eager samples at its precision (bf16), or with `--fast-fid fp32` the fp32 FID of its
+plan (bf16 sampling is slow on CPUs without bf16 units; the page then lists the bf16 - fp32
+differences measured so far). FIDs are cached
 (docs/results/frontier-cache.json), so an interrupted run resumes. All rows are then timed
 alternately in one process (batch --batch, mean of --repeats runs after warm-up).
 
@@ -53,7 +54,7 @@ families. A latent model's FIDs are of decoded images, and its rows are timed wi
         --baseline-plans $P/tuned-latent16-flow-b34.json $P/tuned-latent16-flow-b20-cfg.json \\
         --ref runs/fashion-test.npz --fast-fid fp32 --batch 32 --repeats 2 --switches "eager fp32" \\
         --cache $P/frontier-latent16-cache.json --tag frontier-latent --json $P/frontier-latent16.json \\
-        --plot docs/img/frontier-latent16.png \\
+        --plot docs/img/frontier-latent16.png --lean --noise-sets 2 \\
         --title "Fashion-MNIST latents (16x16x1 of bundled:fashion-vae-f2), class-conditional"
     python benchmarks/frontier.py --lowdiff bundled:fashion-latent-lowdiff --baseline bundled:fashion-latent-flow \\
         --lowdiff-plans $P/tuned-latent-lowdiff-b22-cfg.json $P/tuned-latent-lowdiff-b14-cfg.json \\
