@@ -454,9 +454,7 @@ def markdown(rows, report, noise, noise_row, noise_fids, headlines, bf16_gaps, a
              "sample count.", ""]
     for k, earlier in enumerate(args.earlier_headlines):
         lines.append(f"- timing run {k + 1} (an earlier process): " + "; ".join(
-            f"{_against(h)} {h['ratio']:.2f}x" if "ratio" in h else f"{_against(h)} no match" + (
-                f" ({h['at_our_best']['ratio']:.2f}x at {names[h.get('ours', ['lowdiff'])[0]]}'s own best FID)"
-                if h.get("at_our_best") else "") for h in earlier))
+            _earlier_text(h, names) for h in earlier))
     for h in headlines:
         who = ("the best competitor's" if len(h.get("competitors", ())) > 1 else
                f"the {names[h.get('competitors', ['baseline'])[0]]} baseline's")
@@ -506,6 +504,16 @@ def _at_our_best_text(a: dict | None, ours: str, names: dict) -> str:
     b = a["baseline"]
     return (text + f" and the fastest {names[b['family']]} row within it *{b['label']}* ({b['images_per_s']:.1f} "
             f"img/s, FID {b['fid']:.3f}): {a['ratio']:.2f}x at that lower quality.")
+
+
+def _earlier_text(h: dict, names: dict) -> str:
+    """An earlier timing process's headline in a few words: its ratio, or no match and the ratio at
+    LowDiff's own best FID when there is one."""
+    if "ratio" in h:
+        return f"{_against(h)} {h['ratio']:.2f}x"
+    a = h.get("at_our_best")
+    ours = names[h.get("ours", ["lowdiff"])[0]]
+    return f"{_against(h)} no match" + (f" ({a['ratio']:.2f}x at {ours}'s own best FID)" if a else "")
 
 
 def _against(h: dict) -> str:

@@ -76,9 +76,10 @@ def ship(model: str) -> Path:
     plans = ModelPlans.read(directory)
     plans.plans = {k: v for k, v in plans.plans.items() if k == "config"}
     if frontier.get("flow"):
-        stage = StagePlan.from_list(rows[family, FLOW_PAPER[family]]["plan"])[0]
-        plans.add(row_plan(rows[family, FLOW_PAPER[family]], "paper-cfg", "the preset's plan from the paper, guided at "
-                           f"scale {stage.cfg_scale:g} at sigma <= {stage.cfg_sigma_max:g}", frontier, section))
+        row = rows[family, FLOW_PAPER[family]]
+        stage = StagePlan.from_list(row["plan"])[0]
+        plans.add(row_plan(row, "paper-cfg", "the preset's plan from the paper, guided at scale "
+                           f"{stage.cfg_scale:g} at sigma <= {stage.cfg_sigma_max:g}", frontier, section))
     elif family in PAPER:
         paper = row_plan(rows[family, PAPER[family]], "paper", "the preset's plan from the paper (its config.json)",
                          frontier, section)
