@@ -1,4 +1,5 @@
-"""What several test modules share: running the `lowdiff` command in-process, EDM's key names."""
+"""What several test modules share: running the `lowdiff` command in-process, EDM's key names, a tiny
+DiT pair (a flow baseline and the cascade started from it)."""
 import torch
 
 from lowdiff.cli import main
@@ -40,3 +41,18 @@ def stopped_and_resumed(capsys, args: list, tmp_path) -> dict:
     a, b = (storage.load_tensors(tmp_path / d / "model.safetensors") for d in "ab")
     assert all(torch.equal(a[k], b[k]) for k in a)
     return a
+
+
+def dit_cascade_from_baseline():
+    """(baseline, cascade): a tiny single-side flow DiT with non-trivial outputs (the DiT zero-inits
+    its adaLN, so its weights are perturbed) and the unified 4 -> 8 DiT `--init-from` it, both Denoisers."""
+    from conftest import tiny_dit_preset
+    from lowdiff.diffusion.denoiser import Denoiser
+    from lowdiff.train.init_from import Baseline
+    torch.manual_seed(0)
+    base, low = Denoiser.from_preset(tiny_dit_preset(stages=(8,))), Denoiser.from_preset(tiny_dit_preset())
+    with torch.no_grad():
+        for q in base.parameters():
+            q.add_(torch.randn_like(q) * 0.05)
+    Baseline("test", base.nets["unified"].state_dict()).apply(low)
+    return base, low

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from helpers import run, stopped_and_resumed, to_edm_layout
+from helpers import dit_cascade_from_baseline, run, stopped_and_resumed, to_edm_layout
 from lowdiff import storage
 from lowdiff.data import make_synthetic
 from lowdiff.diffusion.denoiser import Denoiser
@@ -88,14 +88,7 @@ def test_family_and_preconditioning_mismatches(tiny):
 
 def test_the_dit_family_starts_from_its_flow_baseline():
     """The unified DiT at its top side equals the single-side DiT it started from."""
-    from conftest import tiny_dit_preset
-    torch.manual_seed(0)
-    base, low = Denoiser.from_preset(tiny_dit_preset(stages=(8,))), Denoiser.from_preset(tiny_dit_preset())
-    with torch.no_grad():                                   # non-trivial outputs (the DiT zero-inits its adaLN)
-        for q in base.parameters():
-            q.add_(torch.randn_like(q) * 0.05)
-    from lowdiff.train.init_from import Baseline
-    Baseline("test", base.nets["unified"].state_dict()).apply(low)
+    base, low = dit_cascade_from_baseline()
     x, labels = torch.randn(3, 4, 8, 8), torch.eye(10)[:3]
     with torch.no_grad():
         ours = low(x, torch.full((3,), 0.4), labels, cond=torch.randn(3, 4, 8, 8), sigma_cond=torch.rand(3))
