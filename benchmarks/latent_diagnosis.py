@@ -35,7 +35,8 @@ The test latents are encoded once into --test-latents when that directory does n
         --lowdiff bundled:fashion-latent16-lowdiff --baseline bundled:fashion-latent16-flow \\
         --train-latents runs/fashion-latents16 --test-latents runs/fashion-test-latents16 \\
         --cache docs/results/latent16-diagnosis-cache.json --json docs/results/latent16-diagnosis.json \\
-        --tag latent16-diagnosis --only oracle steps --oracle-cfg 2.5 --final-steps 10 20
+        --tag latent16-diagnosis --oracle-cfg 2.5 --final-steps 10 20 --low-nfe 9 15 18 \\
+        --cfg-low 1 2.5 --cfg-high 1 2.5 4        # the points published (docs/results.md)
 
 Writes the --tag section of docs/results.md (default `latent-diagnosis`) and --json.
 """
