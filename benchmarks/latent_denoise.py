@@ -12,6 +12,8 @@ final stage trained as well as the baseline denoises at least as well; a ratio e
 preset's truncation sigma (`lowdiff info`).
 
     python benchmarks/latent_denoise.py --latents runs/fashion-test-latents16 --num 500
+    python benchmarks/latent_denoise.py --lowdiff bundled:fashion-latent-lowdiff --baseline bundled:fashion-latent-flow \\
+        --latents runs/fashion-test-latents --num 500     # the 4x4 -> 8x8 pair (its 8x8 stage)
 """
 from __future__ import annotations
 
