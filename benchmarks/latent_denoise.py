@@ -18,23 +18,26 @@ preset's truncation sigma (`lowdiff info`).
 from __future__ import annotations
 
 import argparse
+import sys
 
-import numpy as np
 import torch
 
 from lowdiff.data.latents import LatentDataset
 from lowdiff.diffusion import pyramid
+from lowdiff.errors import LowdiffError
 from lowdiff.pipeline import Pipeline
+
+from latent_diagnosis import low_latents
 
 
 def latents(directory: str, pipe: Pipeline, num: int) -> tuple[dict[int, torch.Tensor], torch.Tensor | None]:
-    """The first `num` latents of `directory` at the model's resolutions (normalised) and one-hot labels."""
-    ds = LatentDataset(directory)
-    rows = np.arange(num)
-    pyr = ds.pyramid(rows, None, [s.resolution for s in pipe.preset.stages], pipe.preset.latent)
+    """The first `num` latents of `directory` at the cascade's top two resolutions (normalised, checked to
+    be of the model's VAE) and their one-hot labels."""
+    rows = list(range(num))
+    pyr = {s.resolution: low_latents(directory, rows, pipe, s.resolution) for s in pipe.preset.stages[-2:]}
     label_dim = pipe.preset.network.label_dim
-    labels = torch.nn.functional.one_hot(torch.from_numpy(ds.labels[rows]).long(), label_dim).float() \
-        if label_dim else None
+    labels = torch.nn.functional.one_hot(torch.from_numpy(LatentDataset(directory).labels[:num]).long(),
+                                         label_dim).float() if label_dim else None
     return pyr, labels
 
 
@@ -60,10 +63,9 @@ def denoising_errors(lowdiff, baseline, precond, y: torch.Tensor, y_low: torch.T
     return out
 
 
-def errors(lowdiff: str, baseline: str, directory: str, num: int, sigmas: list[float],
+def errors(low_pipe: Pipeline, base_pipe: Pipeline, directory: str, num: int, sigmas: list[float],
            sigma_conds: list[float]) -> list[tuple[float, float, list[float]]]:
-    """`denoising_errors` of two model directories on the first `num` latents of `directory`."""
-    low_pipe, base_pipe = Pipeline.from_pretrained(lowdiff), Pipeline.from_pretrained(baseline)
+    """`denoising_errors` of two loaded models on the first `num` latents of `directory`."""
     if base_pipe.preset.latent.stats != low_pipe.preset.latent.stats:
         raise SystemExit("error: the two models normalise their latents differently")
     top, below = (s.resolution for s in low_pipe.preset.stages[-2:][::-1])
@@ -83,19 +85,24 @@ def main() -> None:
     p.add_argument("--sigma-conds", dest="sigma_conds", default=None,
                    help="the condition's noise levels (default: the preset's truncation sigma, 0.5, 0.2)")
     args = p.parse_args()
+    low_pipe, base_pipe = Pipeline.from_pretrained(args.lowdiff), Pipeline.from_pretrained(args.baseline)
     if args.sigma_conds is None:
-        plan = Pipeline.from_pretrained(args.lowdiff).preset.stages
+        plan = low_pipe.preset.stages
         sigma_conds = [round(plan.truncation_sigma(len(plan) - 2), 3), 0.5, 0.2]
     else:
         sigma_conds = [float(v) for v in args.sigma_conds.split(",")]
+    rows = errors(low_pipe, base_pipe, args.latents, args.num, [float(v) for v in args.sigmas.split(",")],
+                  sigma_conds)
     head = " | ".join(f"LowDiff, condition at sigma_c {sc:g}" for sc in sigma_conds)
     print(f"| sigma | flow baseline | {head} | ratio at the first sigma_c |")
     print("|---|---|" + "---|" * len(sigma_conds) + "---|")
-    for s, e_base, e_low in errors(args.lowdiff, args.baseline, args.latents, args.num,
-                                   [float(v) for v in args.sigmas.split(",")], sigma_conds):
+    for s, e_base, e_low in rows:
         cells = " | ".join(f"{e:.4f}" for e in e_low)
-        print(f"| {s:g} | {e_base:.4f} | {cells} | {e_low[0] / e_base:.2f}x |", flush=True)
+        print(f"| {s:g} | {e_base:.4f} | {cells} | {e_low[0] / e_base:.2f}x |")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except LowdiffError as e:                           # latents of another VAE, a missing model: one line
+        sys.exit(f"error: {e}")

@@ -1,5 +1,9 @@
 """What several test modules share: running the `lowdiff` command in-process, EDM's key names, a tiny
-DiT pair (a flow baseline and the cascade started from it)."""
+DiT pair (a flow baseline and the cascade started from it), importing a benchmarks/ script."""
+import importlib
+import sys
+from pathlib import Path
+
 import torch
 
 from lowdiff.cli import main
@@ -56,3 +60,16 @@ def dit_cascade_from_baseline():
             q.add_(torch.randn_like(q) * 0.05)
     Baseline("test", base.nets["unified"].state_dict()).apply(low)
     return base, low
+
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def bench_module(name: str):
+    """A benchmarks/ script imported as a module (benchmarks/ on sys.path while it is used); a
+    generator, for a fixture to `yield from`."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        yield importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCH))

@@ -1,29 +1,18 @@
 """The headline benchmark's arithmetic: Pareto fronts and the matched-FID ratio (benchmarks/frontier.py)."""
 import importlib
 import json
-import sys
 import time
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _bench_module(name: str):
-    """A benchmarks/ script imported as a module (benchmarks/ on sys.path while it is used)."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield importlib.import_module(name)
-    finally:
-        sys.path.remove(str(BENCH))
+from helpers import BENCH, bench_module
 
 
 @pytest.fixture(scope="module")
 def frontier():
-    yield from _bench_module("frontier")
+    yield from bench_module("frontier")
 
 
 def row(frontier, family, fid, ips, switches="eager fp32"):
@@ -193,7 +182,7 @@ def test_lean_grid_keeps_the_paper_plan_and_the_tuned_plans_only(frontier):
 
 @pytest.fixture(scope="module")
 def fid_vs_compute():
-    yield from _bench_module("fid_vs_compute")
+    yield from bench_module("fid_vs_compute")
 
 
 def test_fid_vs_compute_picks_budgets_per_family_within_a_batch(fid_vs_compute):

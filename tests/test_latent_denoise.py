@@ -1,25 +1,17 @@
 """The denoising-error probe of the latent cascade's final stage (benchmarks/latent_denoise.py): both
 denoisers see the same noisy latents, and the condition reaches LowDiff's."""
-import importlib
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-from helpers import dit_cascade_from_baseline
+from helpers import bench_module, dit_cascade_from_baseline
+from lowdiff.diffusion import pyramid
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def probe():
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield importlib.import_module("latent_denoise")
-    finally:
-        sys.path.remove(str(BENCH))
+    yield from bench_module("latent_denoise")
 
 
 def _pair():
@@ -29,7 +21,7 @@ def _pair():
 
 def _errors(probe, base, low):
     y = torch.randn(6, 4, 8, 8, generator=torch.Generator().manual_seed(1))
-    y_low = torch.nn.functional.avg_pool2d(y, 2)
+    y_low = pyramid.downsample(y, 4)
     return probe.denoising_errors(low, base, low.precond, y, y_low, torch.eye(10)[:6], [0.2, 0.8], [0.8, 0.3],
                                   torch.Generator().manual_seed(0))
 
